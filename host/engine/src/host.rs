@@ -1,0 +1,397 @@
+//! Per-instance host state: the WASI context (empty: no preopens, no env, no network), the
+//! resource limiter, captured logs, and the keyed-state backend behind the `state` import.
+
+use crate::bindings::LogLevel;
+use crate::bindings::operator::weir::operator::{log, state};
+use crate::manifest::Limits;
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// Keyed state as a plugin sees it. The host hands each stage instance a store already
+/// scoped to its tenant, pipeline and stage, so a plugin names only the record key and an
+/// entry name.
+pub trait KeyedState: Send {
+    /// Reads an entry.
+    fn get(&mut self, key: &str, name: &str) -> Option<Vec<u8>>;
+    /// Writes an entry.
+    fn put(&mut self, key: &str, name: &str, value: Vec<u8>);
+    /// Removes an entry.
+    fn delete(&mut self, key: &str, name: &str);
+}
+
+/// In-memory [`KeyedState`], the default.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryState {
+    entries: HashMap<String, HashMap<String, Vec<u8>>>,
+}
+
+impl MemoryState {
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.values().map(HashMap::len).sum()
+    }
+
+    /// True when no entry is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl KeyedState for MemoryState {
+    fn get(&mut self, key: &str, name: &str) -> Option<Vec<u8>> {
+        self.entries.get(key)?.get(name).cloned()
+    }
+    fn put(&mut self, key: &str, name: &str, value: Vec<u8>) {
+        self.entries
+            .entry(key.to_string())
+            .or_default()
+            .insert(name.to_string(), value);
+    }
+    fn delete(&mut self, key: &str, name: &str) {
+        if let Some(m) = self.entries.get_mut(key) {
+            m.remove(name);
+            if m.is_empty() {
+                self.entries.remove(key);
+            }
+        }
+    }
+}
+
+/// One captured log line.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LogLine {
+    /// Severity (`stdout` lines are `info`, `stderr` lines are `warn`).
+    pub level: &'static str,
+    /// The text, truncated to the manifest's `log_line_bytes`.
+    pub message: String,
+}
+
+/// Captured log lines of one plugin instance: the most recent ones are kept, and lines over
+/// the per-call cap are counted as dropped.
+#[derive(Debug)]
+pub struct LogBuffer {
+    inner: Mutex<LogInner>,
+}
+
+#[derive(Debug)]
+struct LogInner {
+    lines: VecDeque<LogLine>,
+    keep: usize,
+    per_call: usize,
+    line_bytes: usize,
+    this_call: usize,
+    dropped: u64,
+    /// The message of the last Rust panic seen on stderr during this call.
+    panic: Option<String>,
+    expect_panic_message: bool,
+    partial: [Vec<u8>; 2],
+}
+
+impl LogBuffer {
+    /// A buffer that keeps the last `keep` lines.
+    pub fn new(limits: &Limits, keep: usize) -> Self {
+        LogBuffer {
+            inner: Mutex::new(LogInner {
+                lines: VecDeque::new(),
+                keep,
+                per_call: limits.log_lines_per_call,
+                line_bytes: limits.log_line_bytes,
+                this_call: 0,
+                dropped: 0,
+                panic: None,
+                expect_panic_message: false,
+                partial: [Vec::new(), Vec::new()],
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LogInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The retained lines, oldest first.
+    pub fn lines(&self) -> Vec<LogLine> {
+        self.lock().lines.iter().cloned().collect()
+    }
+
+    /// Lines refused because a call exceeded its cap.
+    pub fn dropped(&self) -> u64 {
+        self.lock().dropped
+    }
+
+    pub(crate) fn start_call(&self) {
+        let mut g = self.lock();
+        g.this_call = 0;
+        g.panic = None;
+        g.expect_panic_message = false;
+    }
+
+    /// Flushes unterminated stdout/stderr text and returns the panic message, if any.
+    pub(crate) fn end_call(&self) -> Option<String> {
+        let mut g = self.lock();
+        for i in 0..2 {
+            let rest = std::mem::take(&mut g.partial[i]);
+            if !rest.is_empty() {
+                let level = if i == 0 { "info" } else { "warn" };
+                g.push(level, &String::from_utf8_lossy(&rest));
+            }
+        }
+        g.panic.take()
+    }
+
+    pub(crate) fn push(&self, level: &'static str, message: &str) {
+        self.lock().push(level, message);
+    }
+
+    fn write_stream(&self, stream: usize, bytes: &[u8]) {
+        let mut g = self.lock();
+        let mut rest = bytes;
+        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+            let mut line = std::mem::take(&mut g.partial[stream]);
+            line.extend_from_slice(&rest[..nl]);
+            rest = &rest[nl + 1..];
+            let text = String::from_utf8_lossy(&line).into_owned();
+            if stream == 1 {
+                g.note_stderr(&text);
+            }
+            g.push(if stream == 0 { "info" } else { "warn" }, &text);
+        }
+        let cap = g.line_bytes;
+        let partial = &mut g.partial[stream];
+        let room = cap.saturating_sub(partial.len());
+        partial.extend_from_slice(&rest[..rest.len().min(room)]);
+    }
+}
+
+impl LogInner {
+    fn push(&mut self, level: &'static str, message: &str) {
+        if self.this_call >= self.per_call {
+            self.dropped += 1;
+            return;
+        }
+        self.this_call += 1;
+        let mut message = message.to_string();
+        if message.len() > self.line_bytes {
+            let mut cut = self.line_bytes;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        if self.lines.len() >= self.keep {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(LogLine { level, message });
+    }
+
+    /// Rust's panic hook prints "thread '…' panicked at file:line:col:" then the message.
+    fn note_stderr(&mut self, line: &str) {
+        if self.expect_panic_message {
+            self.panic = Some(line.to_string());
+            self.expect_panic_message = false;
+        } else if line.contains("panicked at") {
+            self.expect_panic_message = true;
+            self.panic = Some(String::new());
+        }
+    }
+}
+
+/// stdout (0) or stderr (1) of a plugin, captured into its [`LogBuffer`].
+#[derive(Clone)]
+pub(crate) struct CapturedStream {
+    logs: Arc<LogBuffer>,
+    stream: usize,
+}
+
+impl IsTerminal for CapturedStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CapturedStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for CapturedStream {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for CapturedStream {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.logs.write_stream(self.stream, &bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for CapturedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.logs.write_stream(self.stream, buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Memory, table and instance limits of one store. Records whether a memory growth was
+/// refused, so an out-of-memory trap can be told from a plain panic.
+pub(crate) struct Limiter {
+    memory_bytes: usize,
+    table_elements: usize,
+    tables: usize,
+    instances: usize,
+    memories: usize,
+    pub(crate) denied_memory: bool,
+}
+
+impl Limiter {
+    pub(crate) fn new(l: &Limits) -> Self {
+        Limiter {
+            memory_bytes: l.memory_bytes,
+            table_elements: l.table_elements,
+            tables: l.tables,
+            instances: l.instances,
+            memories: l.memories,
+            denied_memory: false,
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.denied_memory = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= self.table_elements)
+    }
+    fn instances(&self) -> usize {
+        self.instances
+    }
+    fn tables(&self) -> usize {
+        self.tables
+    }
+    fn memories(&self) -> usize {
+        self.memories
+    }
+}
+
+/// The `T` of every plugin `Store<T>`.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: Limiter,
+    pub(crate) logs: Arc<LogBuffer>,
+    pub(crate) state: Box<dyn KeyedState>,
+    state_value_bytes: usize,
+}
+
+impl HostState {
+    pub(crate) fn new(limits: &Limits, logs: Arc<LogBuffer>, state: Box<dyn KeyedState>) -> Self {
+        let wasi = WasiCtxBuilder::new()
+            .stdout(CapturedStream {
+                logs: logs.clone(),
+                stream: 0,
+            })
+            .stderr(CapturedStream {
+                logs: logs.clone(),
+                stream: 1,
+            })
+            .build();
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter::new(limits),
+            logs,
+            state,
+            state_value_bytes: limits.state_value_bytes,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
+        let level = match level {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        };
+        self.logs.push(level, &message);
+        Ok(())
+    }
+}
+
+impl state::Host for HostState {
+    fn get(&mut self, key: String, name: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.state.get(&key, &name))
+    }
+    fn put(&mut self, key: String, name: String, value: Vec<u8>) -> wasmtime::Result<()> {
+        if value.len() > self.state_value_bytes {
+            return Err(wasmtime::format_err!(
+                "state value of {} bytes exceeds the limit of {} bytes",
+                value.len(),
+                self.state_value_bytes
+            ));
+        }
+        self.state.put(&key, &name, value);
+        Ok(())
+    }
+    fn delete(&mut self, key: String, name: String) -> wasmtime::Result<()> {
+        self.state.delete(&key, &name);
+        Ok(())
+    }
+}
+
+impl crate::bindings::operator::weir::operator::types::Host for HostState {}

@@ -1,0 +1,239 @@
+//! Hot swap. A [`Slot`] holds the deployment a pipeline stage currently runs; swapping is an
+//! atomic pointer store. Each worker's [`Runner`] checks the pointer between batches and
+//! moves to the new version, so a call in flight always finishes on the version it started
+//! with and every result is attributable to exactly one version.
+
+use crate::engine::Plugin;
+use crate::error::{Error, Result};
+use crate::host::{KeyedState, MemoryState};
+use crate::instance::Instance;
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A deployment's version id: the first 16 hex digits of sha256(plugin sha256, config).
+/// The same plugin with another config is another version.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct VersionId(pub String);
+
+impl std::fmt::Display for VersionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A plugin with its stage config: what a stage runs.
+#[derive(Debug)]
+pub struct Deployment {
+    /// The compiled plugin.
+    pub plugin: Arc<Plugin>,
+    /// Its configuration (JSON), handed to `init`/`open`.
+    pub config: String,
+    /// Version id of (plugin, config).
+    pub version: VersionId,
+}
+
+impl Deployment {
+    /// A deployment of `plugin` with `config`.
+    pub fn new(plugin: Arc<Plugin>, config: impl Into<String>) -> Arc<Self> {
+        let config = config.into();
+        let mut h = Sha256::new();
+        h.update(plugin.id().0.as_bytes());
+        h.update([0]);
+        h.update(config.as_bytes());
+        let version = VersionId(hex::encode(&h.finalize()[..8]));
+        Arc::new(Deployment {
+            plugin,
+            config,
+            version,
+        })
+    }
+}
+
+/// The current deployment of one pipeline stage, plus its history for rollback.
+pub struct Slot {
+    current: ArcSwap<Deployment>,
+    history: Mutex<Vec<Arc<Deployment>>>,
+    swaps: AtomicU64,
+}
+
+impl Slot {
+    /// A slot serving `deployment`.
+    pub fn new(deployment: Arc<Deployment>) -> Arc<Self> {
+        Arc::new(Slot {
+            current: ArcSwap::new(deployment.clone()),
+            history: Mutex::new(vec![deployment]),
+            swaps: AtomicU64::new(0),
+        })
+    }
+
+    /// The deployment now serving.
+    pub fn current(&self) -> Arc<Deployment> {
+        self.current.load_full()
+    }
+
+    /// Number of swaps (including rollbacks) so far.
+    pub fn swaps(&self) -> u64 {
+        self.swaps.load(Ordering::Relaxed)
+    }
+
+    fn lock_history(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Deployment>>> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every deployment this slot has served, oldest first.
+    pub fn history(&self) -> Vec<Arc<Deployment>> {
+        self.lock_history().clone()
+    }
+
+    /// Makes `next` the serving deployment and returns the one it replaced. The new
+    /// plugin must already be compiled ([`crate::Engine::load`]); this is a pointer store.
+    pub fn swap(&self, next: Arc<Deployment>) -> Result<Arc<Deployment>> {
+        let cur = self.current();
+        if cur.plugin.kind() != next.plugin.kind() {
+            return Err(Error::WrongKind {
+                plugin: next.plugin.id().short().to_string(),
+                kind: next.plugin.kind().as_str(),
+                func: "a swap into a slot of another kind",
+            });
+        }
+        let mut history = self.lock_history();
+        history.push(next.clone());
+        let prev = self.current.swap(next);
+        self.swaps.fetch_add(1, Ordering::Relaxed);
+        Ok(prev)
+    }
+
+    /// Swaps back to the deployment that served before the current one.
+    pub fn rollback(&self) -> Result<Arc<Deployment>> {
+        let cur = self.current();
+        let prev = {
+            let history = self.lock_history();
+            history
+                .iter()
+                .rev()
+                .find(|d| d.version != cur.version)
+                .cloned()
+        };
+        match prev {
+            Some(p) => {
+                self.swap(p.clone())?;
+                Ok(p)
+            }
+            None => Err(Error::Internal("nothing to roll back to".into())),
+        }
+    }
+
+    /// Swaps back to an earlier version by id. No recompilation: the history keeps the
+    /// compiled plugin.
+    pub fn rollback_to(&self, version: &VersionId) -> Result<Arc<Deployment>> {
+        let found = self
+            .lock_history()
+            .iter()
+            .rev()
+            .find(|d| &d.version == version)
+            .cloned();
+        match found {
+            Some(d) => {
+                self.swap(d.clone())?;
+                Ok(d)
+            }
+            None => Err(Error::Internal(format!(
+                "version {version} never served in this slot"
+            ))),
+        }
+    }
+}
+
+/// A worker's handle on a [`Slot`]: owns an [`Instance`] of the serving deployment and
+/// replaces it when the slot changes. Keyed state moves to the new version; a model's
+/// learned parameters move too when `carry_model_state` is set and both versions support
+/// snapshot/restore.
+pub struct Runner {
+    slot: Arc<Slot>,
+    instance: Option<Instance>,
+    carry_model_state: bool,
+    switches: u64,
+}
+
+impl Runner {
+    /// A runner on `slot`. The instance is created on first use.
+    pub fn new(slot: Arc<Slot>) -> Self {
+        Runner {
+            slot,
+            instance: None,
+            carry_model_state: false,
+            switches: 0,
+        }
+    }
+
+    /// Carries a model's parameters across swaps via snapshot/restore.
+    pub fn carry_model_state(mut self, yes: bool) -> Self {
+        self.carry_model_state = yes;
+        self
+    }
+
+    /// How many times this runner moved to another version.
+    pub fn switches(&self) -> u64 {
+        self.switches
+    }
+
+    /// The slot it follows.
+    pub fn slot(&self) -> &Arc<Slot> {
+        &self.slot
+    }
+
+    /// The instance of the serving deployment, switching versions first if the slot
+    /// changed since the last call.
+    pub fn instance(&mut self) -> Result<&mut Instance> {
+        let current = self.slot.current.load();
+        let stale = match &self.instance {
+            Some(i) => !Arc::ptr_eq(i.deployment(), &*current),
+            None => true,
+        };
+        if stale {
+            let next = Arc::clone(&*current);
+            drop(current);
+            let (state, snapshot): (Box<dyn KeyedState>, Option<Vec<u8>>) =
+                match self.instance.as_mut() {
+                    Some(old) => {
+                        let snap = if self.carry_model_state
+                            && old.deployment().plugin.kind() == crate::PluginKind::Model
+                        {
+                            old.snapshot().ok().filter(|s| !s.is_empty())
+                        } else {
+                            None
+                        };
+                        (old.take_state(), snap)
+                    }
+                    None => (Box::new(MemoryState::default()), None),
+                };
+            let had_old = self.instance.is_some();
+            let mut inst = Instance::with_state(next, state)?;
+            if let Some(snap) = snapshot {
+                inst.restore(&snap)?;
+            }
+            self.instance = Some(inst);
+            if had_old {
+                self.switches += 1;
+            }
+        }
+        match self.instance.as_mut() {
+            Some(i) => Ok(i),
+            None => Err(Error::Internal("runner has no instance".into())),
+        }
+    }
+
+    /// Runs `f` on the serving instance and returns the version that produced the result.
+    pub fn call<R>(
+        &mut self,
+        f: impl FnOnce(&mut Instance) -> Result<R>,
+    ) -> Result<(crate::VersionId, R)> {
+        let inst = self.instance()?;
+        let version = inst.deployment().version.clone();
+        f(inst).map(|r| (version, r))
+    }
+}
