@@ -122,6 +122,39 @@ impl Plugin {
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+
+    /// Diagnostics for benchmarks: times `n` bare instantiations from the `InstancePre`
+    /// (a fresh store each, no `init` call) and returns each duration.
+    pub fn time_instantiate(&self, n: usize) -> Result<Vec<Duration>> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let logs = Arc::new(crate::host::LogBuffer::new(&self.manifest.limits, 16));
+            let state = Box::new(crate::host::MemoryState::default());
+            let mut store = wasmtime::Store::new(
+                &self.engine.inner.wasmtime,
+                HostState::new(&self.manifest.limits, logs, state),
+            );
+            store.limiter(|s| &mut s.limiter);
+            store.set_epoch_deadline(u64::MAX / 2);
+            if self.engine.inner.options.fuel {
+                store
+                    .set_fuel(u64::MAX / 2)
+                    .map_err(|e| Error::Internal(format!("{e:#}")))?;
+            }
+            let t = Instant::now();
+            let ok = match &self.compiled.pre {
+                PluginPre::Extractor(p) => p.instantiate(&mut store).map(drop),
+                PluginPre::Model(p) => p.instantiate(&mut store).map(drop),
+                PluginPre::Operator(p) => p.instantiate(&mut store).map(drop),
+            };
+            out.push(t.elapsed());
+            ok.map_err(|e| Error::Instantiate {
+                plugin: self.id.short().to_string(),
+                reason: format!("{e:#}"),
+            })?;
+        }
+        Ok(out)
+    }
 }
 
 impl std::fmt::Debug for Plugin {

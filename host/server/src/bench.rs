@@ -1,0 +1,190 @@
+//! Benchmarks, run as `scripts/bench NAME` (a thin wrapper around `weir bench NAME`).
+//! Each prints its figures and ends with one line of `key=value` pairs.
+
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weir_engine::{Deployment, Engine, EngineOptions, EventBatch, Instance, Manifest, Plugin, Runner, Slot};
+use weir_workload::{Event, Generator, Models};
+
+/// Options of `weir bench`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Which benchmark: `engine`.
+    name: String,
+    /// Read events from this JSON Lines file (the shared generator's format) instead of
+    /// generating them.
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// Number of events to generate when no file is given.
+    #[arg(long, default_value_t = 200_000)]
+    n: u64,
+    /// Repetitions per figure (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    match args.name.as_str() {
+        "engine" => engine(&args),
+        other => bail!("unknown benchmark `{other}` (available: engine)"),
+    }
+}
+
+fn load_events(args: &BenchArgs) -> Result<Vec<Event>> {
+    match &args.events {
+        Some(path) => weir_workload::read_jsonl(path).with_context(|| format!("reading {}", path.display())),
+        None => Ok(Generator::new(args.n, 42).collect()),
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn time_runs(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?; // warm-up
+    let mut secs = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        f()?;
+        secs.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(secs))
+}
+
+fn batches(events: &[Event], size: usize) -> Vec<EventBatch> {
+    events
+        .chunks(size)
+        .map(|chunk| {
+            let mut b = EventBatch::with_dims(8);
+            for e in chunk {
+                b.push(&e.key, e.ts, &e.x);
+            }
+            b
+        })
+        .collect()
+}
+
+fn wasm_job1(engine: &Engine, models: &Models, batches: &[EventBatch], runs: usize) -> Result<(f64, Vec<f64>)> {
+    let bytes = |p: &str| weir_guests::read(p).with_context(|| format!("reading {p}"));
+    let std = engine.load(&bytes(weir_guests::plugins::STANDARDIZE)?, Manifest::default())?;
+    let lr = engine.load(&bytes(weir_guests::plugins::LOGISTIC)?, Manifest::default())?;
+    let mut std = Instance::new(Deployment::new(std, models.standardize_config()))?;
+    let mut lr = Instance::new(Deployment::new(lr, models.logistic_config()))?;
+    let mut scores = Vec::new();
+    let secs = time_runs(runs, || {
+        scores.clear();
+        for b in batches {
+            let f = std.extract(b)?;
+            scores.extend(lr.predict(&f)?);
+        }
+        Ok(())
+    })?;
+    Ok((secs, scores))
+}
+
+fn engine(args: &BenchArgs) -> Result<()> {
+    let events = load_events(args)?;
+    let n = events.len();
+    let models = Models::load();
+    println!("bench engine: job 1 (standardize + logistic) over {n} events, median of {} runs", args.runs);
+
+    // Native Rust on the same flat inputs.
+    let inputs: Vec<f64> = events.iter().flat_map(|e| e.x).collect();
+    let mut native = Vec::new();
+    let native_s = time_runs(args.runs, || {
+        weir_workload::native::job1(&models.event_model, std::hint::black_box(&inputs), &mut native);
+        Ok(())
+    })?;
+    let ns = |s: f64| s * 1e9 / n as f64;
+    println!("  native                      {:>8.1} ns/event", ns(native_s));
+
+    let engine = Engine::new(EngineOptions::default())?;
+    let b1 = batches(&events, 1);
+    let b1024 = batches(&events, 1024);
+    let (w1, s1) = wasm_job1(&engine, &models, &b1, args.runs.min(3))?;
+    println!("  wasm, batch 1               {:>8.1} ns/event", ns(w1));
+    let (w1024, s1024) = wasm_job1(&engine, &models, &b1024, args.runs)?;
+    println!("  wasm, batch 1024            {:>8.1} ns/event", ns(w1024));
+    let max_diff = native
+        .iter()
+        .zip(&s1024)
+        .chain(native.iter().zip(&s1))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    println!("  max |wasm - native| score   {max_diff:.2e} (must be <= 1e-9)");
+    if max_diff > 1e-9 {
+        bail!("wasm and native scores disagree by {max_diff}");
+    }
+
+    let fuel_engine = Engine::new(EngineOptions { fuel: true, ..EngineOptions::default() })?;
+    let (wf, _) = wasm_job1(&fuel_engine, &models, &b1024, args.runs)?;
+    println!("  wasm, batch 1024, fuel      {:>8.1} ns/event (fuel metering on)", ns(wf));
+
+    // Swap figures.
+    println!("swap:");
+    let fresh = Engine::new(EngineOptions::default())?;
+    let lr_bytes = weir_guests::read(weir_guests::plugins::LOGISTIC)?;
+    let t = Instant::now();
+    let lr = fresh.load(&lr_bytes, Manifest::default())?;
+    println!("  compile (Component::new + InstancePre, off the hot path)  {:>8.2} ms  ({} KiB)", t.elapsed().as_secs_f64() * 1e3, lr_bytes.len() / 1024);
+    let t = Instant::now();
+    fresh.load(&lr_bytes, Manifest::default())?;
+    println!("  load again (in-memory cache hit)                          {:>8.2} ms", t.elapsed().as_secs_f64() * 1e3);
+    let cache_dir = std::env::temp_dir().join(format!("weir-bench-cache-{}", std::process::id()));
+    let disk = Engine::new(EngineOptions { cache_dir: Some(cache_dir.clone()), ..EngineOptions::default() })?;
+    disk.load(&lr_bytes, Manifest::default())?;
+    let disk2 = Engine::new(EngineOptions { cache_dir: Some(cache_dir.clone()), ..EngineOptions::default() })?;
+    let cached = disk2.load(&lr_bytes, Manifest::default())?;
+    println!(
+        "  load from the on-disk artifact cache (new engine)         {:>8.2} ms  (from cache: {})",
+        cached.compile_time().as_secs_f64() * 1e3,
+        cached.from_disk_cache()
+    );
+    let _ = std::fs::remove_dir_all(&cache_dir);
+
+    let a = Deployment::new(lr.clone(), models.logistic_config());
+    let b = Deployment::new(lr.clone(), models.online_config());
+    let slot = Slot::new(a.clone());
+    let swaps = 100_000;
+    let t = Instant::now();
+    for i in 0..swaps {
+        slot.swap(if i % 2 == 0 { b.clone() } else { a.clone() })?;
+    }
+    println!("  pointer swap (Slot::swap)                                 {:>8.0} ns", t.elapsed().as_nanos() as f64 / swaps as f64);
+
+    let inst_on_demand = instantiate_us(&lr, 2_000)?;
+    let pooled_engine = Engine::new(EngineOptions { pooling: true, ..EngineOptions::default() })?;
+    let pooled = pooled_engine.load(&lr_bytes, Manifest::default())?;
+    let inst_pooled = instantiate_us(&pooled, 2_000)?;
+    println!("  Pre::instantiate, on-demand allocator                     {inst_on_demand:>8.1} µs");
+    println!("  Pre::instantiate, pooling allocator                       {inst_pooled:>8.1} µs");
+
+    // Publish to first call on the new version, as a worker sees it.
+    let feats = weir_engine::FeatureBatch::new(1, 9, vec![0.1; 9]);
+    let mut runner = Runner::new(slot.clone());
+    runner.call(|i| i.predict(&feats))?;
+    let mut lat = Vec::new();
+    for i in 0..200 {
+        let next = if i % 2 == 0 { b.clone() } else { a.clone() };
+        let t = Instant::now();
+        slot.swap(next)?;
+        runner.call(|i| i.predict(&feats))?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    println!("  swap -> first call on the new version (p50)               {:>8.1} µs", median(lat));
+
+    let ratio = w1024 / native_s;
+    println!("wasm_vs_native_ratio_batch1024={ratio:.3}");
+    Ok(())
+}
+
+fn instantiate_us(plugin: &Arc<Plugin>, n: usize) -> Result<f64> {
+    let mut xs = plugin.time_instantiate(n)?;
+    xs.sort();
+    Ok(xs[xs.len() / 2].as_secs_f64() * 1e6)
+}
+

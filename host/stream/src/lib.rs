@@ -1,0 +1,28 @@
+//! # weir-stream
+//!
+//! The stream core, free of I/O: event-time windows (tumbling, sliding, session),
+//! watermarks with bounded out-of-orderness combined across partitions (with an idle
+//! timeout), allowed lateness with a late side output, built-in aggregates, and keyed state
+//! behind the [`StateStore`] trait. Sources, sinks and durable stores live in the server;
+//! tests drive everything here in memory, with processing time passed in explicitly.
+
+pub mod aggregate;
+pub mod state;
+pub mod watermark;
+pub mod window;
+
+pub use aggregate::{Agg, AggKind};
+pub use state::{MemoryStateStore, StateScope, StateStore};
+pub use watermark::Watermarks;
+pub use window::{Fired, Lateness, Pane, WindowKind, WindowSpan, Windower};
+
+/// Where a record came from.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct SourcePos {
+    /// Partition of the source topic.
+    pub partition: i32,
+    /// Offset within the partition.
+    pub offset: i64,
+}

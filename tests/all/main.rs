@@ -1,0 +1,7 @@
+//! One integration-test binary for the whole workspace (wasmtime's `tests/all` layout):
+//! each extra test binary costs link time on a 2-core machine.
+
+mod common;
+mod hostile;
+mod plugins;
+mod swap;
