@@ -20,7 +20,13 @@ fn main() -> Res<()> {
             None => root.join("target/guests"),
         },
     };
-    for dir in ["plugins", "tests/fixtures", "sdk/weir-sdk", "sdk/weir-sdk-macros", "wit"] {
+    for dir in [
+        "plugins",
+        "tests/fixtures",
+        "sdk/weir-sdk",
+        "sdk/weir-sdk-macros",
+        "wit",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-env-changed=WEIR_GUESTS_TARGET_DIR");
@@ -29,17 +35,26 @@ fn main() -> Res<()> {
     for (module, dir) in [("plugins", "plugins"), ("fixtures", "tests/fixtures")] {
         let ws = root.join(dir);
         let crates = build_workspace(&ws, &target)?;
-        writeln!(out, "/// Guest crates of `{dir}/`, built for wasm32-wasip2.")?;
+        writeln!(
+            out,
+            "/// Guest crates of `{dir}/`, built for wasm32-wasip2."
+        )?;
         writeln!(out, "pub mod {module} {{")?;
         let mut all = Vec::new();
         for name in crates {
-            let file = target.join("wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_")));
+            let file = target
+                .join("wasm32-wasip2/release")
+                .join(format!("{}.wasm", name.replace('-', "_")));
             if !file.exists() {
                 return Err(format!("guest {name} did not produce {}", file.display()).into());
             }
             let konst = name.replace('-', "_").to_uppercase();
             writeln!(out, "    /// Path of the `{name}` component.")?;
-            writeln!(out, "    pub const {konst}: &str = {:?};", file.display().to_string())?;
+            writeln!(
+                out,
+                "    pub const {konst}: &str = {:?};",
+                file.display().to_string()
+            )?;
             all.push(konst);
         }
         writeln!(out, "    /// Every guest of this workspace.")?;
@@ -56,7 +71,13 @@ fn build_workspace(ws: &Path, target: &Path) -> Res<Vec<String>> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(ws)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
         .arg(target);
     // The outer build's flags and wrappers (clippy, coverage) are for host code only.
     for var in [
@@ -70,7 +91,9 @@ fn build_workspace(ws: &Path, target: &Path) -> Res<Vec<String>> {
     ] {
         cmd.env_remove(var);
     }
-    let output = cmd.output().map_err(|e| format!("cannot run {cargo}: {e}"))?;
+    let output = cmd
+        .output()
+        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
     if !output.status.success() {
         return Err(format!(
             "building the guests in {} failed (is the target installed? `rustup target add wasm32-wasip2`):\n{}",
@@ -89,7 +112,11 @@ fn build_workspace(ws: &Path, target: &Path) -> Res<Vec<String>> {
         .map(|(list, _)| list)
         .ok_or_else(|| format!("no members list in {}/Cargo.toml", ws.display()))?;
     let mut names = Vec::new();
-    for member in members.split(',').map(|m| m.trim().trim_matches('"')).filter(|m| !m.is_empty()) {
+    for member in members
+        .split(',')
+        .map(|m| m.trim().trim_matches('"'))
+        .filter(|m| !m.is_empty())
+    {
         let toml = std::fs::read_to_string(ws.join(member).join("Cargo.toml"))?;
         let name = toml
             .lines()

@@ -323,10 +323,10 @@ impl Engine {
             },
             None => Component::new(&self.inner.wasmtime, bytes).map_err(compile_err)?,
         };
-        if let (Some(path), false) = (disk.as_ref(), from_disk_cache) {
-            if let Err(e) = write_artifact(&component, path) {
-                tracing::warn!(plugin = id.short(), "cannot write the artifact cache: {e}");
-            }
+        if let (Some(path), false) = (disk.as_ref(), from_disk_cache)
+            && let Err(e) = write_artifact(&component, path)
+        {
+            tracing::warn!(plugin = id.short(), "cannot write the artifact cache: {e}");
         }
         let pre = self
             .inner

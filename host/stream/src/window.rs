@@ -333,11 +333,11 @@ impl Windower {
         }
         // Re-firings after late updates.
         for (k, start) in std::mem::take(&mut self.dirty) {
-            if let Some(p) = self.panes.get_mut(&k).and_then(|m| m.get_mut(&start)) {
-                if p.dirty {
-                    p.dirty = false;
-                    out.push(fire(&self.names, k, p, false, false));
-                }
+            if let Some(p) = self.panes.get_mut(&k).and_then(|m| m.get_mut(&start))
+                && p.dirty
+            {
+                p.dirty = false;
+                out.push(fire(&self.names, k, p, false, false));
             }
         }
         // Releases.

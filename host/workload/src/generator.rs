@@ -38,8 +38,12 @@ impl Generator {
     /// `n` events from `seed`.
     pub fn new(n: u64, seed: u64) -> Self {
         let mut key_rng = StdRng::seed_from_u64(seed ^ 999_999_999);
-        let offsets = (0..N_KEYS).map(|_| key_rng.sample::<f64, _>(StandardNormal)).collect();
-        let mut cdf: Vec<f64> = (0..N_KEYS).map(|k| 1.0 / ((k + 1) as f64).powf(ZIPF_S)).collect();
+        let offsets = (0..N_KEYS)
+            .map(|_| key_rng.sample::<f64, _>(StandardNormal))
+            .collect();
+        let mut cdf: Vec<f64> = (0..N_KEYS)
+            .map(|k| 1.0 / ((k + 1) as f64).powf(ZIPF_S))
+            .collect();
         let total: f64 = cdf.iter().sum();
         let mut acc = 0.0;
         for p in &mut cdf {
@@ -48,7 +52,15 @@ impl Generator {
         }
         #[allow(clippy::unwrap_used)] // the mean is a positive constant
         let gap = Exp::new(1.0 / MEAN_GAP_MS).unwrap();
-        Generator { rng: StdRng::seed_from_u64(seed), offsets, cdf, gap, t: 0.0, index: 0, n }
+        Generator {
+            rng: StdRng::seed_from_u64(seed),
+            offsets,
+            cdf,
+            gap,
+            t: 0.0,
+            index: 0,
+            n,
+        }
     }
 
     /// Index of the next event.
@@ -86,7 +98,11 @@ impl Iterator for Generator {
         for v in &mut x {
             *v = (*v * 1e4).round() / 1e4;
         }
-        let (w, c, b) = if self.index >= self.n / 2 { (W_POST, C_POST, B_POST) } else { (W_PRE, C_PRE, B_PRE) };
+        let (w, c, b) = if self.index >= self.n / 2 {
+            (W_POST, C_POST, B_POST)
+        } else {
+            (W_PRE, C_PRE, B_PRE)
+        };
         let mut logit = b + c * (x[0].abs().ln_1p() - 1.0);
         for j in 0..8 {
             logit += w[j] * (x[j] - MU[j]) / SD[j];
@@ -94,7 +110,12 @@ impl Iterator for Generator {
         let p = 1.0 / (1.0 + (-logit).exp());
         let label = u8::from(r.r#gen::<f64>() < p);
         self.index += 1;
-        Some(Event { key: format!("u{k}"), ts, x, label })
+        Some(Event {
+            key: format!("u{k}"),
+            ts,
+            x,
+            label,
+        })
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -128,7 +149,10 @@ mod tests {
         for e in &events {
             // Too late means ws + 999 + 2000 <= W, with W = max ts so far - 1.
             let ws = e.ts.div_euclid(1000) * 1000;
-            assert!(ws + 999 + 2000 > max_ts - 1, "event later than the allowed lateness");
+            assert!(
+                ws + 999 + 2000 > max_ts - 1,
+                "event later than the allowed lateness"
+            );
             if e.ts < max_ts {
                 ooo += 1;
             }

@@ -27,7 +27,13 @@ pub fn parse_line(line: &str) -> Result<Event, serde_json::Error> {
 /// Formats one event exactly as the Python generator does (4 decimals).
 pub fn to_json_line(e: &Event) -> String {
     let xs: Vec<String> = e.x.iter().map(|v| format!("{v:.4}")).collect();
-    format!(r#"{{"key":"{}","ts":{},"x":[{}],"label":{}}}"#, e.key, e.ts, xs.join(","), e.label)
+    format!(
+        r#"{{"key":"{}","ts":{},"x":[{}],"label":{}}}"#,
+        e.key,
+        e.ts,
+        xs.join(","),
+        e.label
+    )
 }
 
 /// Reads a whole JSON Lines file of events.
@@ -39,7 +45,10 @@ pub fn read_jsonl(path: &std::path::Path) -> Result<Vec<Event>, JsonlError> {
         if line.trim().is_empty() {
             continue;
         }
-        out.push(parse_line(&line).map_err(|source| JsonlError::Parse { line: i + 1, source })?);
+        out.push(parse_line(&line).map_err(|source| JsonlError::Parse {
+            line: i + 1,
+            source,
+        })?);
     }
     Ok(out)
 }

@@ -62,7 +62,8 @@ impl Models {
 
     /// Config JSON for the `standardize` plugin.
     pub fn standardize_config(&self) -> String {
-        serde_json::json!({ "mean": self.event_model.x_mean, "std": self.event_model.x_std }).to_string()
+        serde_json::json!({ "mean": self.event_model.x_mean, "std": self.event_model.x_std })
+            .to_string()
     }
 
     /// Config JSON for the `logistic` plugin serving the fixed event model.

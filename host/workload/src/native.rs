@@ -71,7 +71,9 @@ pub fn job2_groupby<'a>(
     let mut acc: BTreeMap<(String, i64), (u64, f64, f64)> = BTreeMap::new();
     for (key, ts, x0) in events {
         let ws = ts.div_euclid(1000) * 1000;
-        let e = acc.entry((key.to_string(), ws)).or_insert((0, 0.0, f64::NEG_INFINITY));
+        let e = acc
+            .entry((key.to_string(), ws))
+            .or_insert((0, 0.0, f64::NEG_INFINITY));
         e.0 += 1;
         e.1 += x0;
         e.2 = e.2.max(x0);
@@ -79,7 +81,15 @@ pub fn job2_groupby<'a>(
     acc.into_iter()
         .map(|(k, (c, s, m))| {
             let mean = s / c as f64;
-            (k, WindowAgg { count: c, mean_x0: mean, max_x0: m, score: window_score(w, c as f64, mean, m) })
+            (
+                k,
+                WindowAgg {
+                    count: c,
+                    mean_x0: mean,
+                    max_x0: m,
+                    score: window_score(w, c as f64, mean, m),
+                },
+            )
         })
         .collect()
 }
@@ -100,7 +110,12 @@ pub struct OnlineSgd {
 impl OnlineSgd {
     /// A model at zero.
     pub fn new(lr: f64, intercept_lr: f64) -> Self {
-        OnlineSgd { w: [0.0; 9], b: 0.0, lr, intercept_lr }
+        OnlineSgd {
+            w: [0.0; 9],
+            b: 0.0,
+            lr,
+            intercept_lr,
+        }
     }
 
     /// Predicts, then learns; returns the pre-update probability.
