@@ -2,29 +2,42 @@
 //! by sha256 inside it.
 
 use std::sync::{Arc, OnceLock};
-use weir_engine::{Deployment, Engine, EngineOptions, EventBatch, FeatureBatch, Instance, Manifest, Plugin};
+use weir_engine::{
+    Deployment, Engine, EngineOptions, EventBatch, FeatureBatch, Instance, Manifest, Plugin,
+};
 use weir_workload::{Event, Models};
 
 pub fn engine() -> Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| Engine::new(EngineOptions::default()).expect("engine")).clone()
+    ENGINE
+        .get_or_init(|| Engine::new(EngineOptions::default()).expect("engine"))
+        .clone()
 }
 
 /// A separate engine that meters fuel.
 pub fn fuel_engine() -> Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE
-        .get_or_init(|| Engine::new(EngineOptions { fuel: true, ..EngineOptions::default() }).expect("engine"))
+        .get_or_init(|| {
+            Engine::new(EngineOptions {
+                fuel: true,
+                ..EngineOptions::default()
+            })
+            .expect("engine")
+        })
         .clone()
 }
 
 pub fn load(engine: &Engine, path: &str) -> Arc<Plugin> {
     let bytes = weir_guests::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    engine.load(&bytes, Manifest::default()).unwrap_or_else(|e| panic!("{path}: {e}"))
+    engine
+        .load(&bytes, Manifest::default())
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 pub fn instance(engine: &Engine, path: &str, config: &str) -> Instance {
-    Instance::new(Deployment::new(load(engine, path), config)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    Instance::new(Deployment::new(load(engine, path), config))
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 pub fn models() -> &'static Models {
@@ -56,8 +69,16 @@ pub fn native_scores(events: &[Event]) -> Vec<f64> {
 /// A good pipeline (standardize + logistic) that must keep working after hostile plugins.
 pub fn assert_good_plugins_work(engine: &Engine) {
     let evs = events(300);
-    let mut std = instance(engine, weir_guests::plugins::STANDARDIZE, &models().standardize_config());
-    let mut lr = instance(engine, weir_guests::plugins::LOGISTIC, &models().logistic_config());
+    let mut std = instance(
+        engine,
+        weir_guests::plugins::STANDARDIZE,
+        &models().standardize_config(),
+    );
+    let mut lr = instance(
+        engine,
+        weir_guests::plugins::LOGISTIC,
+        &models().logistic_config(),
+    );
     let f = std.extract(&batch(&evs)).expect("extract");
     let scores = lr.predict(&f).expect("predict");
     assert_close(&scores, &native_scores(&evs), 1e-9);

@@ -13,7 +13,9 @@ fn manifest(f: impl FnOnce(&mut Limits)) -> Manifest {
 
 fn fixture(path: &str, manifest: Manifest) -> Instance {
     let engine = engine();
-    let plugin = engine.load(&weir_guests::read(path).unwrap(), manifest).unwrap();
+    let plugin = engine
+        .load(&weir_guests::read(path).unwrap(), manifest)
+        .unwrap();
     Instance::new(Deployment::new(plugin, "{}")).unwrap()
 }
 
@@ -25,7 +27,11 @@ fn trap(err: Error) -> TrapKind {
     match err {
         Error::Trap { kind, func, plugin } => {
             assert_eq!(func, "predict");
-            assert_eq!(plugin.len(), 12, "errors name the plugin by its sha256 prefix");
+            assert_eq!(
+                plugin.len(),
+                12,
+                "errors name the plugin by its sha256 prefix"
+            );
             kind
         }
         other => panic!("expected a trap, got {other}"),
@@ -57,36 +63,55 @@ fn infinite_loop_runs_out_of_fuel_on_a_metered_engine() {
         l.fuel_per_call = 1_000_000;
         l.fuel_per_row = 0;
     });
-    let plugin = engine.load(&weir_guests::read(fixtures::SPIN).unwrap(), m).unwrap();
+    let plugin = engine
+        .load(&weir_guests::read(fixtures::SPIN).unwrap(), m)
+        .unwrap();
     let mut i = Instance::new(Deployment::new(plugin, "{}")).unwrap();
-    assert_eq!(trap(i.predict(&one_row()).unwrap_err()), TrapKind::OutOfFuel);
+    assert_eq!(
+        trap(i.predict(&one_row()).unwrap_err()),
+        TrapKind::OutOfFuel
+    );
     assert_good_plugins_work(&engine);
 }
 
 #[test]
 fn memory_bomb_is_capped() {
     let mut i = fixture(fixtures::MEMBOMB, manifest(|l| l.memory_bytes = 16 << 20));
-    assert_eq!(trap(i.predict(&one_row()).unwrap_err()), TrapKind::OutOfMemory);
+    assert_eq!(
+        trap(i.predict(&one_row()).unwrap_err()),
+        TrapKind::OutOfMemory
+    );
     assert_good_plugins_work(&engine());
 }
 
 #[test]
 fn unbounded_recursion_overflows_the_stack() {
     let mut i = fixture(fixtures::RECURSE, Manifest::default());
-    assert_eq!(trap(i.predict(&one_row()).unwrap_err()), TrapKind::StackOverflow);
+    assert_eq!(
+        trap(i.predict(&one_row()).unwrap_err()),
+        TrapKind::StackOverflow
+    );
     assert_good_plugins_work(&engine());
 }
 
 #[test]
 fn panic_is_reported_with_its_message_and_the_instance_is_rebuilt() {
     let mut i = fixture(fixtures::PANIC, Manifest::default());
-    assert_eq!(i.predict(&rows(2, 2, vec![1.0, 2.0, 3.0, 4.0])).unwrap(), vec![3.0, 7.0]);
+    assert_eq!(
+        i.predict(&rows(2, 2, vec![1.0, 2.0, 3.0, 4.0])).unwrap(),
+        vec![3.0, 7.0]
+    );
     let kind = trap(i.predict(&rows(1, 2, vec![13.0, 0.0])).unwrap_err());
     assert_eq!(kind, TrapKind::Panic("unlucky record: 13".into()));
     // A trapped component cannot be re-entered; the next call runs on a fresh instance.
     assert_eq!(i.predict(&rows(1, 2, vec![5.0, 6.0])).unwrap(), vec![11.0]);
     assert_eq!(i.rebuilds(), 1);
-    assert!(i.logs().lines().iter().any(|l| l.message.contains("unlucky record")));
+    assert!(
+        i.logs()
+            .lines()
+            .iter()
+            .any(|l| l.message.contains("unlucky record"))
+    );
     assert_good_plugins_work(&engine());
 }
 
@@ -94,7 +119,9 @@ fn panic_is_reported_with_its_message_and_the_instance_is_rebuilt() {
 fn oversized_output_is_refused() {
     let mut i = fixture(fixtures::BIG_OUTPUT, manifest(|l| l.output_bytes = 1 << 20));
     match i.predict(&one_row()).unwrap_err() {
-        Error::BadOutput { reason, .. } => assert!(reason.contains("exceeds the limit"), "{reason}"),
+        Error::BadOutput { reason, .. } => {
+            assert!(reason.contains("exceeds the limit"), "{reason}")
+        }
         other => panic!("expected BadOutput, got {other}"),
     }
     assert_good_plugins_work(&engine());
@@ -116,11 +143,22 @@ fn log_spam_is_capped_and_counted() {
     assert_eq!(i.predict(&one_row()).unwrap(), vec![1.0]);
     let lines = i.logs().lines();
     assert_eq!(lines.len(), Limits::default().log_lines_per_call);
-    assert!(i.logs().dropped() >= 199_000, "dropped {}", i.logs().dropped());
-    assert!(lines.iter().all(|l| l.message.len() <= Limits::default().log_line_bytes + 3));
+    assert!(
+        i.logs().dropped() >= 199_000,
+        "dropped {}",
+        i.logs().dropped()
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.message.len() <= Limits::default().log_line_bytes + 3)
+    );
     // The cap is per call: the next call logs again.
     i.predict(&one_row()).unwrap();
-    assert_eq!(i.logs().lines().len(), 2 * Limits::default().log_lines_per_call);
+    assert_eq!(
+        i.logs().lines().len(),
+        2 * Limits::default().log_lines_per_call
+    );
     assert_good_plugins_work(&engine());
 }
 
@@ -135,7 +173,10 @@ fn filesystem_and_socket_imports_are_refused() {
     }
     match rejected(fixtures::NET_IMPORT) {
         ValidationError::ForbiddenImport { import, .. } => {
-            assert!(import.starts_with("wasi:sockets/") || import.starts_with("wasi:filesystem/"), "{import}")
+            assert!(
+                import.starts_with("wasi:sockets/") || import.starts_with("wasi:filesystem/"),
+                "{import}"
+            )
         }
         other => panic!("{other}"),
     }
@@ -144,7 +185,9 @@ fn filesystem_and_socket_imports_are_refused() {
 
 #[test]
 fn wrong_world_and_unsupported_version_are_refused() {
-    assert!(matches!(rejected(fixtures::WRONG_WORLD), ValidationError::WrongWorld(list) if list.contains("acme:other/thing")));
+    assert!(
+        matches!(rejected(fixtures::WRONG_WORLD), ValidationError::WrongWorld(list) if list.contains("acme:other/thing"))
+    );
     match rejected(fixtures::FUTURE_VERSION) {
         ValidationError::UnsupportedVersion { found, supported } => {
             assert_eq!(found, "0.2.0");
@@ -158,19 +201,29 @@ fn wrong_world_and_unsupported_version_are_refused() {
 #[test]
 fn core_module_garbage_and_truncation_are_refused() {
     let engine = engine();
-    let core = wat::parse_str(r#"(module (func (export "predict") (result f64) f64.const 1))"#).unwrap();
+    let core =
+        wat::parse_str(r#"(module (func (export "predict") (result f64) f64.const 1))"#).unwrap();
     let err = engine.load(&core, Manifest::default()).unwrap_err();
     assert!(matches!(err, Error::Invalid(ValidationError::CoreModule)));
     assert!(err.to_string().contains("not a component"), "{err}");
 
-    assert!(matches!(engine.load(b"", Manifest::default()), Err(Error::Invalid(ValidationError::Empty))));
+    assert!(matches!(
+        engine.load(b"", Manifest::default()),
+        Err(Error::Invalid(ValidationError::Empty))
+    ));
     let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
-    assert!(matches!(engine.load(&garbage, Manifest::default()), Err(Error::Invalid(ValidationError::Malformed(_)))));
+    assert!(matches!(
+        engine.load(&garbage, Manifest::default()),
+        Err(Error::Invalid(ValidationError::Malformed(_)))
+    ));
 
     let good = weir_guests::read(weir_guests::plugins::LOGISTIC).unwrap();
     for cut in [8, good.len() / 3, good.len() - 1] {
         let err = engine.load(&good[..cut], Manifest::default()).unwrap_err();
-        assert!(matches!(err, Error::Invalid(ValidationError::Malformed(_))), "cut at {cut}: {err}");
+        assert!(
+            matches!(err, Error::Invalid(ValidationError::Malformed(_))),
+            "cut at {cut}: {err}"
+        );
     }
     // Flipping bytes in the middle: either rejected up front or by the compiler, never a panic.
     let mut flipped = good.clone();
@@ -186,7 +239,11 @@ fn bad_config_is_a_plugin_error_not_a_trap() {
     let engine = engine();
     let plugin = load(&engine, fixtures::BAD_CONFIG);
     match Instance::new(Deployment::new(plugin, r#"{"x":1}"#)) {
-        Err(Error::Plugin { func: "init", error: weir_engine::PluginError::InvalidConfig(m), .. }) => {
+        Err(Error::Plugin {
+            func: "init",
+            error: weir_engine::PluginError::InvalidConfig(m),
+            ..
+        }) => {
             assert!(m.contains("expected {}"), "{m}")
         }
         Err(other) => panic!("expected an init error, got {other}"),
@@ -197,6 +254,16 @@ fn bad_config_is_a_plugin_error_not_a_trap() {
 
 #[test]
 fn calling_a_function_of_another_world_is_a_typed_error() {
-    let mut std = instance(&engine(), weir_guests::plugins::STANDARDIZE, &models().standardize_config());
-    assert!(matches!(std.predict(&one_row()), Err(Error::WrongKind { func: "predict", .. })));
+    let mut std = instance(
+        &engine(),
+        weir_guests::plugins::STANDARDIZE,
+        &models().standardize_config(),
+    );
+    assert!(matches!(
+        std.predict(&one_row()),
+        Err(Error::WrongKind {
+            func: "predict",
+            ..
+        })
+    ));
 }

@@ -10,7 +10,11 @@ use weir_workload::native::{self, OnlineSgd};
 fn job1_scores_match_the_native_reference() {
     let evs = events(10_000);
     let engine = engine();
-    let mut std = instance(&engine, plugins::STANDARDIZE, &models().standardize_config());
+    let mut std = instance(
+        &engine,
+        plugins::STANDARDIZE,
+        &models().standardize_config(),
+    );
     let mut lr = instance(&engine, plugins::LOGISTIC, &models().logistic_config());
     let mut scores = Vec::new();
     for chunk in evs.chunks(1024) {
@@ -43,7 +47,10 @@ fn prequential_training_matches_native_sgd() {
         }
     }
     assert_eq!(correct, correct_ref);
-    assert!(correct as f64 / evs.len() as f64 > 0.75, "the online model learns");
+    assert!(
+        correct as f64 / evs.len() as f64 > 0.75,
+        "the online model learns"
+    );
 }
 
 #[test]
@@ -63,11 +70,17 @@ fn snapshot_restore_carries_learned_weights() {
 
     let mut b = instance(&engine(), plugins::LOGISTIC, &m.online_config());
     let fresh = b.predict(&f).unwrap();
-    assert!(fresh.iter().all(|&p| p == 0.5), "an untrained model scores 0.5");
+    assert!(
+        fresh.iter().all(|&p| p == 0.5),
+        "an untrained model scores 0.5"
+    );
     b.restore(&snap).unwrap();
     assert_eq!(b.predict(&f).unwrap(), a.predict(&f).unwrap());
 
-    assert!(matches!(b.restore(b"{\"coef\":[1.0],\"intercept\":0}"), Err(Error::Plugin { .. })));
+    assert!(matches!(
+        b.restore(b"{\"coef\":[1.0],\"intercept\":0}"),
+        Err(Error::Plugin { .. })
+    ));
     assert!(matches!(b.restore(b"not json"), Err(Error::Plugin { .. })));
 }
 
@@ -76,19 +89,55 @@ fn bad_configs_and_inputs_are_plugin_errors() {
     let engine = engine();
     let p = load(&engine, plugins::STANDARDIZE);
     let bad = Instance::new(Deployment::new(p.clone(), r#"{"mean":[0.0],"std":[0.0]}"#));
-    assert!(matches!(bad, Err(Error::Plugin { func: "init", error: PluginError::InvalidConfig(_), .. })));
+    assert!(matches!(
+        bad,
+        Err(Error::Plugin {
+            func: "init",
+            error: PluginError::InvalidConfig(_),
+            ..
+        })
+    ));
     let bad = Instance::new(Deployment::new(p, "not json"));
-    assert!(matches!(bad, Err(Error::Plugin { func: "init", error: PluginError::InvalidConfig(_), .. })));
+    assert!(matches!(
+        bad,
+        Err(Error::Plugin {
+            func: "init",
+            error: PluginError::InvalidConfig(_),
+            ..
+        })
+    ));
 
-    let mut std = instance(&engine, plugins::STANDARDIZE, &models().standardize_config());
+    let mut std = instance(
+        &engine,
+        plugins::STANDARDIZE,
+        &models().standardize_config(),
+    );
     let mut short = weir_engine::EventBatch::with_dims(3);
     short.push("u1", 1, &[1.0, 2.0, 3.0]);
-    assert!(matches!(std.extract(&short), Err(Error::Plugin { error: PluginError::InvalidInput(_), .. })));
+    assert!(matches!(
+        std.extract(&short),
+        Err(Error::Plugin {
+            error: PluginError::InvalidInput(_),
+            ..
+        })
+    ));
 
     let mut lr = instance(&engine, plugins::LOGISTIC, &models().logistic_config());
-    assert!(matches!(lr.predict(&rows(1, 2, vec![1.0, 2.0])), Err(Error::Plugin { error: PluginError::InvalidInput(_), .. })));
+    assert!(matches!(
+        lr.predict(&rows(1, 2, vec![1.0, 2.0])),
+        Err(Error::Plugin {
+            error: PluginError::InvalidInput(_),
+            ..
+        })
+    ));
     let f = rows(1, 9, vec![0.0; 9]);
-    assert!(matches!(lr.train(&f, &[0.5]), Err(Error::Plugin { error: PluginError::InvalidInput(_), .. })));
+    assert!(matches!(
+        lr.train(&f, &[0.5]),
+        Err(Error::Plugin {
+            error: PluginError::InvalidInput(_),
+            ..
+        })
+    ));
 }
 
 /// Keyed state the test can look into after handing it to an instance.
@@ -112,7 +161,11 @@ fn window_stats_folds_refires_and_releases_state() {
     let m = models();
     let state = Shared::default();
     let plugin = load(&engine(), plugins::WINDOW_STATS);
-    let mut op = Instance::with_state(Deployment::new(plugin, m.window_stats_config()), Box::new(state.clone())).unwrap();
+    let mut op = Instance::with_state(
+        Deployment::new(plugin, m.window_stats_config()),
+        Box::new(state.clone()),
+    )
+    .unwrap();
     let w = &m.window_model;
 
     // Two panes fire: rows are [x0, ...] with 2 dims.
@@ -125,7 +178,11 @@ fn window_stats_folds_refires_and_releases_state() {
     assert_eq!((out.key(0), out.timestamps[0]), (Some("u1"), 1000));
     let want = [2.0, 2.0, 3.0, native::window_score(w, 2.0, 2.0, 3.0)];
     assert_close(out.inputs_of(0).unwrap(), &want, 1e-12);
-    assert_eq!(state.0.lock().unwrap().len(), 2, "one accumulator per open pane");
+    assert_eq!(
+        state.0.lock().unwrap().len(),
+        2,
+        "one accumulator per open pane"
+    );
 
     // A late event re-fires u1's pane with only the new row; the result covers all three.
     let mut late = WindowBatch::with_dims(2);
@@ -147,12 +204,18 @@ fn window_stats_matches_the_groupby_reference() {
     let evs = events(20_000);
     let m = models();
     let mut op = instance(&engine(), plugins::WINDOW_STATS, &m.window_stats_config());
-    let reference = native::job2_groupby(&m.window_model, evs.iter().map(|e| (e.key.as_str(), e.ts, e.x[0])));
+    let reference = native::job2_groupby(
+        &m.window_model,
+        evs.iter().map(|e| (e.key.as_str(), e.ts, e.x[0])),
+    );
     // Fire every pane once with all its rows (what the host's window stage does when
     // nothing is late).
     let mut grouped: std::collections::BTreeMap<(String, i64), Vec<f64>> = Default::default();
     for e in &evs {
-        grouped.entry((e.key.clone(), e.ts.div_euclid(1000) * 1000)).or_default().push(e.x[0]);
+        grouped
+            .entry((e.key.clone(), e.ts.div_euclid(1000) * 1000))
+            .or_default()
+            .push(e.x[0]);
     }
     let mut panes = WindowBatch::with_dims(1);
     for ((k, ws), xs) in &grouped {

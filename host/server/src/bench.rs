@@ -5,7 +5,9 @@ use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weir_engine::{Deployment, Engine, EngineOptions, EventBatch, Instance, Manifest, Plugin, Runner, Slot};
+use weir_engine::{
+    Deployment, Engine, EngineOptions, EventBatch, Instance, Manifest, Plugin, Runner, Slot,
+};
 use weir_workload::{Event, Generator, Models};
 
 /// Options of `weir bench`.
@@ -34,7 +36,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 fn load_events(args: &BenchArgs) -> Result<Vec<Event>> {
     match &args.events {
-        Some(path) => weir_workload::read_jsonl(path).with_context(|| format!("reading {}", path.display())),
+        Some(path) => {
+            weir_workload::read_jsonl(path).with_context(|| format!("reading {}", path.display()))
+        }
         None => Ok(Generator::new(args.n, 42).collect()),
     }
 }
@@ -68,9 +72,17 @@ fn batches(events: &[Event], size: usize) -> Vec<EventBatch> {
         .collect()
 }
 
-fn wasm_job1(engine: &Engine, models: &Models, batches: &[EventBatch], runs: usize) -> Result<(f64, Vec<f64>)> {
+fn wasm_job1(
+    engine: &Engine,
+    models: &Models,
+    batches: &[EventBatch],
+    runs: usize,
+) -> Result<(f64, Vec<f64>)> {
     let bytes = |p: &str| weir_guests::read(p).with_context(|| format!("reading {p}"));
-    let std = engine.load(&bytes(weir_guests::plugins::STANDARDIZE)?, Manifest::default())?;
+    let std = engine.load(
+        &bytes(weir_guests::plugins::STANDARDIZE)?,
+        Manifest::default(),
+    )?;
     let lr = engine.load(&bytes(weir_guests::plugins::LOGISTIC)?, Manifest::default())?;
     let mut std = Instance::new(Deployment::new(std, models.standardize_config()))?;
     let mut lr = Instance::new(Deployment::new(lr, models.logistic_config()))?;
@@ -90,17 +102,27 @@ fn engine(args: &BenchArgs) -> Result<()> {
     let events = load_events(args)?;
     let n = events.len();
     let models = Models::load();
-    println!("bench engine: job 1 (standardize + logistic) over {n} events, median of {} runs", args.runs);
+    println!(
+        "bench engine: job 1 (standardize + logistic) over {n} events, median of {} runs",
+        args.runs
+    );
 
     // Native Rust on the same flat inputs.
     let inputs: Vec<f64> = events.iter().flat_map(|e| e.x).collect();
     let mut native = Vec::new();
     let native_s = time_runs(args.runs, || {
-        weir_workload::native::job1(&models.event_model, std::hint::black_box(&inputs), &mut native);
+        weir_workload::native::job1(
+            &models.event_model,
+            std::hint::black_box(&inputs),
+            &mut native,
+        );
         Ok(())
     })?;
     let ns = |s: f64| s * 1e9 / n as f64;
-    println!("  native                      {:>8.1} ns/event", ns(native_s));
+    println!(
+        "  native                      {:>8.1} ns/event",
+        ns(native_s)
+    );
 
     let engine = Engine::new(EngineOptions::default())?;
     let b1 = batches(&events, 1);
@@ -120,9 +142,15 @@ fn engine(args: &BenchArgs) -> Result<()> {
         bail!("wasm and native scores disagree by {max_diff}");
     }
 
-    let fuel_engine = Engine::new(EngineOptions { fuel: true, ..EngineOptions::default() })?;
+    let fuel_engine = Engine::new(EngineOptions {
+        fuel: true,
+        ..EngineOptions::default()
+    })?;
     let (wf, _) = wasm_job1(&fuel_engine, &models, &b1024, args.runs)?;
-    println!("  wasm, batch 1024, fuel      {:>8.1} ns/event (fuel metering on)", ns(wf));
+    println!(
+        "  wasm, batch 1024, fuel      {:>8.1} ns/event (fuel metering on)",
+        ns(wf)
+    );
 
     // Swap figures.
     println!("swap:");
@@ -130,14 +158,27 @@ fn engine(args: &BenchArgs) -> Result<()> {
     let lr_bytes = weir_guests::read(weir_guests::plugins::LOGISTIC)?;
     let t = Instant::now();
     let lr = fresh.load(&lr_bytes, Manifest::default())?;
-    println!("  compile (Component::new + InstancePre, off the hot path)  {:>8.2} ms  ({} KiB)", t.elapsed().as_secs_f64() * 1e3, lr_bytes.len() / 1024);
+    println!(
+        "  compile (Component::new + InstancePre, off the hot path)  {:>8.2} ms  ({} KiB)",
+        t.elapsed().as_secs_f64() * 1e3,
+        lr_bytes.len() / 1024
+    );
     let t = Instant::now();
     fresh.load(&lr_bytes, Manifest::default())?;
-    println!("  load again (in-memory cache hit)                          {:>8.2} ms", t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "  load again (in-memory cache hit)                          {:>8.2} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
     let cache_dir = std::env::temp_dir().join(format!("weir-bench-cache-{}", std::process::id()));
-    let disk = Engine::new(EngineOptions { cache_dir: Some(cache_dir.clone()), ..EngineOptions::default() })?;
+    let disk = Engine::new(EngineOptions {
+        cache_dir: Some(cache_dir.clone()),
+        ..EngineOptions::default()
+    })?;
     disk.load(&lr_bytes, Manifest::default())?;
-    let disk2 = Engine::new(EngineOptions { cache_dir: Some(cache_dir.clone()), ..EngineOptions::default() })?;
+    let disk2 = Engine::new(EngineOptions {
+        cache_dir: Some(cache_dir.clone()),
+        ..EngineOptions::default()
+    })?;
     let cached = disk2.load(&lr_bytes, Manifest::default())?;
     println!(
         "  load from the on-disk artifact cache (new engine)         {:>8.2} ms  (from cache: {})",
@@ -154,13 +195,21 @@ fn engine(args: &BenchArgs) -> Result<()> {
     for i in 0..swaps {
         slot.swap(if i % 2 == 0 { b.clone() } else { a.clone() })?;
     }
-    println!("  pointer swap (Slot::swap)                                 {:>8.0} ns", t.elapsed().as_nanos() as f64 / swaps as f64);
+    println!(
+        "  pointer swap (Slot::swap)                                 {:>8.0} ns",
+        t.elapsed().as_nanos() as f64 / swaps as f64
+    );
 
     let inst_on_demand = instantiate_us(&lr, 2_000)?;
-    let pooled_engine = Engine::new(EngineOptions { pooling: true, ..EngineOptions::default() })?;
+    let pooled_engine = Engine::new(EngineOptions {
+        pooling: true,
+        ..EngineOptions::default()
+    })?;
     let pooled = pooled_engine.load(&lr_bytes, Manifest::default())?;
     let inst_pooled = instantiate_us(&pooled, 2_000)?;
-    println!("  Pre::instantiate, on-demand allocator                     {inst_on_demand:>8.1} µs");
+    println!(
+        "  Pre::instantiate, on-demand allocator                     {inst_on_demand:>8.1} µs"
+    );
     println!("  Pre::instantiate, pooling allocator                       {inst_pooled:>8.1} µs");
 
     // Publish to first call on the new version, as a worker sees it.
@@ -175,7 +224,10 @@ fn engine(args: &BenchArgs) -> Result<()> {
         runner.call(|i| i.predict(&feats))?;
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    println!("  swap -> first call on the new version (p50)               {:>8.1} µs", median(lat));
+    println!(
+        "  swap -> first call on the new version (p50)               {:>8.1} µs",
+        median(lat)
+    );
 
     let ratio = w1024 / native_s;
     println!("wasm_vs_native_ratio_batch1024={ratio:.3}");
@@ -187,4 +239,3 @@ fn instantiate_us(plugin: &Arc<Plugin>, n: usize) -> Result<f64> {
     xs.sort();
     Ok(xs[xs.len() / 2].as_secs_f64() * 1e6)
 }
-

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "weir", version, about = "Real-time ML pipelines with user-written WebAssembly operators")]
+#[command(
+    name = "weir",
+    version,
+    about = "Real-time ML pipelines with user-written WebAssembly operators"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,7 +34,8 @@ enum Command {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "weir=info,warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "weir=info,warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -46,9 +51,17 @@ fn inspect(path: &std::path::Path) -> Result<()> {
     let engine = weir_engine::Engine::new(Default::default())?;
     let plugin = engine.load(&bytes, Default::default())?;
     println!("plugin   {}", plugin.id());
-    println!("kind     {} (world weir:operator/{}@{})", plugin.kind(), plugin.kind().world(), plugin.info().version);
+    println!(
+        "kind     {} (world weir:operator/{}@{})",
+        plugin.kind(),
+        plugin.kind().world(),
+        plugin.info().version
+    );
     println!("size     {} bytes", plugin.size());
-    println!("compile  {:.1} ms", plugin.compile_time().as_secs_f64() * 1e3);
+    println!(
+        "compile  {:.1} ms",
+        plugin.compile_time().as_secs_f64() * 1e3
+    );
     println!("imports");
     for i in &plugin.info().imports {
         println!("  {i}");

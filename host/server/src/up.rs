@@ -4,8 +4,8 @@
 
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use weir_engine::{Deployment, Engine, EngineOptions, EventBatch, Instance, Manifest, WindowBatch};
 use weir_workload::{Generator, Models};
@@ -31,7 +31,8 @@ pub fn run(args: UpArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)).context("installing the Ctrl-C handler")?;
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+            .context("installing the Ctrl-C handler")?;
     }
     let engine = Engine::new(EngineOptions::default())?;
     let models = Models::load();
@@ -47,12 +48,22 @@ pub fn run(args: UpArgs) -> Result<()> {
         );
         Ok(Instance::new(Deployment::new(plugin, config))?)
     };
-    let mut standardize = load(weir_guests::plugins::STANDARDIZE, models.standardize_config())?;
+    let mut standardize = load(
+        weir_guests::plugins::STANDARDIZE,
+        models.standardize_config(),
+    )?;
     let mut logistic = load(weir_guests::plugins::LOGISTIC, models.logistic_config())?;
-    let mut windows = load(weir_guests::plugins::WINDOW_STATS, models.window_stats_config())?;
+    let mut windows = load(
+        weir_guests::plugins::WINDOW_STATS,
+        models.window_stats_config(),
+    )?;
 
-    let n = if args.events == 0 { u64::MAX } else { args.events };
-    let mut gen = Generator::new(n, args.seed).peekable();
+    let n = if args.events == 0 {
+        u64::MAX
+    } else {
+        args.events
+    };
+    let mut source = Generator::new(n, args.seed).peekable();
     let started = Instant::now();
     let mut last_report = Instant::now();
     let (mut total, mut since, mut windows_closed) = (0u64, 0u64, 0u64);
@@ -62,11 +73,16 @@ pub fn run(args: UpArgs) -> Result<()> {
     let mut panes: BTreeMap<i64, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
     let mut batch = EventBatch::with_dims(8);
     let mut sample = Vec::new();
-    while !stop.load(Ordering::Relaxed) && gen.peek().is_some() {
+    while !stop.load(Ordering::Relaxed) && source.peek().is_some() {
         batch.clear();
-        for e in gen.by_ref().take(args.batch) {
+        for e in source.by_ref().take(args.batch) {
             batch.push(&e.key, e.ts, &e.x);
-            panes.entry(e.ts.div_euclid(1000) * 1000).or_default().entry(e.key).or_default().push(e.x[0]);
+            panes
+                .entry(e.ts.div_euclid(1000) * 1000)
+                .or_default()
+                .entry(e.key)
+                .or_default()
+                .push(e.x[0]);
             max_ts = max_ts.max(e.ts);
         }
         let features = standardize.extract(&batch)?;
@@ -74,10 +90,20 @@ pub fn run(args: UpArgs) -> Result<()> {
         total += batch.len() as u64;
         since += batch.len() as u64;
         if sample.len() < 3 {
-            sample.extend((0..batch.len().min(3)).map(|i| (batch.key(i).unwrap_or("?").to_string(), batch.timestamps[i], scores[i])));
+            sample.extend((0..batch.len().min(3)).map(|i| {
+                (
+                    batch.key(i).unwrap_or("?").to_string(),
+                    batch.timestamps[i],
+                    scores[i],
+                )
+            }));
         }
         let watermark = max_ts - 1;
-        let closable: Vec<i64> = panes.keys().copied().take_while(|ws| ws + 999 + 2000 <= watermark).collect();
+        let closable: Vec<i64> = panes
+            .keys()
+            .copied()
+            .take_while(|ws| ws + 999 + 2000 <= watermark)
+            .collect();
         if !closable.is_empty() {
             let mut wb = WindowBatch::with_dims(1);
             for ws in closable {
@@ -106,6 +132,9 @@ pub fn run(args: UpArgs) -> Result<()> {
             since = 0;
         }
     }
-    println!("stopped after {total} events in {:.1}s", started.elapsed().as_secs_f64());
+    println!(
+        "stopped after {total} events in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
