@@ -7,6 +7,7 @@
 //! tests drive everything here in memory, with processing time passed in explicitly.
 
 pub mod aggregate;
+pub mod spec;
 pub mod state;
 pub mod watermark;
 pub mod window;

@@ -1,0 +1,433 @@
+//! The pipeline spec: a TOML file that names the source, the plugins of each stage with
+//! their config and limits, the window, and the outputs. Errors point at the line and field.
+//!
+//! ```toml
+//! name = "workload"
+//!
+//! [source]
+//! topic = "events"
+//! key_field = "key"      # string field holding the record key
+//! time_field = "ts"      # integer field holding event time (ms since the epoch)
+//! inputs_field = "x"     # array of numbers lifted into the events' numeric inputs
+//! input_dims = 8
+//!
+//! [watermark]
+//! out_of_orderness_ms = 0
+//! idle_timeout_ms = 10000
+//!
+//! [extractor]
+//! plugin = "standardize"
+//! config = { mean = [0.0], std = [1.0] }
+//!
+//! [model]
+//! plugin = "logistic"
+//! config = { dims = 2 }
+//! limits = { memory_bytes = 33554432 }
+//!
+//! [window]
+//! kind = "tumbling"
+//! size_ms = 1000
+//! lateness_ms = 2000
+//! value_index = 0
+//! aggregates = ["count", "mean", "max"]
+//!
+//! [sink]
+//! topic = "scores"
+//! windows_topic = "windows"
+//! late_topic = "late-events"
+//! dead_letter_topic = "dead-letters"
+//! ```
+
+use crate::aggregate::AggKind;
+use crate::window::WindowKind;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+/// A parsed and validated pipeline spec.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// Pipeline name: letters, digits, `-` and `_`.
+    pub name: Spanned<String>,
+    /// Where events come from.
+    pub source: SourceSpec,
+    /// Watermark settings.
+    #[serde(default)]
+    pub watermark: WatermarkSpec,
+    /// Feature extractor stage (Wasm).
+    pub extractor: Option<StageSpec>,
+    /// Model stage (Wasm), scoring each event's features.
+    pub model: Option<StageSpec>,
+    /// General operator stages (Wasm), run on the events after the model, in order.
+    #[serde(default)]
+    pub operators: Vec<StageSpec>,
+    /// Keyed event-time windows over the events' inputs.
+    pub window: Option<WindowSpec>,
+    /// Where results go.
+    pub sink: SinkSpec,
+}
+
+/// The source topic and how to read its JSON records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// Kafka topic.
+    pub topic: Spanned<String>,
+    /// JSON field with the key (string or number).
+    #[serde(default = "default_key")]
+    pub key_field: String,
+    /// JSON field with the event time in ms (integer).
+    #[serde(default = "default_time")]
+    pub time_field: String,
+    /// JSON field with an array of numbers: the events' numeric inputs.
+    pub inputs_field: String,
+    /// Length of that array.
+    pub input_dims: Spanned<u32>,
+    /// Hand the raw JSON payload to the stages too (costs a copy per event).
+    #[serde(default)]
+    pub with_payload: bool,
+}
+
+fn default_key() -> String {
+    "key".into()
+}
+fn default_time() -> String {
+    "ts".into()
+}
+
+/// Watermark settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkSpec {
+    /// Bounded out-of-orderness: the watermark trails the max event time by this much.
+    #[serde(default = "zero_i64")]
+    pub out_of_orderness_ms: Spanned<i64>,
+    /// A partition silent this long (processing time) stops holding the watermark back.
+    #[serde(default = "default_idle")]
+    pub idle_timeout_ms: u64,
+}
+
+fn zero_i64() -> Spanned<i64> {
+    Spanned::new(0..0, 0)
+}
+fn zero_u32() -> Spanned<u32> {
+    Spanned::new(0..0, 0)
+}
+
+fn default_idle() -> u64 {
+    10_000
+}
+
+impl Default for WatermarkSpec {
+    fn default() -> Self {
+        WatermarkSpec {
+            out_of_orderness_ms: zero_i64(),
+            idle_timeout_ms: default_idle(),
+        }
+    }
+}
+
+/// A Wasm stage: which plugin, its config, its limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// Plugin name (as uploaded or built), a path to a `.wasm`, or `sha256:<hex>`.
+    pub plugin: Spanned<String>,
+    /// Configuration, handed to the plugin as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// Limit overrides (see `weir_engine::Limits`).
+    #[serde(default)]
+    pub limits: toml::Table,
+    /// Grants (see `weir_engine::Grants`).
+    #[serde(default)]
+    pub grants: toml::Table,
+}
+
+impl StageSpec {
+    /// The config as a JSON document.
+    pub fn config_json(&self) -> String {
+        serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// The limits and grants as a JSON manifest document.
+    pub fn manifest_json(&self) -> String {
+        serde_json::json!({ "limits": self.limits, "grants": self.grants }).to_string()
+    }
+}
+
+/// The window stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSpec {
+    /// `tumbling`, `sliding` or `session`.
+    pub kind: Spanned<String>,
+    /// Window length (tumbling, sliding).
+    pub size_ms: Option<i64>,
+    /// Slide (sliding).
+    pub slide_ms: Option<i64>,
+    /// Gap (session).
+    pub gap_ms: Option<i64>,
+    /// Allowed lateness.
+    #[serde(default = "zero_i64")]
+    pub lateness_ms: Spanned<i64>,
+    /// Index of the input aggregated by the built-in aggregates.
+    #[serde(default = "zero_u32")]
+    pub value_index: Spanned<u32>,
+    /// Built-in aggregates to emit.
+    #[serde(default)]
+    pub aggregates: Vec<Spanned<String>>,
+    /// A Wasm operator whose `on-window` hook computes the window results instead.
+    pub operator: Option<StageSpec>,
+}
+
+/// Outputs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    /// Per-event results.
+    pub topic: String,
+    /// Window results.
+    pub windows_topic: Option<String>,
+    /// Events too late for every window.
+    pub late_topic: Option<String>,
+    /// Records that could not be processed, with the reason.
+    pub dead_letter_topic: String,
+}
+
+/// A spec error, with the line and column it points at.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", location.map(|(l, c)| format!("line {l}, column {c}: ")).unwrap_or_default())]
+pub struct SpecError {
+    /// 1-based (line, column), when known.
+    pub location: Option<(usize, usize)>,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+impl PipelineSpec {
+    /// Parses and validates a spec.
+    pub fn parse(text: &str) -> Result<Self, SpecError> {
+        let spec: PipelineSpec = toml::from_str(text).map_err(|e| SpecError {
+            location: e.span().map(|s| line_col(text, s.start)),
+            message: e.message().trim().to_string(),
+        })?;
+        spec.validate(text)?;
+        Ok(spec)
+    }
+
+    fn validate(&self, text: &str) -> Result<(), SpecError> {
+        let at = |span: std::ops::Range<usize>, message: String| SpecError {
+            location: if span.is_empty() && span.start == 0 {
+                None
+            } else {
+                Some(line_col(text, span.start))
+            },
+            message,
+        };
+        let name = self.name.get_ref();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(at(
+                self.name.span(),
+                format!("name `{name}`: use letters, digits, `-` and `_`"),
+            ));
+        }
+        if self.source.topic.get_ref().is_empty() {
+            return Err(at(
+                self.source.topic.span(),
+                "source.topic must not be empty".into(),
+            ));
+        }
+        if *self.source.input_dims.get_ref() == 0 {
+            return Err(at(
+                self.source.input_dims.span(),
+                "source.input_dims must be at least 1".into(),
+            ));
+        }
+        if *self.watermark.out_of_orderness_ms.get_ref() < 0 {
+            return Err(at(
+                self.watermark.out_of_orderness_ms.span(),
+                "watermark.out_of_orderness_ms must be >= 0".into(),
+            ));
+        }
+        for stage in self
+            .extractor
+            .iter()
+            .chain(&self.model)
+            .chain(&self.operators)
+        {
+            if stage.plugin.get_ref().is_empty() {
+                return Err(at(stage.plugin.span(), "plugin must not be empty".into()));
+            }
+        }
+        if let Some(w) = &self.window {
+            let kind = w.kind_checked().map_err(|m| at(w.kind.span(), m))?;
+            kind.validate()
+                .map_err(|m| at(w.kind.span(), format!("window: {m}")))?;
+            if *w.lateness_ms.get_ref() < 0 {
+                return Err(at(
+                    w.lateness_ms.span(),
+                    "window.lateness_ms must be >= 0".into(),
+                ));
+            }
+            if *w.value_index.get_ref() >= *self.source.input_dims.get_ref() {
+                return Err(at(
+                    w.value_index.span(),
+                    format!(
+                        "window.value_index {} is outside the {} inputs",
+                        w.value_index.get_ref(),
+                        self.source.input_dims.get_ref()
+                    ),
+                ));
+            }
+            for a in &w.aggregates {
+                if AggKind::parse(a.get_ref()).is_none() {
+                    return Err(at(
+                        a.span(),
+                        format!(
+                            "unknown aggregate `{}` (count, sum, mean, min, max, variance)",
+                            a.get_ref()
+                        ),
+                    ));
+                }
+            }
+            if w.aggregates.is_empty() && w.operator.is_none() {
+                return Err(at(
+                    w.kind.span(),
+                    "window needs `aggregates` or an `operator`".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl WindowSpec {
+    /// The window kind with its sizes.
+    pub fn kind_checked(&self) -> Result<WindowKind, String> {
+        let need = |v: Option<i64>, f: &str| {
+            v.ok_or_else(|| format!("a {} window needs `{f}`", self.kind.get_ref()))
+        };
+        Ok(match self.kind.get_ref().as_str() {
+            "tumbling" => WindowKind::Tumbling {
+                size_ms: need(self.size_ms, "size_ms")?,
+            },
+            "sliding" => WindowKind::Sliding {
+                size_ms: need(self.size_ms, "size_ms")?,
+                slide_ms: need(self.slide_ms, "slide_ms")?,
+            },
+            "session" => WindowKind::Session {
+                gap_ms: need(self.gap_ms, "gap_ms")?,
+            },
+            other => {
+                return Err(format!(
+                    "unknown window kind `{other}` (tumbling, sliding, session)"
+                ));
+            }
+        })
+    }
+
+    /// The built-in aggregates, in order.
+    pub fn aggregate_kinds(&self) -> Vec<AggKind> {
+        self.aggregates
+            .iter()
+            .filter_map(|a| AggKind::parse(a.get_ref()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "workload"
+[source]
+topic = "events"
+inputs_field = "x"
+input_dims = 8
+[extractor]
+plugin = "standardize"
+config = { mean = [1.0], std = [2.0] }
+[model]
+plugin = "logistic"
+config = { dims = 9 }
+limits = { memory_bytes = 1048576 }
+[window]
+kind = "tumbling"
+size_ms = 1000
+lateness_ms = 2000
+aggregates = ["count", "mean", "max"]
+[sink]
+topic = "scores"
+dead_letter_topic = "dlq"
+"#;
+
+    #[test]
+    fn parses_a_good_spec() {
+        let s = PipelineSpec::parse(GOOD).unwrap();
+        assert_eq!(s.name.get_ref(), "workload");
+        assert_eq!(
+            s.extractor.as_ref().unwrap().config_json(),
+            r#"{"mean":[1.0],"std":[2.0]}"#
+        );
+        assert!(
+            s.model
+                .as_ref()
+                .unwrap()
+                .manifest_json()
+                .contains("memory_bytes")
+        );
+        let w = s.window.as_ref().unwrap();
+        assert_eq!(
+            w.kind_checked().unwrap(),
+            WindowKind::Tumbling { size_ms: 1000 }
+        );
+        assert_eq!(
+            w.aggregate_kinds(),
+            vec![AggKind::Count, AggKind::Mean, AggKind::Max]
+        );
+        assert_eq!(s.source.key_field, "key");
+    }
+
+    #[test]
+    fn errors_point_at_the_line_and_field() {
+        let e = PipelineSpec::parse(&GOOD.replace("size_ms = 1000", "size_ms = 1000\nsize = 3"))
+            .unwrap_err();
+        assert_eq!(e.location.map(|l| l.0), Some(17), "{e}");
+        assert!(e.message.contains("unknown field `size`"), "{e}");
+
+        let e = PipelineSpec::parse(&GOOD.replace("\"max\"]", "\"median\"]")).unwrap_err();
+        assert_eq!(e.location.map(|l| l.0), Some(18), "{e}");
+        assert!(e.to_string().starts_with("line 18, column"), "{e}");
+        assert!(e.message.contains("unknown aggregate `median`"), "{e}");
+
+        let e = PipelineSpec::parse(&GOOD.replace("kind = \"tumbling\"", "kind = \"sliding\""))
+            .unwrap_err();
+        assert!(e.message.contains("needs `slide_ms`"), "{e}");
+        assert_eq!(e.location.map(|l| l.0), Some(15));
+
+        let e =
+            PipelineSpec::parse(&GOOD.replace("input_dims = 8", "input_dims = \"8\"")).unwrap_err();
+        assert_eq!(e.location.map(|l| l.0), Some(6), "{e}");
+
+        let e = PipelineSpec::parse(&GOOD.replace("name = \"workload\"", "name = \"a b\""))
+            .unwrap_err();
+        assert_eq!(e.location, Some((2, 8)), "{e}");
+
+        let e = PipelineSpec::parse(&GOOD.replace("[sink]\ntopic = \"scores\"\n", "[sink]\n"))
+            .unwrap_err();
+        assert!(e.message.contains("missing field `topic`"), "{e}");
+    }
+}
