@@ -179,6 +179,9 @@ pub struct WindowSpec {
     pub aggregates: Vec<Spanned<String>>,
     /// A Wasm operator whose `on-window` hook computes the window results instead.
     pub operator: Option<StageSpec>,
+    /// Names of the values the window operator emits (default `v0`, `v1`, …).
+    #[serde(default)]
+    pub outputs: Vec<String>,
 }
 
 /// Outputs.
