@@ -8,6 +8,7 @@
 
 pub mod aggregate;
 pub mod parse;
+pub mod pipeline;
 pub mod spec;
 pub mod state;
 pub mod watermark;

@@ -1,0 +1,651 @@
+//! The pipeline executor: `source → extractor → model → operators → sink`, with a keyed
+//! window branch over the events' inputs. It is I/O-free: the caller feeds batches of source
+//! records and gets the records to produce back, so the same code runs over Kafka, in
+//! memory, and in tests.
+//!
+//! Wasm stages run through `weir_engine::Runner`s, so a swap published on a stage's
+//! [`Slot`] takes effect at the next batch boundary. The pipeline records, per stage and
+//! partition, the offset where each version took over, and every result names the version
+//! that produced it. A record that cannot be parsed, or that makes a plugin fail, goes to
+//! the dead-letter output with the reason; the rest of its batch is processed normally.
+
+use crate::SourcePos;
+use crate::aggregate::AggKind;
+use crate::parse::RecordParser;
+use crate::spec::PipelineSpec;
+use crate::watermark::Watermarks;
+use crate::window::{Fired, Lateness, Windower};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use weir_engine::{EventBatch, FeatureBatch, Runner, Slot, VersionId, WindowBatch};
+
+/// A record read from the source.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceRecord<'a> {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// The raw JSON value.
+    pub payload: &'a [u8],
+}
+
+/// A record to produce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkRecord {
+    /// Message key.
+    pub key: String,
+    /// JSON value.
+    pub payload: String,
+}
+
+/// What one call produced, by output.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// Per-event results.
+    pub results: Vec<SinkRecord>,
+    /// Window results.
+    pub windows: Vec<SinkRecord>,
+    /// Events too late for every window.
+    pub late: Vec<SinkRecord>,
+    /// Records that could not be processed, with the reason.
+    pub dead: Vec<SinkRecord>,
+}
+
+impl Outputs {
+    /// Empties every output.
+    pub fn clear(&mut self) {
+        self.results.clear();
+        self.windows.clear();
+        self.late.clear();
+        self.dead.clear();
+    }
+    /// Total records.
+    pub fn len(&self) -> usize {
+        self.results.len() + self.windows.len() + self.late.len() + self.dead.len()
+    }
+    /// True when nothing was produced.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where a stage switched version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Switch {
+    /// Stage name (`extractor`, `model`, `operator-N`, `window`).
+    pub stage: String,
+    /// The version that took over.
+    pub version: VersionId,
+    /// Partition.
+    pub partition: i32,
+    /// First offset of the partition processed by that version.
+    pub offset: i64,
+}
+
+/// Counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Source records seen.
+    pub records_in: u64,
+    /// Per-event results produced.
+    pub results_out: u64,
+    /// Window results produced.
+    pub windows_out: u64,
+    /// Events too late for every window.
+    pub late: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Batches processed.
+    pub batches: u64,
+    /// Current watermark.
+    pub watermark: i64,
+}
+
+/// The slots of a pipeline's Wasm stages.
+#[derive(Clone, Default)]
+pub struct StageSlots {
+    /// Extractor.
+    pub extractor: Option<Arc<Slot>>,
+    /// Model.
+    pub model: Option<Arc<Slot>>,
+    /// General operators, in order.
+    pub operators: Vec<Arc<Slot>>,
+    /// The window's `on-window` operator.
+    pub window_operator: Option<Arc<Slot>>,
+}
+
+/// Why building or running a pipeline failed (not a per-record problem: those become dead
+/// letters).
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The spec and the slots disagree.
+    #[error("pipeline setup: {0}")]
+    Setup(String),
+    /// The engine failed in a way that is not one record's fault.
+    #[error(transparent)]
+    Engine(#[from] weir_engine::Error),
+}
+
+struct WindowStage {
+    windower: Windower,
+    aggs: Vec<AggKind>,
+    value_index: usize,
+    operator: Option<Runner>,
+    outputs: Vec<String>,
+}
+
+/// A running pipeline (one worker).
+pub struct Pipeline {
+    parser: RecordParser,
+    with_payload: bool,
+    dims: usize,
+    extractor: Option<Runner>,
+    model: Option<Runner>,
+    operators: Vec<Runner>,
+    window: Option<WindowStage>,
+    watermarks: Watermarks,
+    stats: Stats,
+    versions: HashMap<String, VersionId>,
+    switches: Vec<Switch>,
+    batch: EventBatch,
+    positions: Vec<SourcePos>,
+    raw: Vec<(usize, usize)>,
+}
+
+impl Pipeline {
+    /// Builds a pipeline from its spec and the slots of its stages.
+    pub fn new(spec: &PipelineSpec, slots: StageSlots) -> Result<Self, PipelineError> {
+        let need = |present: bool, slot: bool, what: &str| -> Result<(), PipelineError> {
+            if present != slot {
+                return Err(PipelineError::Setup(format!(
+                    "the spec and the slots disagree about the {what} stage"
+                )));
+            }
+            Ok(())
+        };
+        need(
+            spec.extractor.is_some(),
+            slots.extractor.is_some(),
+            "extractor",
+        )?;
+        need(spec.model.is_some(), slots.model.is_some(), "model")?;
+        if spec.operators.len() != slots.operators.len() {
+            return Err(PipelineError::Setup(
+                "the spec and the slots disagree about the operators".into(),
+            ));
+        }
+        let dims = *spec.source.input_dims.get_ref() as usize;
+        let window = match &spec.window {
+            Some(w) => {
+                need(
+                    w.operator.is_some(),
+                    slots.window_operator.is_some(),
+                    "window operator",
+                )?;
+                let kind = w.kind_checked().map_err(PipelineError::Setup)?;
+                let keep_rows = w.operator.is_some();
+                Some(WindowStage {
+                    windower: Windower::new(kind, *w.lateness_ms.get_ref(), dims, keep_rows),
+                    aggs: w.aggregate_kinds(),
+                    value_index: *w.value_index.get_ref() as usize,
+                    operator: slots.window_operator.map(Runner::new),
+                    outputs: w.outputs.clone(),
+                })
+            }
+            None => None,
+        };
+        Ok(Pipeline {
+            parser: RecordParser {
+                key_field: spec.source.key_field.clone(),
+                time_field: spec.source.time_field.clone(),
+                inputs_field: spec.source.inputs_field.clone(),
+                dims,
+            },
+            with_payload: spec.source.with_payload,
+            dims,
+            extractor: slots.extractor.map(Runner::new),
+            model: slots.model.map(|s| Runner::new(s).carry_model_state(false)),
+            operators: slots.operators.into_iter().map(Runner::new).collect(),
+            window,
+            watermarks: Watermarks::new(
+                *spec.watermark.out_of_orderness_ms.get_ref(),
+                spec.watermark.idle_timeout_ms,
+            ),
+            stats: Stats {
+                watermark: i64::MIN,
+                ..Stats::default()
+            },
+            versions: HashMap::new(),
+            switches: Vec::new(),
+            batch: EventBatch::with_dims(dims as u32),
+            positions: Vec::new(),
+            raw: Vec::new(),
+        })
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Every version switch seen, in order.
+    pub fn switches(&self) -> &[Switch] {
+        &self.switches
+    }
+
+    /// Registers a source partition (it holds the watermark back until idle).
+    pub fn assign_partition(&mut self, partition: i32, now_ms: u64) {
+        self.watermarks.assign(partition, now_ms);
+    }
+
+    /// Forgets a revoked partition.
+    pub fn revoke_partition(&mut self, partition: i32) {
+        self.watermarks.revoke(partition);
+    }
+
+    /// Processes a batch of source records at processing time `now_ms`.
+    pub fn process(
+        &mut self,
+        records: &[SourceRecord<'_>],
+        now_ms: u64,
+        out: &mut Outputs,
+    ) -> Result<(), PipelineError> {
+        self.batch.clear();
+        self.positions.clear();
+        self.raw.clear();
+        self.stats.records_in += records.len() as u64;
+        self.stats.batches += 1;
+        for (i, r) in records.iter().enumerate() {
+            match self.parser.parse(r.payload, &mut self.batch.inputs) {
+                Ok(p) => {
+                    let b = &mut self.batch;
+                    b.keys.extend_from_slice(p.key.as_bytes());
+                    b.key_offsets.push(b.keys.len() as u32);
+                    b.timestamps.push(p.ts);
+                    if self.with_payload {
+                        b.payloads.extend_from_slice(r.payload);
+                    }
+                    b.payload_offsets.push(b.payloads.len() as u32);
+                    b.len += 1;
+                    self.positions.push(SourcePos {
+                        partition: r.partition,
+                        offset: r.offset,
+                    });
+                    self.raw.push((i, 0));
+                    self.watermarks.observe(r.partition, p.ts, now_ms);
+                }
+                Err(reason) => {
+                    self.stats.dead += 1;
+                    out.dead.push(dead_letter(r, "parse", &reason));
+                }
+            }
+        }
+        if !self.batch.is_empty() {
+            self.window_events(records, out);
+            self.score(records, out)?;
+        }
+        self.fire_windows(now_ms, out)?;
+        Ok(())
+    }
+
+    /// Advances the watermark with no new records (idle partitions stop holding it back)
+    /// and fires due windows.
+    pub fn tick(&mut self, now_ms: u64, out: &mut Outputs) -> Result<(), PipelineError> {
+        self.fire_windows(now_ms, out)
+    }
+
+    /// End of a bounded input: fires and releases every window.
+    pub fn flush(&mut self, out: &mut Outputs) -> Result<(), PipelineError> {
+        let Some(w) = self.window.as_mut() else {
+            return Ok(());
+        };
+        let fired = w.windower.flush();
+        self.emit_windows(fired, out)
+    }
+
+    fn window_events(&mut self, records: &[SourceRecord<'_>], out: &mut Outputs) {
+        let Some(w) = self.window.as_mut() else {
+            return;
+        };
+        for i in 0..self.batch.len() {
+            let (Some(key), Some(row)) = (self.batch.key(i), self.batch.inputs_of(i)) else {
+                continue;
+            };
+            let ts = self.batch.timestamps[i];
+            if w.windower.add(key, ts, row[w.value_index], row) == Lateness::TooLate {
+                w.windower.count_late();
+                self.stats.late += 1;
+                let r = &records[self.raw[i].0];
+                let mut p = String::with_capacity(96 + r.payload.len());
+                p.push_str("{\"reason\":\"too late for every window\",\"key\":");
+                push_json_str(&mut p, key);
+                let _ = write!(
+                    p,
+                    ",\"ts\":{ts},\"watermark\":{},\"partition\":{},\"offset\":{},\"payload\":",
+                    w.windower.watermark(),
+                    r.partition,
+                    r.offset
+                );
+                push_json_str(&mut p, &String::from_utf8_lossy(r.payload));
+                p.push('}');
+                out.late.push(SinkRecord {
+                    key: key.to_string(),
+                    payload: p,
+                });
+            }
+        }
+    }
+
+    fn note_version(&mut self, stage: &str, version: &VersionId) {
+        if self.versions.get(stage) == Some(version) {
+            return;
+        }
+        self.versions.insert(stage.to_string(), version.clone());
+        let mut first: BTreeMap<i32, i64> = BTreeMap::new();
+        for p in &self.positions {
+            first
+                .entry(p.partition)
+                .and_modify(|o| *o = (*o).min(p.offset))
+                .or_insert(p.offset);
+        }
+        for (partition, offset) in first {
+            self.switches.push(Switch {
+                stage: stage.to_string(),
+                version: version.clone(),
+                partition,
+                offset,
+            });
+        }
+    }
+
+    /// Runs the scoring path over the batch; on a failure, retries record by record so one
+    /// bad record goes to the dead-letter output and the rest go on.
+    fn score(
+        &mut self,
+        records: &[SourceRecord<'_>],
+        out: &mut Outputs,
+    ) -> Result<(), PipelineError> {
+        let batch = std::mem::replace(&mut self.batch, EventBatch::with_dims(self.dims as u32));
+        let result = self.score_batch(&batch);
+        match result {
+            Ok(scored) => self.emit_results(&batch, &scored, 0, out),
+            Err(e) if e.fault() == weir_engine::Fault::Plugin => {
+                for i in 0..batch.len() {
+                    let mut one = EventBatch::with_dims(self.dims as u32);
+                    let (Some(key), Some(row)) = (batch.key(i), batch.inputs_of(i)) else {
+                        continue;
+                    };
+                    one.push(key, batch.timestamps[i], row);
+                    match self.score_batch(&one) {
+                        Ok(scored) => self.emit_results(&one, &scored, i, out),
+                        Err(e) => {
+                            self.stats.dead += 1;
+                            out.dead.push(dead_letter(
+                                &records[self.raw[i].0],
+                                "plugin",
+                                &e.to_string(),
+                            ));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                self.batch = batch;
+                return Err(e.into());
+            }
+        }
+        self.batch = batch;
+        Ok(())
+    }
+
+    fn score_batch(&mut self, batch: &EventBatch) -> Result<Scored, weir_engine::Error> {
+        let mut scored = Scored::default();
+        let features = match self.extractor.as_mut() {
+            Some(r) => {
+                let (v, f) = r.call(|i| i.extract(batch))?;
+                scored.extractor = Some((v, r.instance()?.deployment().plugin.id().0.clone()));
+                f
+            }
+            None => FeatureBatch::new(batch.len, batch.input_dims, batch.inputs.clone()),
+        };
+        if let Some(r) = self.model.as_mut() {
+            let (v, s) = r.call(|i| i.predict(&features))?;
+            scored.model = Some((v, r.instance()?.deployment().plugin.id().0.clone()));
+            scored.scores = Some(s);
+        } else {
+            scored.features = Some(features);
+        }
+        for r in self.operators.iter_mut() {
+            let (v, o) = r.call(|i| i.process(batch))?;
+            scored.operator_outputs.push((v, o));
+        }
+        Ok(scored)
+    }
+
+    fn emit_results(
+        &mut self,
+        batch: &EventBatch,
+        s: &Scored,
+        first_index: usize,
+        out: &mut Outputs,
+    ) {
+        if let Some((v, _)) = &s.extractor {
+            let v = v.clone();
+            self.note_positions(first_index, batch.len(), "extractor", &v);
+        }
+        if let Some((v, _)) = &s.model {
+            let v = v.clone();
+            self.note_positions(first_index, batch.len(), "model", &v);
+        }
+        for i in 0..batch.len() {
+            let key = batch.key(i).unwrap_or_default();
+            let pos = self.positions[first_index + i];
+            let mut p = String::with_capacity(160);
+            p.push_str("{\"key\":");
+            push_json_str(&mut p, key);
+            let _ = write!(
+                p,
+                ",\"ts\":{},\"partition\":{},\"offset\":{}",
+                batch.timestamps[i], pos.partition, pos.offset
+            );
+            if let Some(scores) = &s.scores {
+                let _ = write!(p, ",\"score\":{}", fmt_f64(scores[i]));
+            } else if let Some(f) = &s.features {
+                p.push_str(",\"features\":[");
+                for (j, v) in f.row(i).unwrap_or_default().iter().enumerate() {
+                    if j > 0 {
+                        p.push(',');
+                    }
+                    p.push_str(&fmt_f64(*v));
+                }
+                p.push(']');
+            }
+            if let Some((v, plugin)) = &s.model {
+                let _ = write!(
+                    p,
+                    ",\"model_version\":\"{v}\",\"model_plugin\":\"{plugin}\""
+                );
+            }
+            if let Some((v, plugin)) = &s.extractor {
+                let _ = write!(
+                    p,
+                    ",\"extractor_version\":\"{v}\",\"extractor_plugin\":\"{plugin}\""
+                );
+            }
+            p.push('}');
+            out.results.push(SinkRecord {
+                key: key.to_string(),
+                payload: p,
+            });
+        }
+        self.stats.results_out += batch.len() as u64;
+        for (v, o) in &s.operator_outputs {
+            for i in 0..o.len() {
+                let mut p = String::with_capacity(96);
+                p.push_str("{\"key\":");
+                push_json_str(&mut p, o.key(i).unwrap_or_default());
+                let _ = write!(p, ",\"ts\":{},\"values\":[", o.timestamps[i]);
+                for (j, x) in o.inputs_of(i).unwrap_or_default().iter().enumerate() {
+                    if j > 0 {
+                        p.push(',');
+                    }
+                    p.push_str(&fmt_f64(*x));
+                }
+                let _ = write!(p, "],\"operator_version\":\"{v}\"}}");
+                out.results.push(SinkRecord {
+                    key: o.key(i).unwrap_or_default().to_string(),
+                    payload: p,
+                });
+            }
+        }
+    }
+
+    fn note_positions(&mut self, first: usize, len: usize, stage: &str, v: &VersionId) {
+        if self.versions.get(stage) == Some(v) {
+            return;
+        }
+        let saved = std::mem::take(&mut self.positions);
+        self.positions = saved[first..first + len].to_vec();
+        self.note_version(stage, v);
+        self.positions = saved;
+    }
+
+    fn fire_windows(&mut self, now_ms: u64, out: &mut Outputs) -> Result<(), PipelineError> {
+        let wm = self.watermarks.advance(now_ms);
+        self.stats.watermark = wm;
+        let Some(w) = self.window.as_mut() else {
+            return Ok(());
+        };
+        if wm <= w.windower.watermark() {
+            return Ok(());
+        }
+        let fired = w.windower.advance(wm);
+        self.emit_windows(fired, out)
+    }
+
+    fn emit_windows(&mut self, fired: Vec<Fired>, out: &mut Outputs) -> Result<(), PipelineError> {
+        let Some(w) = self.window.as_mut() else {
+            return Ok(());
+        };
+        if fired.is_empty() {
+            return Ok(());
+        }
+        match w.operator.as_mut() {
+            None => {
+                for f in fired.iter().filter(|f| f.updated) {
+                    let mut p = String::with_capacity(128);
+                    p.push_str("{\"key\":");
+                    push_json_str(&mut p, &f.key);
+                    let _ = write!(
+                        p,
+                        ",\"window_start\":{},\"window_end\":{}",
+                        f.span.start, f.span.end
+                    );
+                    for a in &w.aggs {
+                        let name = match a {
+                            AggKind::Count => "count",
+                            AggKind::Sum => "sum",
+                            AggKind::Mean => "mean",
+                            AggKind::Min => "min",
+                            AggKind::Max => "max",
+                            AggKind::Variance => "variance",
+                        };
+                        let _ = write!(p, ",\"{name}\":{}", fmt_f64(f.agg.get(*a)));
+                    }
+                    p.push('}');
+                    out.windows.push(SinkRecord {
+                        key: f.key.clone(),
+                        payload: p,
+                    });
+                    self.stats.windows_out += 1;
+                }
+            }
+            Some(op) => {
+                let mut wb = WindowBatch::with_dims(w.windower.dims() as u32);
+                for f in &fired {
+                    wb.push(&f.key, f.span.start, f.span.end, &f.new_rows, f.closing);
+                }
+                let (v, o) = op.call(|i| i.on_window(&wb))?;
+                for i in 0..o.len() {
+                    let key = o.key(i).unwrap_or_default();
+                    let mut p = String::with_capacity(160);
+                    p.push_str("{\"key\":");
+                    push_json_str(&mut p, key);
+                    let start = o.timestamps[i];
+                    let end = fired
+                        .iter()
+                        .find(|f| f.key == key && f.span.start == start)
+                        .map_or(start, |f| f.span.end);
+                    let _ = write!(p, ",\"window_start\":{start},\"window_end\":{end}");
+                    for (j, x) in o.inputs_of(i).unwrap_or_default().iter().enumerate() {
+                        match w.outputs.get(j) {
+                            Some(name) => {
+                                p.push(',');
+                                push_json_str(&mut p, name);
+                                let _ = write!(p, ":{}", fmt_f64(*x));
+                            }
+                            None => {
+                                let _ = write!(p, ",\"v{j}\":{}", fmt_f64(*x));
+                            }
+                        }
+                    }
+                    let _ = write!(p, ",\"operator_version\":\"{v}\"}}");
+                    out.windows.push(SinkRecord {
+                        key: key.to_string(),
+                        payload: p,
+                    });
+                    self.stats.windows_out += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Scored {
+    extractor: Option<(VersionId, String)>,
+    model: Option<(VersionId, String)>,
+    scores: Option<Vec<f64>>,
+    features: Option<FeatureBatch>,
+    operator_outputs: Vec<(VersionId, EventBatch)>,
+}
+
+fn dead_letter(r: &SourceRecord<'_>, stage: &str, reason: &str) -> SinkRecord {
+    let mut p = String::with_capacity(64 + reason.len() + r.payload.len());
+    p.push_str("{\"reason\":");
+    push_json_str(&mut p, reason);
+    let _ = write!(
+        p,
+        ",\"stage\":\"{stage}\",\"partition\":{},\"offset\":{},\"payload\":",
+        r.partition, r.offset
+    );
+    push_json_str(&mut p, &String::from_utf8_lossy(r.payload));
+    p.push('}');
+    SinkRecord {
+        key: String::new(),
+        payload: p,
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::Value::from(s).to_string());
+    }
+}
+
+/// Formats a float as JSON (`null` for NaN and infinities, which JSON cannot carry).
+pub fn fmt_f64(x: f64) -> String {
+    if x.is_finite() {
+        serde_json::Number::from_f64(x).map_or_else(|| "null".into(), |n| n.to_string())
+    } else {
+        "null".into()
+    }
+}
