@@ -4,7 +4,7 @@
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use weir_engine::{
     Deployment, Engine, EngineOptions, EventBatch, Instance, Manifest, Plugin, Runner, Slot,
 };

@@ -1,6 +1,8 @@
 //! `weir`: real-time ML pipelines with user-written WebAssembly operators.
 
 mod bench;
+mod kafka;
+mod run;
 mod up;
 
 use anyhow::{Context, Result};
@@ -29,6 +31,27 @@ enum Command {
     },
     /// Run a named benchmark (`engine`). Its last line is `key=value` pairs.
     Bench(bench::BenchArgs),
+    /// Run only the embedded Kafka broker (librdkafka's mock cluster) until Ctrl-C.
+    Broker {
+        /// Topics to create, as NAME or NAME:PARTITIONS.
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+    },
+    /// Load a JSON Lines file of events into a topic.
+    Produce {
+        /// The file (for example from shared/bench/gen_events.py).
+        #[arg(long)]
+        file: PathBuf,
+        /// Target topic.
+        #[arg(long)]
+        topic: String,
+        /// Kafka bootstrap servers (for example the address `weir broker` printed).
+        #[arg(long)]
+        kafka: String,
+        /// JSON field used as the message key.
+        #[arg(long, default_value = "key")]
+        key_field: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -43,6 +66,8 @@ fn main() -> Result<()> {
         Command::Up(args) => up::run(args),
         Command::Inspect { plugin } => inspect(&plugin),
         Command::Bench(args) => bench::run(args),
+        Command::Broker { topics } => broker(&topics),
+        Command::Produce { file, topic, kafka, key_field } => produce(&file, &topic, &kafka, &key_field),
     }
 }
 
@@ -66,5 +91,65 @@ fn inspect(path: &std::path::Path) -> Result<()> {
     for i in &plugin.info().imports {
         println!("  {i}");
     }
+    Ok(())
+}
+
+fn broker(topics: &[String]) -> Result<()> {
+    let broker = kafka::EmbeddedBroker::start()?;
+    for t in topics {
+        let (name, parts) = match t.split_once(':') {
+            Some((n, p)) => (n, p.parse::<i32>().with_context(|| format!("partitions of `{t}`"))?),
+            None => (t.as_str(), 1),
+        };
+        broker.create_topic(name, parts)?;
+    }
+    println!("{}", broker.bootstrap());
+    eprintln!("embedded Kafka broker listening at {}; Ctrl-C stops it", broker.bootstrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })
+    .context("installing the Ctrl-C handler")?;
+    let _ = rx.recv();
+    Ok(())
+}
+
+fn produce(file: &std::path::Path, topic: &str, kafka: &str, key_field: &str) -> Result<()> {
+    use std::io::BufRead;
+    let size = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?.len();
+    let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(file)?);
+    let mut producer = kafka::Producer::new(kafka)?;
+    let bar = indicatif::ProgressBar::new(size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    let (mut n, mut bad) = (0u64, 0u64);
+    for line in reader.lines() {
+        let line = line?;
+        bar.inc(line.len() as u64 + 1);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let key = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v.get(key_field).map(|k| k.as_str().map_or_else(|| k.to_string(), str::to_string)));
+        if key.is_none() {
+            bad += 1;
+        }
+        producer.send(topic, key.as_deref().unwrap_or(""), line.as_bytes())?;
+        n += 1;
+        if n % 10_000 == 0 {
+            producer.poll();
+            bar.set_message(format!("{n} records"));
+        }
+    }
+    producer.flush(std::time::Duration::from_secs(60))?;
+    bar.finish_with_message(format!("{n} records"));
+    println!(
+        "produced {n} records to {topic} in {:.1}s ({bad} without a `{key_field}` key field, sent with an empty key)",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -1,27 +1,40 @@
-//! The main job. For now it runs the example plugins (standardize → logistic, and
-//! window-stats) over weir's own event generator in-process and prints live progress and
-//! scored events.
+//! The main job: on a fresh machine, with no configuration, it starts the embedded Kafka
+//! broker, loads the example plugins, starts the example pipeline for the shared workload
+//! (`examples/workload.toml`), feeds it events from weir's own generator, and shows live
+//! progress. `--kafka host:port` runs it against a real broker instead.
 
+use crate::kafka::{EmbeddedBroker, Producer};
+use crate::run::{Progress, build_slots, run_worker};
 use anyhow::{Context, Result};
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use weir_engine::{Deployment, Engine, EngineOptions, EventBatch, Instance, Manifest, WindowBatch};
-use weir_workload::{Generator, Models};
+use weir_engine::{Engine, EngineOptions};
+use weir_stream::pipeline::Pipeline;
+use weir_stream::spec::PipelineSpec;
+use weir_workload::{Generator, to_json_line};
+
+const EXAMPLE_SPEC: &str = include_str!("../../../examples/workload.toml");
 
 /// Options of `weir up`.
 #[derive(clap::Args)]
 pub struct UpArgs {
-    /// Events to generate (0 = run until Ctrl-C).
+    /// Kafka bootstrap servers; without it weir starts its embedded broker.
+    #[arg(long)]
+    kafka: Option<String>,
+    /// Pipeline spec (default: the shared workload, examples/workload.toml).
+    #[arg(long)]
+    spec: Option<PathBuf>,
+    /// Events to generate (0 = until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     events: u64,
-    /// Target rate in events per second (0 = as fast as possible).
-    #[arg(long, default_value_t = 50_000)]
+    /// Generator rate in events per second (0 = as fast as possible).
+    #[arg(long, default_value_t = 20_000)]
     rate: u64,
-    /// Events per batch handed to the plugins.
-    #[arg(long, default_value_t = 1024)]
-    batch: usize,
+    /// Partitions of the input topic (embedded broker only).
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
     /// Generator seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -31,110 +44,122 @@ pub fn run(args: UpArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
-            .context("installing the Ctrl-C handler")?;
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)).context("installing the Ctrl-C handler")?;
     }
-    let engine = Engine::new(EngineOptions::default())?;
-    let models = Models::load();
-    let load = |path: &str, config: String| -> Result<Instance> {
-        let bytes = weir_guests::read(path).with_context(|| format!("reading {path}"))?;
-        let plugin = engine.load(&bytes, Manifest::default())?;
-        eprintln!(
-            "loaded {:<13} {} ({} KiB, compiled in {:.0} ms)",
-            plugin.kind().to_string(),
-            &plugin.id().short(),
-            plugin.size() / 1024,
-            plugin.compile_time().as_secs_f64() * 1e3
-        );
-        Ok(Instance::new(Deployment::new(plugin, config))?)
+    let spec_text = match &args.spec {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        None => EXAMPLE_SPEC.to_string(),
     };
-    let mut standardize = load(
-        weir_guests::plugins::STANDARDIZE,
-        models.standardize_config(),
-    )?;
-    let mut logistic = load(weir_guests::plugins::LOGISTIC, models.logistic_config())?;
-    let mut windows = load(
-        weir_guests::plugins::WINDOW_STATS,
-        models.window_stats_config(),
-    )?;
+    let spec = PipelineSpec::parse(&spec_text).map_err(|e| anyhow::anyhow!("pipeline spec: {e}"))?;
 
-    let n = if args.events == 0 {
-        u64::MAX
-    } else {
-        args.events
+    let embedded;
+    let bootstrap = match &args.kafka {
+        Some(b) => b.clone(),
+        None => {
+            embedded = EmbeddedBroker::start()?;
+            let topics = [
+                Some(spec.source.topic.get_ref().as_str()),
+                Some(spec.sink.topic.as_str()),
+                spec.sink.windows_topic.as_deref(),
+                spec.sink.late_topic.as_deref(),
+                Some(spec.sink.dead_letter_topic.as_str()),
+            ];
+            for (i, t) in topics.into_iter().flatten().enumerate() {
+                embedded.create_topic(t, if i == 0 { args.partitions } else { 1 })?;
+            }
+            println!("embedded Kafka broker at {} (try: kcat -b {} -C -t {} -o -5 -e)", embedded.bootstrap(), embedded.bootstrap(), spec.sink.topic);
+            embedded.bootstrap()
+        }
     };
-    let mut source = Generator::new(n, args.seed).peekable();
-    let started = Instant::now();
-    let mut last_report = Instant::now();
-    let (mut total, mut since, mut windows_closed) = (0u64, 0u64, 0u64);
-    let mut max_ts = i64::MIN;
-    // Panes of the current and previous event-time seconds: a simple tumbling window that
-    // closes a second once the watermark (max ts - 2 s lateness) has passed it.
-    let mut panes: BTreeMap<i64, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
-    let mut batch = EventBatch::with_dims(8);
-    let mut sample = Vec::new();
-    while !stop.load(Ordering::Relaxed) && source.peek().is_some() {
-        batch.clear();
-        for e in source.by_ref().take(args.batch) {
-            batch.push(&e.key, e.ts, &e.x);
-            panes
-                .entry(e.ts.div_euclid(1000) * 1000)
-                .or_default()
-                .entry(e.key)
-                .or_default()
-                .push(e.x[0]);
-            max_ts = max_ts.max(e.ts);
+
+    let engine = Engine::new(EngineOptions::default())?;
+    let started_load = Instant::now();
+    let slots = build_slots(&engine, &spec)?;
+    println!("pipeline `{}`: plugins compiled and pre-instantiated in {:.0} ms", spec.name.get_ref(), started_load.elapsed().as_secs_f64() * 1e3);
+    for (stage, slot) in [("extractor", &slots.extractor), ("model", &slots.model), ("window", &slots.window_operator)] {
+        if let Some(s) = slot {
+            let d = s.current();
+            println!("  {stage:<9} {:<9} plugin {} version {}", d.plugin.kind().to_string(), d.plugin.id().short(), d.version);
         }
-        let features = standardize.extract(&batch)?;
-        let scores = logistic.predict(&features)?;
-        total += batch.len() as u64;
-        since += batch.len() as u64;
-        if sample.len() < 3 {
-            sample.extend((0..batch.len().min(3)).map(|i| {
-                (
-                    batch.key(i).unwrap_or("?").to_string(),
-                    batch.timestamps[i],
-                    scores[i],
-                )
-            }));
-        }
-        let watermark = max_ts - 1;
-        let closable: Vec<i64> = panes
-            .keys()
-            .copied()
-            .take_while(|ws| ws + 999 + 2000 <= watermark)
-            .collect();
-        if !closable.is_empty() {
-            let mut wb = WindowBatch::with_dims(1);
-            for ws in closable {
-                for (key, xs) in panes.remove(&ws).unwrap_or_default() {
-                    wb.push(&key, ws, ws + 1000, &xs, true);
+    }
+    let pipeline = Pipeline::new(&spec, slots)?;
+
+    // The generator: weir's Rust port of the shared workload, produced to the input topic.
+    let generated = Arc::new(AtomicU64::new(0));
+    let gen_thread = {
+        let (stop, generated, bootstrap, topic) = (stop.clone(), generated.clone(), bootstrap.clone(), spec.source.topic.get_ref().clone());
+        let (n, rate, seed) = (if args.events == 0 { u64::MAX } else { args.events }, args.rate, args.seed);
+        std::thread::Builder::new().name("weir-generator".into()).spawn(move || -> Result<()> {
+            let mut producer = Producer::new(&bootstrap)?;
+            let start = Instant::now();
+            for (i, e) in Generator::new(n, seed).enumerate() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                producer.send(&topic, &e.key, to_json_line(&e).as_bytes())?;
+                generated.store(i as u64 + 1, Ordering::Relaxed);
+                if rate > 0 && i % 256 == 0 {
+                    producer.poll();
+                    let due = Duration::from_secs_f64(i as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(start.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
                 }
             }
-            windows_closed += windows.on_window(&wb)?.len() as u64;
+            producer.flush(Duration::from_secs(30))
+        })?
+    };
+
+    let progress = Arc::new(Mutex::new(Progress::default()));
+    let worker = {
+        let (stop, progress, bootstrap, spec) = (stop.clone(), progress.clone(), bootstrap.clone(), spec.clone());
+        std::thread::Builder::new()
+            .name("weir-worker".into())
+            .spawn(move || run_worker(&spec, pipeline, &bootstrap, stop, progress))?
+    };
+
+    println!("streaming; Ctrl-C stops");
+    let mut last = (Instant::now(), 0u64);
+    let started = Instant::now();
+    while !stop.load(Ordering::Relaxed) && !worker.is_finished() {
+        std::thread::sleep(Duration::from_millis(200));
+        if last.0.elapsed() < Duration::from_secs(1) {
+            continue;
         }
-        if args.rate > 0 {
-            let due = Duration::from_secs_f64(total as f64 / args.rate as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
-            }
+        let (stats, samples) = match progress.lock() {
+            Ok(mut p) => (p.stats.clone(), std::mem::take(&mut p.samples)),
+            Err(_) => break,
+        };
+        let rate = (stats.records_in - last.1) as f64 / last.0.elapsed().as_secs_f64();
+        println!(
+            "[{:>5.0}s] generated {:>9}  processed {:>9}  {:>8.0} ev/s  watermark {}  windows {:>8}  late {}  dead-letters {}",
+            started.elapsed().as_secs_f64(),
+            generated.load(Ordering::Relaxed),
+            stats.records_in,
+            rate,
+            stats.watermark,
+            stats.windows_out,
+            stats.late,
+            stats.dead
+        );
+        for s in samples.iter().take(2) {
+            println!("          {s}");
         }
-        if last_report.elapsed() >= Duration::from_secs(1) {
-            let rate = since as f64 / last_report.elapsed().as_secs_f64();
-            println!(
-                "events {total:>10}  {rate:>9.0} ev/s  watermark {}  windows closed {windows_closed:>8}  late 0",
-                watermark
-            );
-            for (k, ts, s) in sample.drain(..) {
-                println!("    scored  key={k:<6} ts={ts}  score={s:.4}");
-            }
-            last_report = Instant::now();
-            since = 0;
+        last = (Instant::now(), stats.records_in);
+        if args.events > 0 && stats.records_in >= args.events && gen_thread.is_finished() {
+            stop.store(true, Ordering::Relaxed);
         }
     }
-    println!(
-        "stopped after {total} events in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+    stop.store(true, Ordering::Relaxed);
+    match worker.join() {
+        Ok(r) => r?,
+        Err(_) => anyhow::bail!("the pipeline worker panicked"),
+    }
+    match gen_thread.join() {
+        Ok(r) => r?,
+        Err(_) => anyhow::bail!("the generator panicked"),
+    }
+    let p = progress.lock().map(|p| p.stats.clone()).unwrap_or_default();
+    println!("stopped: {} events processed, {} results, {} window results, {} late, {} dead letters", p.records_in, p.results_out, p.windows_out, p.late, p.dead);
     Ok(())
 }

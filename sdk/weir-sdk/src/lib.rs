@@ -1,1 +1,250 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+pub use weir_sdk_macros::{extractor, model, operator};
+
+mod error;
+mod views;
+
+pub use error::{Error, Result};
+pub use views::{Event, Events, Output, Pane, Panes, Rows};
+
+/// Bindings generated from `wit/` (package `weir:operator@0.1.0`), one module per world.
+/// Plugin authors do not need them; the attribute macros use them.
+#[doc(hidden)]
+pub mod bindings {
+    #![allow(missing_docs, unsafe_code, clippy::all)]
+
+    pub mod extractor {
+        wit_bindgen::generate!({
+            path: "../../wit",
+            world: "extractor-plugin",
+            pub_export_macro: true,
+            export_macro_name: "__export_extractor",
+            default_bindings_module: "weir_sdk::bindings::extractor",
+        });
+    }
+
+    pub mod model {
+        wit_bindgen::generate!({
+            path: "../../wit",
+            world: "model-plugin",
+            pub_export_macro: true,
+            export_macro_name: "__export_model",
+            default_bindings_module: "weir_sdk::bindings::model",
+            with: {
+                "weir:operator/types@0.1.0": crate::bindings::extractor::weir::operator::types,
+                "weir:operator/log@0.1.0": crate::bindings::extractor::weir::operator::log,
+            },
+        });
+    }
+
+    pub mod operator {
+        wit_bindgen::generate!({
+            path: "../../wit",
+            world: "operator-plugin",
+            pub_export_macro: true,
+            export_macro_name: "__export_operator",
+            default_bindings_module: "weir_sdk::bindings::operator",
+            with: {
+                "weir:operator/types@0.1.0": crate::bindings::extractor::weir::operator::types,
+                "weir:operator/log@0.1.0": crate::bindings::extractor::weir::operator::log,
+                "weir:operator/state@0.1.0": crate::bindings::extractor::weir::operator::state,
+            },
+        });
+    }
+
+    pub use extractor::weir::operator::types::{EventBatch, FeatureBatch, PluginError, WindowBatch};
+}
+
+/// Logging from a plugin. Lines are kept per plugin by the host, capped per call, and
+/// readable over the API. `println!` and `eprintln!` work too (as `info` and `warn`).
+pub mod log {
+    use crate::bindings::extractor::weir::operator::log::{Level, log};
+
+    /// Logs at trace level.
+    pub fn trace(message: &str) {
+        log(Level::Trace, message)
+    }
+    /// Logs at debug level.
+    pub fn debug(message: &str) {
+        log(Level::Debug, message)
+    }
+    /// Logs at info level.
+    pub fn info(message: &str) {
+        log(Level::Info, message)
+    }
+    /// Logs at warn level.
+    pub fn warn(message: &str) {
+        log(Level::Warn, message)
+    }
+    /// Logs at error level.
+    pub fn error(message: &str) {
+        log(Level::Error, message)
+    }
+}
+
+/// Keyed state kept by the host, scoped to this tenant, pipeline and stage, and
+/// checkpointed with the stream. Available to extractors and operators (models keep their
+/// parameters in `snapshot`/`restore` instead).
+pub mod state {
+    use crate::bindings::extractor::weir::operator::state as wit;
+
+    /// Reads the value under (`key`, `name`).
+    pub fn get(key: &str, name: &str) -> Option<Vec<u8>> {
+        wit::get(key, name)
+    }
+    /// Stores `value` under (`key`, `name`).
+    pub fn put(key: &str, name: &str, value: &[u8]) {
+        wit::put(key, name, value)
+    }
+    /// Removes the value under (`key`, `name`).
+    pub fn delete(key: &str, name: &str) {
+        wit::delete(key, name)
+    }
+    /// Reads a list of f64 stored by [`put_f64s`].
+    pub fn get_f64s(key: &str, name: &str) -> Option<Vec<f64>> {
+        let bytes = get(key, name)?;
+        Some(bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
+    }
+    /// Stores a list of f64 (little-endian).
+    pub fn put_f64s(key: &str, name: &str, values: &[f64]) {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        put(key, name, &bytes)
+    }
+}
+
+/// A model: scores feature rows; optionally learns, and snapshots its parameters.
+///
+/// Implement it and put `#[weir_sdk::model]` on the `impl` block.
+pub trait Model: Sized + 'static {
+    /// The stage's configuration, parsed from JSON.
+    type Config: serde::de::DeserializeOwned;
+
+    /// Builds the model from its configuration.
+    fn new(config: Self::Config) -> Result<Self>;
+
+    /// Scores one feature row.
+    fn predict(&self, row: &[f64]) -> Result<f64>;
+
+    /// Learns from one labelled row (called after `predict` on the same row). The default
+    /// does not learn.
+    fn learn(&mut self, row: &[f64], label: f64) -> Result<()> {
+        let _ = (row, label);
+        Err(Error::unsupported("this model does not learn online"))
+    }
+
+    /// Serialises the learned parameters. The default has none.
+    fn snapshot(&self) -> Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+
+    /// Restores parameters from a snapshot. The default refuses.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<()> {
+        let _ = snapshot;
+        Err(Error::unsupported("this model has no snapshot format"))
+    }
+}
+
+/// A general stream operator, with keyed state through [`state`].
+///
+/// Implement it and put `#[weir_sdk::operator]` on the `impl` block.
+pub trait Operator: Sized + 'static {
+    /// The stage's configuration, parsed from JSON.
+    type Config: serde::de::DeserializeOwned;
+
+    /// Builds the operator from its configuration.
+    fn open(config: Self::Config) -> Result<Self>;
+
+    /// Processes a batch of events; emits zero or more events. The default emits nothing.
+    fn process(&mut self, events: &Events<'_>, out: &mut Output) -> Result<()> {
+        let _ = (events, out);
+        Ok(())
+    }
+
+    /// Handles fired windows; emits zero or more events. The default emits nothing.
+    fn on_window(&mut self, panes: &Panes<'_>, out: &mut Output) -> Result<()> {
+        let _ = (panes, out);
+        Ok(())
+    }
+}
+
+/// Glue used by the macros. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::bindings::{EventBatch, FeatureBatch, PluginError, WindowBatch};
+    use crate::{Error, Events, Model, Operator, Output, Panes, Rows};
+
+    /// Parses a stage config; an empty string means `{}`.
+    pub fn parse_config<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, PluginError> {
+        let text = if text.trim().is_empty() { "{}" } else { text };
+        serde_json::from_str(text).map_err(|e| PluginError::InvalidConfig(e.to_string()))
+    }
+
+    /// The error for a call before `init`.
+    pub fn not_initialised() -> PluginError {
+        PluginError::Internal("the plugin was called before init".into())
+    }
+
+    /// Runs a per-event extractor function over a batch.
+    pub fn run_extractor(
+        events: &EventBatch,
+        mut f: impl FnMut(&crate::Event<'_>, &mut Vec<f64>) -> crate::Result<()>,
+    ) -> Result<FeatureBatch, PluginError> {
+        let events = Events::new(events)?;
+        let mut values = Vec::with_capacity(events.len() * (events.input_dims() + 1));
+        let mut dims = None;
+        for (i, ev) in events.iter().enumerate() {
+            let before = values.len();
+            f(&ev, &mut values).map_err(|e| e.at_event(i))?;
+            let width = values.len() - before;
+            match dims {
+                None => dims = Some(width),
+                Some(d) if d != width => {
+                    return Err(Error::input(format!("event {i} produced {width} features, earlier events {d}")).into());
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(FeatureBatch { rows: events.len() as u32, dims: dims.unwrap_or(0) as u32, values })
+    }
+
+    /// `predict` over a batch.
+    pub fn run_predict<M: Model>(model: &M, features: &FeatureBatch) -> Result<Vec<f64>, PluginError> {
+        let rows = Rows::new(features)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            out.push(model.predict(row).map_err(|e| e.at_event(i))?);
+        }
+        Ok(out)
+    }
+
+    /// Prequential `train` over a batch: predict, then learn, row by row.
+    pub fn run_train<M: Model>(model: &mut M, features: &FeatureBatch, labels: &[f64]) -> Result<Vec<f64>, PluginError> {
+        let rows = Rows::new(features)?;
+        if labels.len() != rows.len() {
+            return Err(Error::input(format!("{} labels for {} rows", labels.len(), rows.len())).into());
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            out.push(model.predict(row).map_err(|e| e.at_event(i))?);
+            model.learn(row, labels[i]).map_err(|e| e.at_event(i))?;
+        }
+        Ok(out)
+    }
+
+    /// `process` over a batch.
+    pub fn run_process<O: Operator>(op: &mut O, events: &EventBatch) -> Result<EventBatch, PluginError> {
+        let events = Events::new(events)?;
+        let mut out = Output::new();
+        op.process(&events, &mut out)?;
+        Ok(out.finish())
+    }
+
+    /// `on-window` over a batch.
+    pub fn run_on_window<O: Operator>(op: &mut O, windows: &WindowBatch) -> Result<EventBatch, PluginError> {
+        let panes = Panes::new(windows)?;
+        let mut out = Output::new();
+        op.on_window(&panes, &mut out)?;
+        Ok(out.finish())
+    }
+}

@@ -1,0 +1,142 @@
+//! Wiring: resolves a spec's plugins, builds the stage slots, and runs a pipeline worker
+//! over Kafka (consume → pipeline → produce, commit after delivery).
+
+use crate::kafka::{Consumer, Owned, Producer};
+use anyhow::{Context, Result, bail};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use weir_engine::{Deployment, Engine, Manifest, Slot};
+use weir_stream::pipeline::{Outputs, Pipeline, SourceRecord, StageSlots, Stats, Switch};
+use weir_stream::spec::{PipelineSpec, StageSpec};
+
+/// Finds a plugin's bytes: a built-in example plugin by name, or a path to a `.wasm`.
+pub fn resolve_plugin(name: &str) -> Result<Vec<u8>> {
+    let builtin = match name {
+        "standardize" => Some(weir_guests::plugins::STANDARDIZE),
+        "logistic" => Some(weir_guests::plugins::LOGISTIC),
+        "window-stats" => Some(weir_guests::plugins::WINDOW_STATS),
+        _ => None,
+    };
+    let path = builtin.map(Path::new).unwrap_or_else(|| Path::new(name));
+    if !path.exists() {
+        bail!("plugin `{name}` is neither a built-in example plugin (standardize, logistic, window-stats) nor a file");
+    }
+    std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))
+}
+
+/// Compiles a stage's plugin and wraps it in a slot.
+pub fn stage_slot(engine: &Engine, stage: &StageSpec) -> Result<Arc<Slot>> {
+    let bytes = resolve_plugin(stage.plugin.get_ref())?;
+    let manifest: Manifest = serde_json::from_str(&stage.manifest_json())
+        .with_context(|| format!("limits/grants of stage `{}`", stage.plugin.get_ref()))?;
+    let plugin = engine.load(&bytes, manifest).with_context(|| format!("loading plugin `{}`", stage.plugin.get_ref()))?;
+    Ok(Slot::new(Deployment::new(plugin, stage.config_json())))
+}
+
+/// The slots of every Wasm stage of a spec.
+pub fn build_slots(engine: &Engine, spec: &PipelineSpec) -> Result<StageSlots> {
+    Ok(StageSlots {
+        extractor: spec.extractor.as_ref().map(|s| stage_slot(engine, s)).transpose()?,
+        model: spec.model.as_ref().map(|s| stage_slot(engine, s)).transpose()?,
+        operators: spec.operators.iter().map(|s| stage_slot(engine, s)).collect::<Result<_>>()?,
+        window_operator: spec.window.as_ref().and_then(|w| w.operator.as_ref()).map(|s| stage_slot(engine, s)).transpose()?,
+    })
+}
+
+/// Live figures of a running worker.
+#[derive(Default)]
+pub struct Progress {
+    /// Pipeline counters.
+    pub stats: Stats,
+    /// A few recent results.
+    pub samples: Vec<String>,
+    /// Version switches.
+    pub switches: Vec<Switch>,
+    /// Messages produced.
+    pub produced: u64,
+}
+
+/// Milliseconds since the Unix epoch (processing time).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs one pipeline worker until `stop` is set: consume a batch, process it, produce the
+/// outputs, and commit offsets once their outputs are acknowledged.
+pub fn run_worker(
+    spec: &PipelineSpec,
+    mut pipeline: Pipeline,
+    bootstrap: &str,
+    stop: Arc<AtomicBool>,
+    progress: Arc<Mutex<Progress>>,
+) -> Result<()> {
+    let mut consumer = Consumer::new(bootstrap, &format!("weir-{}", spec.name.get_ref()), spec.source.topic.get_ref())?;
+    let mut producer = Producer::new(bootstrap)?;
+    let sink = &spec.sink;
+    let mut records: Vec<Owned> = Vec::with_capacity(1024);
+    let mut out = Outputs::default();
+    let mut last_commit = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        for (assigned, parts) in consumer.take_rebalances() {
+            for p in parts {
+                if assigned {
+                    pipeline.assign_partition(p, now_ms());
+                } else {
+                    pipeline.revoke_partition(p);
+                }
+            }
+        }
+        records.clear();
+        consumer.poll_batch(1024, Duration::from_millis(50), &mut records)?;
+        out.clear();
+        if records.is_empty() {
+            pipeline.tick(now_ms(), &mut out)?;
+        } else {
+            let batch: Vec<SourceRecord<'_>> = records
+                .iter()
+                .map(|r| SourceRecord { partition: r.partition, offset: r.offset, payload: &r.payload })
+                .collect();
+            pipeline.process(&batch, now_ms(), &mut out)?;
+        }
+        for r in &out.results {
+            producer.send(&sink.topic, &r.key, r.payload.as_bytes())?;
+        }
+        if let Some(t) = &sink.windows_topic {
+            for r in &out.windows {
+                producer.send(t, &r.key, r.payload.as_bytes())?;
+            }
+        }
+        if let Some(t) = &sink.late_topic {
+            for r in &out.late {
+                producer.send(t, &r.key, r.payload.as_bytes())?;
+            }
+        }
+        for r in &out.dead {
+            producer.send(&sink.dead_letter_topic, &r.key, r.payload.as_bytes())?;
+        }
+        producer.poll();
+        if last_commit.elapsed() >= Duration::from_secs(1) {
+            // At-least-once: offsets are committed only once the outputs of every record
+            // before them are acknowledged.
+            producer.flush(Duration::from_secs(30))?;
+            consumer.commit()?;
+            last_commit = Instant::now();
+        }
+        if let Ok(mut p) = progress.lock() {
+            p.stats = pipeline.stats().clone();
+            p.produced = producer.sent();
+            if p.samples.len() < 3 {
+                p.samples.extend(out.results.iter().take(3).map(|r| r.payload.clone()));
+            }
+            if p.switches.len() != pipeline.switches().len() {
+                p.switches = pipeline.switches().to_vec();
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30))?;
+    consumer.commit()?;
+    consumer.close(Duration::from_secs(5));
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! Job 2's window aggregates as a stateful operator: per key and window it folds
+//! `[count, sum, max]` of one input into host keyed state (so a late event that re-fires a
+//! window adds to what was already counted), emits `[count, mean, max, score]` with the
+//! window model's score, and releases the state when the window closes.
+//!
+//! Config: `{"field": 0, "window_model": {"agg_mean": [3], "agg_std": [3], "coef": [3],
+//! "intercept": ..}}`.
+
+use serde::Deserialize;
+use weir_sdk::{Error, Operator, Output, Panes, Result, state};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowModel {
+    agg_mean: [f64; 3],
+    agg_std: [f64; 3],
+    coef: [f64; 3],
+    intercept: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    field: usize,
+    window_model: WindowModel,
+}
+
+struct WindowStats {
+    field: usize,
+    model: WindowModel,
+}
+
+#[weir_sdk::operator]
+impl Operator for WindowStats {
+    type Config = Config;
+
+    fn open(c: Config) -> Result<Self> {
+        if c.window_model.agg_std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(Error::config("every `agg_std` must be finite and > 0"));
+        }
+        Ok(WindowStats { field: c.field, model: c.window_model })
+    }
+
+    fn on_window(&mut self, panes: &Panes<'_>, out: &mut Output) -> Result<()> {
+        for pane in panes.iter() {
+            let name = format!("w{}", pane.start());
+            let mut acc = state::get_f64s(pane.key(), &name).unwrap_or_else(|| vec![0.0, 0.0, f64::NEG_INFINITY]);
+            if acc.len() != 3 {
+                return Err(Error::internal(format!("corrupt accumulator for {} {name}", pane.key())));
+            }
+            for row in pane.rows() {
+                let x = *row.get(self.field).ok_or_else(|| Error::input(format!("rows have no field {}", self.field)))?;
+                acc[0] += 1.0;
+                acc[1] += x;
+                acc[2] = acc[2].max(x);
+            }
+            if pane.closing() {
+                state::delete(pane.key(), &name);
+            } else {
+                state::put_f64s(pane.key(), &name, &acc);
+            }
+            if pane.row_count() > 0 {
+                let (count, mean, max) = (acc[0], acc[1] / acc[0], acc[2]);
+                let m = &self.model;
+                let mut z = m.intercept;
+                for (j, a) in [count, mean, max].into_iter().enumerate() {
+                    z += m.coef[j] * (a - m.agg_mean[j]) / m.agg_std[j];
+                }
+                out.emit(pane.key(), pane.start(), &[count, mean, max, 1.0 / (1.0 + (-z).exp())])?;
+            }
+        }
+        Ok(())
+    }
+}
