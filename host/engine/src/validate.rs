@@ -174,8 +174,17 @@ pub fn inspect(bytes: &[u8], grants: &Grants) -> Result<ComponentInfo, Validatio
             supported: SUPPORTED_VERSIONS.join(", "),
         });
     }
-    for import in &imports {
-        check_import(import, &version, kind, grants)?;
+    // Report a never-grantable import (filesystem, network) before a merely ungranted one.
+    let mut refusals: Vec<ValidationError> = imports
+        .iter()
+        .filter_map(|i| check_import(i, &version, kind, grants).err())
+        .collect();
+    refusals.sort_by_key(|e| match e {
+        ValidationError::ForbiddenImport { reason, .. } if reason.contains("not granted") => 1,
+        _ => 0,
+    });
+    if let Some(first) = refusals.into_iter().next() {
+        return Err(first);
     }
     Ok(ComponentInfo {
         kind,

@@ -8,7 +8,9 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, DeliveryResult, Producer as _, ProducerContext};
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, DeliveryResult, Producer as _, ProducerContext,
+};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientContext, producer::BaseProducer};
 use std::collections::BTreeMap;
@@ -35,7 +37,9 @@ impl EmbeddedBroker {
 
     /// Creates a topic (the mock broker does not support the CreateTopics admin API).
     pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {
-        self.cluster.create_topic(topic, partitions, 1).with_context(|| format!("creating topic {topic}"))
+        self.cluster
+            .create_topic(topic, partitions, 1)
+            .with_context(|| format!("creating topic {topic}"))
     }
 }
 
@@ -97,7 +101,11 @@ impl Producer {
             .set("message.timeout.ms", "30000")
             .create_with_context(ctx)
             .context("creating the Kafka producer")?;
-        Ok(Producer { inner, deliveries, sent: 0 })
+        Ok(Producer {
+            inner,
+            deliveries,
+            sent: 0,
+        })
     }
 
     /// Queues one message, waiting for room when the local queue is full.
@@ -133,8 +141,16 @@ impl Producer {
         self.inner.flush(timeout).context("flushing the producer")?;
         let failed = self.deliveries.failed.load(Ordering::Relaxed);
         if failed > 0 {
-            let last = self.deliveries.last_error.lock().ok().and_then(|g| g.clone()).unwrap_or_default();
-            return Err(anyhow!("{failed} messages were not delivered (last error: {last})"));
+            let last = self
+                .deliveries
+                .last_error
+                .lock()
+                .ok()
+                .and_then(|g| g.clone())
+                .unwrap_or_default();
+            return Err(anyhow!(
+                "{failed} messages were not delivered (last error: {last})"
+            ));
         }
         Ok(())
     }
@@ -196,25 +212,51 @@ impl Consumer {
             .set("session.timeout.ms", "10000")
             .create_with_context(rebalances.clone())
             .context("creating the Kafka consumer")?;
-        inner.subscribe(&[topic]).with_context(|| format!("subscribing to {topic}"))?;
-        Ok(Consumer { inner: Some(inner), rebalances, topic: topic.to_string(), next: BTreeMap::new() })
+        inner
+            .subscribe(&[topic])
+            .with_context(|| format!("subscribing to {topic}"))?;
+        Ok(Consumer {
+            inner: Some(inner),
+            rebalances,
+            topic: topic.to_string(),
+            next: BTreeMap::new(),
+        })
     }
 
     /// Rebalances since the last call: `(assigned, partitions)`.
     pub fn take_rebalances(&self) -> Vec<(bool, Vec<i32>)> {
-        self.rebalances.0.lock().map(|mut g| std::mem::take(&mut *g)).unwrap_or_default()
+        self.rebalances
+            .0
+            .lock()
+            .map(|mut g| std::mem::take(&mut *g))
+            .unwrap_or_default()
     }
 
     /// Polls up to `max` records, waiting at most `timeout` for the first one.
-    pub fn poll_batch(&mut self, max: usize, timeout: Duration, out: &mut Vec<Owned>) -> Result<()> {
-        let Some(c) = self.inner.as_ref() else { return Err(anyhow!("consumer is closed")) };
+    pub fn poll_batch(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+        out: &mut Vec<Owned>,
+    ) -> Result<()> {
+        let Some(c) = self.inner.as_ref() else {
+            return Err(anyhow!("consumer is closed"));
+        };
         let deadline = Instant::now() + timeout;
         while out.len() < max {
-            let wait = if out.is_empty() { deadline.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
+            let wait = if out.is_empty() {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
             match c.poll(wait) {
                 Some(Ok(m)) => {
                     self.next.insert(m.partition(), m.offset() + 1);
-                    out.push(Owned { partition: m.partition(), offset: m.offset(), payload: m.payload().unwrap_or_default().to_vec() });
+                    out.push(Owned {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        payload: m.payload().unwrap_or_default().to_vec(),
+                    });
                 }
                 Some(Err(e)) => {
                     tracing::warn!("consumer error: {e}");
@@ -230,7 +272,9 @@ impl Consumer {
 
     /// Commits the offsets after everything polled so far (for monitoring and restarts).
     pub fn commit(&self) -> Result<()> {
-        let Some(c) = self.inner.as_ref() else { return Ok(()) };
+        let Some(c) = self.inner.as_ref() else {
+            return Ok(());
+        };
         if self.next.is_empty() {
             return Ok(());
         }
@@ -238,7 +282,8 @@ impl Consumer {
         for (p, o) in &self.next {
             tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o))?;
         }
-        c.commit(&tpl, CommitMode::Async).context("committing offsets")
+        c.commit(&tpl, CommitMode::Async)
+            .context("committing offsets")
     }
 
     /// Leaves the group, bounded by `timeout`: librdkafka's destroy can hang against some
@@ -246,11 +291,13 @@ impl Consumer {
     pub fn close(mut self, timeout: Duration) {
         let Some(c) = self.inner.take() else { return };
         let (tx, rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new().name("weir-consumer-close".into()).spawn(move || {
-            c.unsubscribe();
-            drop(c);
-            let _ = tx.send(());
-        });
+        let spawned = std::thread::Builder::new()
+            .name("weir-consumer-close".into())
+            .spawn(move || {
+                c.unsubscribe();
+                drop(c);
+                let _ = tx.send(());
+            });
         if spawned.is_ok() && rx.recv_timeout(timeout).is_err() {
             tracing::warn!("the Kafka consumer did not close within {timeout:?}; continuing");
         }
@@ -260,7 +307,12 @@ impl Consumer {
 impl Drop for Consumer {
     fn drop(&mut self) {
         if self.inner.is_some() {
-            let me = Consumer { inner: self.inner.take(), rebalances: self.rebalances.clone(), topic: String::new(), next: BTreeMap::new() };
+            let me = Consumer {
+                inner: self.inner.take(),
+                rebalances: self.rebalances.clone(),
+                topic: String::new(),
+                next: BTreeMap::new(),
+            };
             me.close(Duration::from_secs(5));
         }
     }

@@ -67,7 +67,12 @@ fn main() -> Result<()> {
         Command::Inspect { plugin } => inspect(&plugin),
         Command::Bench(args) => bench::run(args),
         Command::Broker { topics } => broker(&topics),
-        Command::Produce { file, topic, kafka, key_field } => produce(&file, &topic, &kafka, &key_field),
+        Command::Produce {
+            file,
+            topic,
+            kafka,
+            key_field,
+        } => produce(&file, &topic, &kafka, &key_field),
     }
 }
 
@@ -98,13 +103,20 @@ fn broker(topics: &[String]) -> Result<()> {
     let broker = kafka::EmbeddedBroker::start()?;
     for t in topics {
         let (name, parts) = match t.split_once(':') {
-            Some((n, p)) => (n, p.parse::<i32>().with_context(|| format!("partitions of `{t}`"))?),
+            Some((n, p)) => (
+                n,
+                p.parse::<i32>()
+                    .with_context(|| format!("partitions of `{t}`"))?,
+            ),
             None => (t.as_str(), 1),
         };
         broker.create_topic(name, parts)?;
     }
     println!("{}", broker.bootstrap());
-    eprintln!("embedded Kafka broker listening at {}; Ctrl-C stops it", broker.bootstrap());
+    eprintln!(
+        "embedded Kafka broker listening at {}; Ctrl-C stops it",
+        broker.bootstrap()
+    );
     let (tx, rx) = std::sync::mpsc::channel();
     ctrlc::set_handler(move || {
         let _ = tx.send(());
@@ -116,7 +128,9 @@ fn broker(topics: &[String]) -> Result<()> {
 
 fn produce(file: &std::path::Path, topic: &str, kafka: &str, key_field: &str) -> Result<()> {
     use std::io::BufRead;
-    let size = std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?.len();
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .len();
     let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(file)?);
     let mut producer = kafka::Producer::new(kafka)?;
     let bar = indicatif::ProgressBar::new(size);
@@ -134,7 +148,10 @@ fn produce(file: &std::path::Path, topic: &str, kafka: &str, key_field: &str) ->
         }
         let key = serde_json::from_str::<serde_json::Value>(&line)
             .ok()
-            .and_then(|v| v.get(key_field).map(|k| k.as_str().map_or_else(|| k.to_string(), str::to_string)));
+            .and_then(|v| {
+                v.get(key_field)
+                    .map(|k| k.as_str().map_or_else(|| k.to_string(), str::to_string))
+            });
         if key.is_none() {
             bad += 1;
         }

@@ -21,7 +21,9 @@ pub fn resolve_plugin(name: &str) -> Result<Vec<u8>> {
     };
     let path = builtin.map(Path::new).unwrap_or_else(|| Path::new(name));
     if !path.exists() {
-        bail!("plugin `{name}` is neither a built-in example plugin (standardize, logistic, window-stats) nor a file");
+        bail!(
+            "plugin `{name}` is neither a built-in example plugin (standardize, logistic, window-stats) nor a file"
+        );
     }
     std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))
 }
@@ -31,17 +33,36 @@ pub fn stage_slot(engine: &Engine, stage: &StageSpec) -> Result<Arc<Slot>> {
     let bytes = resolve_plugin(stage.plugin.get_ref())?;
     let manifest: Manifest = serde_json::from_str(&stage.manifest_json())
         .with_context(|| format!("limits/grants of stage `{}`", stage.plugin.get_ref()))?;
-    let plugin = engine.load(&bytes, manifest).with_context(|| format!("loading plugin `{}`", stage.plugin.get_ref()))?;
+    let plugin = engine
+        .load(&bytes, manifest)
+        .with_context(|| format!("loading plugin `{}`", stage.plugin.get_ref()))?;
     Ok(Slot::new(Deployment::new(plugin, stage.config_json())))
 }
 
 /// The slots of every Wasm stage of a spec.
 pub fn build_slots(engine: &Engine, spec: &PipelineSpec) -> Result<StageSlots> {
     Ok(StageSlots {
-        extractor: spec.extractor.as_ref().map(|s| stage_slot(engine, s)).transpose()?,
-        model: spec.model.as_ref().map(|s| stage_slot(engine, s)).transpose()?,
-        operators: spec.operators.iter().map(|s| stage_slot(engine, s)).collect::<Result<_>>()?,
-        window_operator: spec.window.as_ref().and_then(|w| w.operator.as_ref()).map(|s| stage_slot(engine, s)).transpose()?,
+        extractor: spec
+            .extractor
+            .as_ref()
+            .map(|s| stage_slot(engine, s))
+            .transpose()?,
+        model: spec
+            .model
+            .as_ref()
+            .map(|s| stage_slot(engine, s))
+            .transpose()?,
+        operators: spec
+            .operators
+            .iter()
+            .map(|s| stage_slot(engine, s))
+            .collect::<Result<_>>()?,
+        window_operator: spec
+            .window
+            .as_ref()
+            .and_then(|w| w.operator.as_ref())
+            .map(|s| stage_slot(engine, s))
+            .transpose()?,
     })
 }
 
@@ -60,7 +81,9 @@ pub struct Progress {
 
 /// Milliseconds since the Unix epoch (processing time).
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Runs one pipeline worker until `stop` is set: consume a batch, process it, produce the
@@ -72,7 +95,11 @@ pub fn run_worker(
     stop: Arc<AtomicBool>,
     progress: Arc<Mutex<Progress>>,
 ) -> Result<()> {
-    let mut consumer = Consumer::new(bootstrap, &format!("weir-{}", spec.name.get_ref()), spec.source.topic.get_ref())?;
+    let mut consumer = Consumer::new(
+        bootstrap,
+        &format!("weir-{}", spec.name.get_ref()),
+        spec.source.topic.get_ref(),
+    )?;
     let mut producer = Producer::new(bootstrap)?;
     let sink = &spec.sink;
     let mut records: Vec<Owned> = Vec::with_capacity(1024);
@@ -96,7 +123,11 @@ pub fn run_worker(
         } else {
             let batch: Vec<SourceRecord<'_>> = records
                 .iter()
-                .map(|r| SourceRecord { partition: r.partition, offset: r.offset, payload: &r.payload })
+                .map(|r| SourceRecord {
+                    partition: r.partition,
+                    offset: r.offset,
+                    payload: &r.payload,
+                })
                 .collect();
             pipeline.process(&batch, now_ms(), &mut out)?;
         }
@@ -128,7 +159,8 @@ pub fn run_worker(
             p.stats = pipeline.stats().clone();
             p.produced = producer.sent();
             if p.samples.len() < 3 {
-                p.samples.extend(out.results.iter().take(3).map(|r| r.payload.clone()));
+                p.samples
+                    .extend(out.results.iter().take(3).map(|r| r.payload.clone()));
             }
             if p.switches.len() != pipeline.switches().len() {
                 p.switches = pipeline.switches().to_vec();

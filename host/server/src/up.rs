@@ -44,13 +44,17 @@ pub fn run(args: UpArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed)).context("installing the Ctrl-C handler")?;
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+            .context("installing the Ctrl-C handler")?;
     }
     let spec_text = match &args.spec {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
         None => EXAMPLE_SPEC.to_string(),
     };
-    let spec = PipelineSpec::parse(&spec_text).map_err(|e| anyhow::anyhow!("pipeline spec: {e}"))?;
+    let spec =
+        PipelineSpec::parse(&spec_text).map_err(|e| anyhow::anyhow!("pipeline spec: {e}"))?;
 
     let embedded;
     let bootstrap = match &args.kafka {
@@ -67,7 +71,12 @@ pub fn run(args: UpArgs) -> Result<()> {
             for (i, t) in topics.into_iter().flatten().enumerate() {
                 embedded.create_topic(t, if i == 0 { args.partitions } else { 1 })?;
             }
-            println!("embedded Kafka broker at {} (try: kcat -b {} -C -t {} -o -5 -e)", embedded.bootstrap(), embedded.bootstrap(), spec.sink.topic);
+            println!(
+                "embedded Kafka broker at {} (try: kcat -b {} -C -t {} -o -5 -e)",
+                embedded.bootstrap(),
+                embedded.bootstrap(),
+                spec.sink.topic
+            );
             embedded.bootstrap()
         }
     };
@@ -75,11 +84,24 @@ pub fn run(args: UpArgs) -> Result<()> {
     let engine = Engine::new(EngineOptions::default())?;
     let started_load = Instant::now();
     let slots = build_slots(&engine, &spec)?;
-    println!("pipeline `{}`: plugins compiled and pre-instantiated in {:.0} ms", spec.name.get_ref(), started_load.elapsed().as_secs_f64() * 1e3);
-    for (stage, slot) in [("extractor", &slots.extractor), ("model", &slots.model), ("window", &slots.window_operator)] {
+    println!(
+        "pipeline `{}`: plugins compiled and pre-instantiated in {:.0} ms",
+        spec.name.get_ref(),
+        started_load.elapsed().as_secs_f64() * 1e3
+    );
+    for (stage, slot) in [
+        ("extractor", &slots.extractor),
+        ("model", &slots.model),
+        ("window", &slots.window_operator),
+    ] {
         if let Some(s) = slot {
             let d = s.current();
-            println!("  {stage:<9} {:<9} plugin {} version {}", d.plugin.kind().to_string(), d.plugin.id().short(), d.version);
+            println!(
+                "  {stage:<9} {:<9} plugin {} version {}",
+                d.plugin.kind().to_string(),
+                d.plugin.id().short(),
+                d.version
+            );
         }
     }
     let pipeline = Pipeline::new(&spec, slots)?;
@@ -87,32 +109,52 @@ pub fn run(args: UpArgs) -> Result<()> {
     // The generator: weir's Rust port of the shared workload, produced to the input topic.
     let generated = Arc::new(AtomicU64::new(0));
     let gen_thread = {
-        let (stop, generated, bootstrap, topic) = (stop.clone(), generated.clone(), bootstrap.clone(), spec.source.topic.get_ref().clone());
-        let (n, rate, seed) = (if args.events == 0 { u64::MAX } else { args.events }, args.rate, args.seed);
-        std::thread::Builder::new().name("weir-generator".into()).spawn(move || -> Result<()> {
-            let mut producer = Producer::new(&bootstrap)?;
-            let start = Instant::now();
-            for (i, e) in Generator::new(n, seed).enumerate() {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                producer.send(&topic, &e.key, to_json_line(&e).as_bytes())?;
-                generated.store(i as u64 + 1, Ordering::Relaxed);
-                if rate > 0 && i % 256 == 0 {
-                    producer.poll();
-                    let due = Duration::from_secs_f64(i as f64 / rate as f64);
-                    if let Some(wait) = due.checked_sub(start.elapsed()) {
-                        std::thread::sleep(wait);
+        let (stop, generated, bootstrap, topic) = (
+            stop.clone(),
+            generated.clone(),
+            bootstrap.clone(),
+            spec.source.topic.get_ref().clone(),
+        );
+        let (n, rate, seed) = (
+            if args.events == 0 {
+                u64::MAX
+            } else {
+                args.events
+            },
+            args.rate,
+            args.seed,
+        );
+        std::thread::Builder::new()
+            .name("weir-generator".into())
+            .spawn(move || -> Result<()> {
+                let mut producer = Producer::new(&bootstrap)?;
+                let start = Instant::now();
+                for (i, e) in Generator::new(n, seed).enumerate() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    producer.send(&topic, &e.key, to_json_line(&e).as_bytes())?;
+                    generated.store(i as u64 + 1, Ordering::Relaxed);
+                    if rate > 0 && i % 256 == 0 {
+                        producer.poll();
+                        let due = Duration::from_secs_f64(i as f64 / rate as f64);
+                        if let Some(wait) = due.checked_sub(start.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
                     }
                 }
-            }
-            producer.flush(Duration::from_secs(30))
-        })?
+                producer.flush(Duration::from_secs(30))
+            })?
     };
 
     let progress = Arc::new(Mutex::new(Progress::default()));
     let worker = {
-        let (stop, progress, bootstrap, spec) = (stop.clone(), progress.clone(), bootstrap.clone(), spec.clone());
+        let (stop, progress, bootstrap, spec) = (
+            stop.clone(),
+            progress.clone(),
+            bootstrap.clone(),
+            spec.clone(),
+        );
         std::thread::Builder::new()
             .name("weir-worker".into())
             .spawn(move || run_worker(&spec, pipeline, &bootstrap, stop, progress))?
@@ -160,6 +202,9 @@ pub fn run(args: UpArgs) -> Result<()> {
         Err(_) => anyhow::bail!("the generator panicked"),
     }
     let p = progress.lock().map(|p| p.stats.clone()).unwrap_or_default();
-    println!("stopped: {} events processed, {} results, {} window results, {} late, {} dead letters", p.records_in, p.results_out, p.windows_out, p.late, p.dead);
+    println!(
+        "stopped: {} events processed, {} results, {} window results, {} late, {} dead letters",
+        p.records_in, p.results_out, p.windows_out, p.late, p.dead
+    );
     Ok(())
 }

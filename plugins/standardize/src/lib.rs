@@ -2,26 +2,41 @@
 //! `log1p(|x_0|)`. Config: `{"mean": [..], "std": [..]}`.
 
 use serde::Deserialize;
-use weir_sdk::{Error, Event, Result};
+use weir_sdk::{Error, Event};
 
+/// Validated at `init` (serde `try_from`), so a bad config is refused before any event.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawConfig")]
 struct Config {
     mean: Vec<f64>,
     std: Vec<f64>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    mean: Vec<f64>,
+    std: Vec<f64>,
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = String;
+    fn try_from(c: RawConfig) -> Result<Self, String> {
+        if c.mean.len() != c.std.len() || c.mean.is_empty() {
+            return Err("`mean` and `std` must have the same, non-zero length".into());
+        }
+        if let Some(s) = c.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(format!("every `std` must be finite and > 0, found {s}"));
+        }
+        Ok(Config { mean: c.mean, std: c.std })
+    }
+}
+
 #[weir_sdk::extractor]
-fn standardize(config: &Config, event: &Event<'_>, out: &mut Vec<f64>) -> Result<()> {
+fn standardize(config: &Config, event: &Event<'_>, out: &mut Vec<f64>) -> weir_sdk::Result<()> {
     let x = event.inputs();
     if x.len() != config.mean.len() {
         return Err(Error::input(format!("expected {} inputs, got {}", config.mean.len(), x.len())));
-    }
-    if config.mean.len() != config.std.len() || config.mean.is_empty() {
-        return Err(Error::config("`mean` and `std` must have the same, non-zero length"));
-    }
-    if let Some(s) = config.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-        return Err(Error::config(format!("every `std` must be finite and > 0, found {s}")));
     }
     for ((x, m), s) in x.iter().zip(&config.mean).zip(&config.std) {
         out.push((x - m) / s);

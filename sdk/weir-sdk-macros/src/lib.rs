@@ -14,7 +14,10 @@ fn no_args(attr: TokenStream, name: &str) -> Result<(), Error> {
     if attr.is_empty() {
         Ok(())
     } else {
-        Err(Error::new(proc_macro2::TokenStream::from(attr).span(), format!("#[weir_sdk::{name}] takes no arguments")))
+        Err(Error::new(
+            proc_macro2::TokenStream::from(attr).span(),
+            format!("#[weir_sdk::{name}] takes no arguments"),
+        ))
     }
 }
 
@@ -38,13 +41,23 @@ pub fn extractor(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 fn ref_inner(arg: &FnArg, mutable: bool, what: &str) -> Result<Type, Error> {
     let FnArg::Typed(pat) = arg else {
-        return Err(Error::new(arg.span(), format!("{EXTRACTOR_SHAPE}: `self` is not allowed")));
+        return Err(Error::new(
+            arg.span(),
+            format!("{EXTRACTOR_SHAPE}: `self` is not allowed"),
+        ));
     };
     match &*pat.ty {
         Type::Reference(r) if r.mutability.is_some() == mutable => Ok((*r.elem).clone()),
         other => Err(Error::new(
             other.span(),
-            format!("{EXTRACTOR_SHAPE}: the {what} must be {}", if mutable { "a `&mut` reference" } else { "a `&` reference" }),
+            format!(
+                "{EXTRACTOR_SHAPE}: the {what} must be {}",
+                if mutable {
+                    "a `&mut` reference"
+                } else {
+                    "a `&` reference"
+                }
+            ),
         )),
     }
 }
@@ -52,23 +65,45 @@ fn ref_inner(arg: &FnArg, mutable: bool, what: &str) -> Result<Type, Error> {
 fn expand_extractor(func: &ItemFn) -> Result<proc_macro2::TokenStream, Error> {
     let sig = &func.sig;
     if let Some(a) = &sig.asyncness {
-        return Err(Error::new(a.span(), "a weir extractor cannot be async: plugins run synchronously"));
+        return Err(Error::new(
+            a.span(),
+            "a weir extractor cannot be async: plugins run synchronously",
+        ));
     }
     if !sig.generics.params.is_empty() {
-        return Err(Error::new(sig.generics.span(), "a weir extractor cannot be generic"));
+        return Err(Error::new(
+            sig.generics.span(),
+            "a weir extractor cannot be generic",
+        ));
     }
     if sig.inputs.len() != 3 {
-        return Err(Error::new(sig.inputs.span().join(sig.ident.span()).unwrap_or(sig.ident.span()), format!("{EXTRACTOR_SHAPE}: it takes 3 arguments, found {}", sig.inputs.len())));
+        return Err(Error::new(
+            sig.inputs
+                .span()
+                .join(sig.ident.span())
+                .unwrap_or(sig.ident.span()),
+            format!(
+                "{EXTRACTOR_SHAPE}: it takes 3 arguments, found {}",
+                sig.inputs.len()
+            ),
+        ));
     }
     if let ReturnType::Default = sig.output {
-        return Err(Error::new(sig.ident.span(), format!("{EXTRACTOR_SHAPE}: it must return weir_sdk::Result<()>")));
+        return Err(Error::new(
+            sig.ident.span(),
+            format!("{EXTRACTOR_SHAPE}: it must return weir_sdk::Result<()>"),
+        ));
     }
     let config = ref_inner(&sig.inputs[0], false, "first argument (the config)")?;
     ref_inner(&sig.inputs[1], false, "second argument (the event)")?;
     let out = ref_inner(&sig.inputs[2], true, "third argument (the output row)")?;
-    let out_ok = matches!(&out, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Vec"));
+    let out_ok =
+        matches!(&out, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Vec"));
     if !out_ok {
-        return Err(Error::new(out.span(), format!("{EXTRACTOR_SHAPE}: the output row is a `&mut Vec<f64>`")));
+        return Err(Error::new(
+            out.span(),
+            format!("{EXTRACTOR_SHAPE}: the output row is a `&mut Vec<f64>`"),
+        ));
     }
     let name = &sig.ident;
     Ok(quote! {
@@ -103,26 +138,45 @@ fn check_impl(imp: &ItemImpl, trait_name: &str, macro_name: &str) -> Result<Type
     let Some((_, path, _)) = &imp.trait_ else {
         return Err(Error::new(
             imp.self_ty.span(),
-            format!("#[weir_sdk::{macro_name}] goes on `impl weir_sdk::{trait_name} for YourType {{ … }}`"),
+            format!(
+                "#[weir_sdk::{macro_name}] goes on `impl weir_sdk::{trait_name} for YourType {{ … }}`"
+            ),
         ));
     };
     if path.segments.last().map(|s| s.ident.to_string()) != Some(trait_name.to_string()) {
-        return Err(Error::new(path.span(), format!("#[weir_sdk::{macro_name}] goes on an impl of `weir_sdk::{trait_name}`, not `{}`", quote!(#path))));
+        return Err(Error::new(
+            path.span(),
+            format!(
+                "#[weir_sdk::{macro_name}] goes on an impl of `weir_sdk::{trait_name}`, not `{}`",
+                quote!(#path)
+            ),
+        ));
     }
     if !imp.generics.params.is_empty() {
-        return Err(Error::new(imp.generics.span(), format!("a weir {macro_name} cannot be generic: the plugin needs one concrete type")));
+        return Err(Error::new(
+            imp.generics.span(),
+            format!("a weir {macro_name} cannot be generic: the plugin needs one concrete type"),
+        ));
     }
     for item in &imp.items {
         if let ImplItem::Fn(f) = item
             && let Some(a) = &f.sig.asyncness
         {
-            return Err(Error::new(a.span(), format!("weir {macro_name} methods cannot be async: plugins run synchronously")));
+            return Err(Error::new(
+                a.span(),
+                format!("weir {macro_name} methods cannot be async: plugins run synchronously"),
+            ));
         }
     }
     Ok((*imp.self_ty).clone())
 }
 
-fn parse_impl(attr: TokenStream, item: TokenStream, trait_name: &str, macro_name: &str) -> Result<(ItemImpl, Type), (proc_macro2::TokenStream, Error)> {
+fn parse_impl(
+    attr: TokenStream,
+    item: TokenStream,
+    trait_name: &str,
+    macro_name: &str,
+) -> Result<(ItemImpl, Type), (proc_macro2::TokenStream, Error)> {
     let raw: proc_macro2::TokenStream = item.clone().into();
     if let Err(e) = no_args(attr, macro_name) {
         return Err((raw, e));
@@ -134,7 +188,12 @@ fn parse_impl(attr: TokenStream, item: TokenStream, trait_name: &str, macro_name
     let Item::Impl(imp) = parsed else {
         return Err((
             raw,
-            Error::new(Span::call_site(), format!("#[weir_sdk::{macro_name}] goes on `impl weir_sdk::{trait_name} for YourType {{ … }}`")),
+            Error::new(
+                Span::call_site(),
+                format!(
+                    "#[weir_sdk::{macro_name}] goes on `impl weir_sdk::{trait_name} for YourType {{ … }}`"
+                ),
+            ),
         ));
     };
     match check_impl(&imp, trait_name, macro_name) {

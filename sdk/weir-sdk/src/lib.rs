@@ -53,7 +53,9 @@ pub mod bindings {
         });
     }
 
-    pub use extractor::weir::operator::types::{EventBatch, FeatureBatch, PluginError, WindowBatch};
+    pub use extractor::weir::operator::types::{
+        EventBatch, FeatureBatch, PluginError, WindowBatch,
+    };
 }
 
 /// Logging from a plugin. Lines are kept per plugin by the host, capped per call, and
@@ -104,7 +106,12 @@ pub mod state {
     /// Reads a list of f64 stored by [`put_f64s`].
     pub fn get_f64s(key: &str, name: &str) -> Option<Vec<f64>> {
         let bytes = get(key, name)?;
-        Some(bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
+        Some(
+            bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect(),
+        )
     }
     /// Stores a list of f64 (little-endian).
     pub fn put_f64s(key: &str, name: &str, values: &[f64]) {
@@ -200,16 +207,26 @@ pub mod __private {
             match dims {
                 None => dims = Some(width),
                 Some(d) if d != width => {
-                    return Err(Error::input(format!("event {i} produced {width} features, earlier events {d}")).into());
+                    return Err(Error::input(format!(
+                        "event {i} produced {width} features, earlier events {d}"
+                    ))
+                    .into());
                 }
                 Some(_) => {}
             }
         }
-        Ok(FeatureBatch { rows: events.len() as u32, dims: dims.unwrap_or(0) as u32, values })
+        Ok(FeatureBatch {
+            rows: events.len() as u32,
+            dims: dims.unwrap_or(0) as u32,
+            values,
+        })
     }
 
     /// `predict` over a batch.
-    pub fn run_predict<M: Model>(model: &M, features: &FeatureBatch) -> Result<Vec<f64>, PluginError> {
+    pub fn run_predict<M: Model>(
+        model: &M,
+        features: &FeatureBatch,
+    ) -> Result<Vec<f64>, PluginError> {
         let rows = Rows::new(features)?;
         let mut out = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
@@ -219,10 +236,16 @@ pub mod __private {
     }
 
     /// Prequential `train` over a batch: predict, then learn, row by row.
-    pub fn run_train<M: Model>(model: &mut M, features: &FeatureBatch, labels: &[f64]) -> Result<Vec<f64>, PluginError> {
+    pub fn run_train<M: Model>(
+        model: &mut M,
+        features: &FeatureBatch,
+        labels: &[f64],
+    ) -> Result<Vec<f64>, PluginError> {
         let rows = Rows::new(features)?;
         if labels.len() != rows.len() {
-            return Err(Error::input(format!("{} labels for {} rows", labels.len(), rows.len())).into());
+            return Err(
+                Error::input(format!("{} labels for {} rows", labels.len(), rows.len())).into(),
+            );
         }
         let mut out = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
@@ -233,7 +256,10 @@ pub mod __private {
     }
 
     /// `process` over a batch.
-    pub fn run_process<O: Operator>(op: &mut O, events: &EventBatch) -> Result<EventBatch, PluginError> {
+    pub fn run_process<O: Operator>(
+        op: &mut O,
+        events: &EventBatch,
+    ) -> Result<EventBatch, PluginError> {
         let events = Events::new(events)?;
         let mut out = Output::new();
         op.process(&events, &mut out)?;
@@ -241,7 +267,10 @@ pub mod __private {
     }
 
     /// `on-window` over a batch.
-    pub fn run_on_window<O: Operator>(op: &mut O, windows: &WindowBatch) -> Result<EventBatch, PluginError> {
+    pub fn run_on_window<O: Operator>(
+        op: &mut O,
+        windows: &WindowBatch,
+    ) -> Result<EventBatch, PluginError> {
         let panes = Panes::new(windows)?;
         let mut out = Output::new();
         op.on_window(&panes, &mut out)?;

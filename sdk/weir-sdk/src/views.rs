@@ -28,12 +28,16 @@ impl<'a> Events<'a> {
             return Err(Error::input("malformed batch: column lengths disagree"));
         }
         check_offsets("key", &batch.key_offsets, n, batch.keys.len())?;
-        std::str::from_utf8(&batch.keys).map_err(|_| Error::input("malformed batch: keys are not UTF-8"))?;
+        std::str::from_utf8(&batch.keys)
+            .map_err(|_| Error::input("malformed batch: keys are not UTF-8"))?;
         let has_payloads = !batch.payloads.is_empty();
         if has_payloads {
             check_offsets("payload", &batch.payload_offsets, n, batch.payloads.len())?;
         }
-        Ok(Events { batch, has_payloads })
+        Ok(Events {
+            batch,
+            has_payloads,
+        })
     }
 
     /// Number of events.
@@ -63,12 +67,20 @@ impl<'a> Events<'a> {
         let key = std::str::from_utf8(&b.keys[ks..ke]).unwrap_or("");
         let d = b.input_dims as usize;
         let payload = if self.has_payloads {
-            let (ps, pe) = (b.payload_offsets[i] as usize, b.payload_offsets[i + 1] as usize);
+            let (ps, pe) = (
+                b.payload_offsets[i] as usize,
+                b.payload_offsets[i + 1] as usize,
+            );
             std::str::from_utf8(&b.payloads[ps..pe]).ok()
         } else {
             None
         };
-        Some(Event { key, ts: b.timestamps[i], inputs: &b.inputs[i * d..(i + 1) * d], payload })
+        Some(Event {
+            key,
+            ts: b.timestamps[i],
+            inputs: &b.inputs[i * d..(i + 1) * d],
+            payload,
+        })
     }
 
     /// The events in order.
@@ -89,7 +101,12 @@ pub struct Event<'a> {
 impl<'a> Event<'a> {
     /// A stand-alone event (for unit tests of plugin logic).
     pub fn new(key: &'a str, ts: i64, inputs: &'a [f64], payload: Option<&'a str>) -> Self {
-        Event { key, ts, inputs, payload }
+        Event {
+            key,
+            ts,
+            inputs,
+            payload,
+        }
     }
     /// The record key.
     pub fn key(&self) -> &'a str {
@@ -120,9 +137,16 @@ impl<'a> Rows<'a> {
     pub(crate) fn new(f: &'a FeatureBatch) -> Result<Self> {
         let (rows, dims) = (f.rows as usize, f.dims as usize);
         if f.values.len() != rows * dims {
-            return Err(Error::input(format!("malformed batch: {} values for {rows} x {dims}", f.values.len())));
+            return Err(Error::input(format!(
+                "malformed batch: {} values for {rows} x {dims}",
+                f.values.len()
+            )));
         }
-        Ok(Rows { values: &f.values, rows, dims })
+        Ok(Rows {
+            values: &f.values,
+            rows,
+            dims,
+        })
     }
     /// Number of rows.
     pub fn len(&self) -> usize {
@@ -147,15 +171,20 @@ impl<'a> Panes<'a> {
     pub(crate) fn new(b: &'a WindowBatch) -> Result<Self> {
         let n = b.starts.len();
         if b.ends.len() != n || b.closing.len() != n {
-            return Err(Error::input("malformed window batch: column lengths disagree"));
+            return Err(Error::input(
+                "malformed window batch: column lengths disagree",
+            ));
         }
         check_offsets("key", &b.key_offsets, n, b.keys.len())?;
         let dims = (b.dims as usize).max(1);
         if b.values.len() % dims != 0 {
-            return Err(Error::input("malformed window batch: values are not whole rows"));
+            return Err(Error::input(
+                "malformed window batch: values are not whole rows",
+            ));
         }
         check_offsets("row", &b.row_offsets, n, b.values.len() / dims)?;
-        std::str::from_utf8(&b.keys).map_err(|_| Error::input("malformed window batch: keys are not UTF-8"))?;
+        std::str::from_utf8(&b.keys)
+            .map_err(|_| Error::input("malformed window batch: keys are not UTF-8"))?;
         Ok(Panes { batch: b })
     }
     /// Number of panes.
@@ -172,7 +201,10 @@ impl<'a> Panes<'a> {
         let dims = b.dims as usize;
         (0..self.len()).map(move |i| {
             let (ks, ke) = (b.key_offsets[i] as usize, b.key_offsets[i + 1] as usize);
-            let (rs, re) = (b.row_offsets[i] as usize * dims, b.row_offsets[i + 1] as usize * dims);
+            let (rs, re) = (
+                b.row_offsets[i] as usize * dims,
+                b.row_offsets[i + 1] as usize * dims,
+            );
             Pane {
                 key: std::str::from_utf8(&b.keys[ks..ke]).unwrap_or(""),
                 start: b.starts[i],
