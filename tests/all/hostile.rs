@@ -48,7 +48,10 @@ fn rejected(path: &str) -> ValidationError {
 
 #[test]
 fn infinite_loop_hits_the_deadline() {
-    let mut i = fixture(fixtures::SPIN, manifest(|l| l.deadline_ms = 100));
+    // Without fuel metering, the wall-clock deadline (epochs) stops it.
+    let engine = unmetered_engine();
+    let m = manifest(|l| l.deadline_ms = 100);
+    let mut i = Instance::new(Deployment::new(engine.load(&weir_guests::read(fixtures::SPIN).unwrap(), m).unwrap(), "{}")).unwrap();
     let started = std::time::Instant::now();
     let kind = trap(i.predict(&one_row()).unwrap_err());
     assert_eq!(kind, TrapKind::Timeout);
@@ -58,7 +61,7 @@ fn infinite_loop_hits_the_deadline() {
 
 #[test]
 fn infinite_loop_runs_out_of_fuel_on_a_metered_engine() {
-    let engine = fuel_engine();
+    let engine = engine();
     let m = manifest(|l| {
         l.fuel_per_call = 1_000_000;
         l.fuel_per_row = 0;
@@ -139,7 +142,13 @@ fn wrong_row_count_is_refused() {
 
 #[test]
 fn log_spam_is_capped_and_counted() {
-    let mut i = fixture(fixtures::LOG_SPAM, manifest(|l| l.deadline_ms = 20_000));
+    let mut i = fixture(
+        fixtures::LOG_SPAM,
+        manifest(|l| {
+            l.deadline_ms = 20_000;
+            l.fuel_per_call = 10_000_000_000;
+        }),
+    );
     assert_eq!(i.predict(&one_row()).unwrap(), vec![1.0]);
     let lines = i.logs().lines();
     assert_eq!(lines.len(), Limits::default().log_lines_per_call);

@@ -20,8 +20,8 @@ use wasmtime::component::{Component, Linker};
 /// How the engine is built.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// Meter fuel (a deterministic instruction budget per call). Costs 20–60% of plugin
-    /// speed; the epoch deadline bounds CPU either way.
+    /// Meter fuel: a deterministic instruction budget per call (on by default). Measured on
+    /// job 1 it costs about 3%; the epoch deadline bounds wall-clock time either way.
     pub fuel: bool,
     /// Use the pooling instance allocator (faster instantiation, reserves address space).
     pub pooling: bool,

@@ -30,6 +30,14 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.name.as_str() {
         "engine" => engine(&args),
+        // For profilers: job 1's extract stage in a loop, nothing else.
+        "extract-loop" => {
+            let events = load_events(&args)?;
+            let engine = Engine::new(EngineOptions::default())?;
+            let (ext, _) = wasm_breakdown(&engine, &Models::load(), &batches(&events, 1024), args.runs)?;
+            println!("extract_ns_per_event={:.1}", ext * 1e9 / events.len() as f64);
+            Ok(())
+        }
         other => bail!("unknown benchmark `{other}` (available: engine)"),
     }
 }
@@ -98,6 +106,29 @@ fn wasm_job1(
     Ok((secs, scores))
 }
 
+/// Times the two stages separately (batch 1024).
+fn wasm_breakdown(engine: &Engine, models: &Models, batches: &[EventBatch], runs: usize) -> Result<(f64, f64)> {
+    let bytes = |p: &str| weir_guests::read(p).with_context(|| format!("reading {p}"));
+    let std = engine.load(&bytes(weir_guests::plugins::STANDARDIZE)?, Manifest::default())?;
+    let lr = engine.load(&bytes(weir_guests::plugins::LOGISTIC)?, Manifest::default())?;
+    let mut std = Instance::new(Deployment::new(std, models.standardize_config()))?;
+    let mut lr = Instance::new(Deployment::new(lr, models.logistic_config()))?;
+    let features: Vec<_> = batches.iter().map(|b| std.extract(b)).collect::<Result<_, _>>()?;
+    let ext = time_runs(runs, || {
+        for b in batches {
+            std::hint::black_box(std.extract(b)?);
+        }
+        Ok(())
+    })?;
+    let pred = time_runs(runs, || {
+        for f in &features {
+            std::hint::black_box(lr.predict(f)?);
+        }
+        Ok(())
+    })?;
+    Ok((ext, pred))
+}
+
 fn engine(args: &BenchArgs) -> Result<()> {
     let events = load_events(args)?;
     let n = events.len();
@@ -131,6 +162,9 @@ fn engine(args: &BenchArgs) -> Result<()> {
     println!("  wasm, batch 1               {:>8.1} ns/event", ns(w1));
     let (w1024, s1024) = wasm_job1(&engine, &models, &b1024, args.runs)?;
     println!("  wasm, batch 1024            {:>8.1} ns/event", ns(w1024));
+    let (ext, pred) = wasm_breakdown(&engine, &models, &b1024, args.runs)?;
+    println!("    of which extract          {:>8.1} ns/event", ns(ext));
+    println!("    of which predict          {:>8.1} ns/event", ns(pred));
     let max_diff = native
         .iter()
         .zip(&s1024)

@@ -38,9 +38,8 @@ fn standardize(config: &Config, event: &Event<'_>, out: &mut Vec<f64>) -> weir_s
     if x.len() != config.mean.len() {
         return Err(Error::input(format!("expected {} inputs, got {}", config.mean.len(), x.len())));
     }
-    for ((x, m), s) in x.iter().zip(&config.mean).zip(&config.std) {
-        out.push((x - m) / s);
-    }
-    out.push(x[0].abs().ln_1p());
+    out.extend(x.iter().zip(&config.mean).zip(&config.std).map(|((x, m), s)| (x - m) / s));
+    // libm (pure Rust) inlines under LTO; wasi-libc's log1p cannot.
+    out.push(libm::log1p(x[0].abs()));
     Ok(())
 }

@@ -148,7 +148,7 @@ fn check_impl(imp: &ItemImpl, trait_name: &str, macro_name: &str) -> Result<Type
             path.span(),
             format!(
                 "#[weir_sdk::{macro_name}] goes on an impl of `weir_sdk::{trait_name}`, not `{}`",
-                quote!(#path)
+                quote!(#path).to_string().replace(' ', "")
             ),
         ));
     }

@@ -17,6 +17,7 @@ fn check_offsets(what: &str, offsets: &[u32], n: usize, total: usize) -> Result<
 /// A batch of events, checked once so per-event access cannot go out of bounds.
 pub struct Events<'a> {
     batch: &'a EventBatch,
+    keys: &'a str,
     has_payloads: bool,
 }
 
@@ -28,14 +29,18 @@ impl<'a> Events<'a> {
             return Err(Error::input("malformed batch: column lengths disagree"));
         }
         check_offsets("key", &batch.key_offsets, n, batch.keys.len())?;
-        std::str::from_utf8(&batch.keys)
+        let keys = std::str::from_utf8(&batch.keys)
             .map_err(|_| Error::input("malformed batch: keys are not UTF-8"))?;
+        if batch.key_offsets.iter().any(|&o| !keys.is_char_boundary(o as usize)) {
+            return Err(Error::input("malformed batch: a key offset splits a character"));
+        }
         let has_payloads = !batch.payloads.is_empty();
         if has_payloads {
             check_offsets("payload", &batch.payload_offsets, n, batch.payloads.len())?;
         }
         Ok(Events {
             batch,
+            keys,
             has_payloads,
         })
     }
@@ -62,9 +67,8 @@ impl<'a> Events<'a> {
         }
         let b = self.batch;
         let (ks, ke) = (b.key_offsets[i] as usize, b.key_offsets[i + 1] as usize);
-        // Offsets were checked and the whole key buffer is UTF-8, but a key boundary could
-        // split a character; such a key reads as empty rather than panicking.
-        let key = std::str::from_utf8(&b.keys[ks..ke]).unwrap_or("");
+        // Offsets were checked to be monotone character boundaries of a UTF-8 buffer.
+        let key = self.keys.get(ks..ke).unwrap_or("");
         let d = b.input_dims as usize;
         let payload = if self.has_payloads {
             let (ps, pe) = (

@@ -1,0 +1,6 @@
+#[weir_sdk::extractor]
+fn f(config: &(), event: &weir_sdk::Event<'_>, out: &mut Vec<f64>) {
+    let _ = (config, event, out);
+}
+
+fn main() {}
