@@ -14,13 +14,13 @@ pub fn engine() -> Engine {
         .clone()
 }
 
-/// A separate engine that meters fuel.
-pub fn fuel_engine() -> Engine {
+/// An engine without fuel metering (epoch deadline only).
+pub fn unmetered_engine() -> Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE
         .get_or_init(|| {
             Engine::new(EngineOptions {
-                fuel: true,
+                fuel: false,
                 ..EngineOptions::default()
             })
             .expect("engine")

@@ -51,12 +51,18 @@ fn infinite_loop_hits_the_deadline() {
     // Without fuel metering, the wall-clock deadline (epochs) stops it.
     let engine = unmetered_engine();
     let m = manifest(|l| l.deadline_ms = 100);
-    let mut i = Instance::new(Deployment::new(engine.load(&weir_guests::read(fixtures::SPIN).unwrap(), m).unwrap(), "{}")).unwrap();
+    let mut i = Instance::new(Deployment::new(
+        engine
+            .load(&weir_guests::read(fixtures::SPIN).unwrap(), m)
+            .unwrap(),
+        "{}",
+    ))
+    .unwrap();
     let started = std::time::Instant::now();
     let kind = trap(i.predict(&one_row()).unwrap_err());
     assert_eq!(kind, TrapKind::Timeout);
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
-    assert_good_plugins_work(&engine());
+    assert_good_plugins_work(&engine);
 }
 
 #[test]
@@ -79,7 +85,14 @@ fn infinite_loop_runs_out_of_fuel_on_a_metered_engine() {
 
 #[test]
 fn memory_bomb_is_capped() {
-    let mut i = fixture(fixtures::MEMBOMB, manifest(|l| l.memory_bytes = 16 << 20));
+    // Enough fuel that the memory cap, not the instruction budget, stops it.
+    let mut i = fixture(
+        fixtures::MEMBOMB,
+        manifest(|l| {
+            l.memory_bytes = 16 << 20;
+            l.fuel_per_call = 10_000_000_000;
+        }),
+    );
     assert_eq!(
         trap(i.predict(&one_row()).unwrap_err()),
         TrapKind::OutOfMemory
@@ -120,7 +133,13 @@ fn panic_is_reported_with_its_message_and_the_instance_is_rebuilt() {
 
 #[test]
 fn oversized_output_is_refused() {
-    let mut i = fixture(fixtures::BIG_OUTPUT, manifest(|l| l.output_bytes = 1 << 20));
+    let mut i = fixture(
+        fixtures::BIG_OUTPUT,
+        manifest(|l| {
+            l.output_bytes = 1 << 20;
+            l.fuel_per_call = 10_000_000_000;
+        }),
+    );
     match i.predict(&one_row()).unwrap_err() {
         Error::BadOutput { reason, .. } => {
             assert!(reason.contains("exceeds the limit"), "{reason}")

@@ -1,5 +1,6 @@
 //! One integration-test binary for the whole workspace (wasmtime's `tests/all` layout):
 //! each extra test binary costs link time on a 2-core machine.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod hostile;

@@ -34,7 +34,7 @@ pub struct EngineOptions {
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
-            fuel: false,
+            fuel: true,
             pooling: false,
             cache_dir: None,
             epoch_tick: Duration::from_millis(5),

@@ -34,8 +34,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "extract-loop" => {
             let events = load_events(&args)?;
             let engine = Engine::new(EngineOptions::default())?;
-            let (ext, _) = wasm_breakdown(&engine, &Models::load(), &batches(&events, 1024), args.runs)?;
-            println!("extract_ns_per_event={:.1}", ext * 1e9 / events.len() as f64);
+            let (ext, _) =
+                wasm_breakdown(&engine, &Models::load(), &batches(&events, 1024), args.runs)?;
+            println!(
+                "extract_ns_per_event={:.1}",
+                ext * 1e9 / events.len() as f64
+            );
             Ok(())
         }
         other => bail!("unknown benchmark `{other}` (available: engine)"),
@@ -107,13 +111,24 @@ fn wasm_job1(
 }
 
 /// Times the two stages separately (batch 1024).
-fn wasm_breakdown(engine: &Engine, models: &Models, batches: &[EventBatch], runs: usize) -> Result<(f64, f64)> {
+fn wasm_breakdown(
+    engine: &Engine,
+    models: &Models,
+    batches: &[EventBatch],
+    runs: usize,
+) -> Result<(f64, f64)> {
     let bytes = |p: &str| weir_guests::read(p).with_context(|| format!("reading {p}"));
-    let std = engine.load(&bytes(weir_guests::plugins::STANDARDIZE)?, Manifest::default())?;
+    let std = engine.load(
+        &bytes(weir_guests::plugins::STANDARDIZE)?,
+        Manifest::default(),
+    )?;
     let lr = engine.load(&bytes(weir_guests::plugins::LOGISTIC)?, Manifest::default())?;
     let mut std = Instance::new(Deployment::new(std, models.standardize_config()))?;
     let mut lr = Instance::new(Deployment::new(lr, models.logistic_config()))?;
-    let features: Vec<_> = batches.iter().map(|b| std.extract(b)).collect::<Result<_, _>>()?;
+    let features: Vec<_> = batches
+        .iter()
+        .map(|b| std.extract(b))
+        .collect::<Result<_, _>>()?;
     let ext = time_runs(runs, || {
         for b in batches {
             std::hint::black_box(std.extract(b)?);

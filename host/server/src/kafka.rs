@@ -158,7 +158,10 @@ impl Producer {
 
 /// Consumer context: records rebalances so the pipeline can track partitions.
 #[derive(Clone, Default)]
-pub struct RebalanceLog(pub Arc<Mutex<Vec<(bool, Vec<i32>)>>>);
+pub struct RebalanceLog(pub Arc<Mutex<Vec<Rebalanced>>>);
+
+/// A rebalance: `(assigned, partitions)`; `assigned` is false for a revocation.
+pub type Rebalanced = (bool, Vec<i32>);
 
 impl ClientContext for RebalanceLog {}
 
@@ -224,7 +227,7 @@ impl Consumer {
     }
 
     /// Rebalances since the last call: `(assigned, partitions)`.
-    pub fn take_rebalances(&self) -> Vec<(bool, Vec<i32>)> {
+    pub fn take_rebalances(&self) -> Vec<Rebalanced> {
         self.rebalances
             .0
             .lock()

@@ -31,8 +31,14 @@ impl<'a> Events<'a> {
         check_offsets("key", &batch.key_offsets, n, batch.keys.len())?;
         let keys = std::str::from_utf8(&batch.keys)
             .map_err(|_| Error::input("malformed batch: keys are not UTF-8"))?;
-        if batch.key_offsets.iter().any(|&o| !keys.is_char_boundary(o as usize)) {
-            return Err(Error::input("malformed batch: a key offset splits a character"));
+        if batch
+            .key_offsets
+            .iter()
+            .any(|&o| !keys.is_char_boundary(o as usize))
+        {
+            return Err(Error::input(
+                "malformed batch: a key offset splits a character",
+            ));
         }
         let has_payloads = !batch.payloads.is_empty();
         if has_payloads {
@@ -181,7 +187,7 @@ impl<'a> Panes<'a> {
         }
         check_offsets("key", &b.key_offsets, n, b.keys.len())?;
         let dims = (b.dims as usize).max(1);
-        if b.values.len() % dims != 0 {
+        if !b.values.len().is_multiple_of(dims) {
             return Err(Error::input(
                 "malformed window batch: values are not whole rows",
             ));
