@@ -149,7 +149,7 @@ fn engine(args: &BenchArgs) -> Result<()> {
     let n = events.len();
     let models = Models::load();
     println!(
-        "bench engine: job 1 (standardize + logistic) over {n} events, median of {} runs",
+        "bench engine: job 1 (standardize + logistic) over {n} events, median of {} runs; Wasm under the default sandbox (fuel + epoch deadline)",
         args.runs
     );
 
@@ -191,13 +191,13 @@ fn engine(args: &BenchArgs) -> Result<()> {
         bail!("wasm and native scores disagree by {max_diff}");
     }
 
-    let fuel_engine = Engine::new(EngineOptions {
-        fuel: true,
+    let no_fuel = Engine::new(EngineOptions {
+        fuel: false,
         ..EngineOptions::default()
     })?;
-    let (wf, _) = wasm_job1(&fuel_engine, &models, &b1024, args.runs)?;
+    let (wf, _) = wasm_job1(&no_fuel, &models, &b1024, args.runs)?;
     println!(
-        "  wasm, batch 1024, fuel      {:>8.1} ns/event (fuel metering on)",
+        "  wasm, batch 1024, no fuel   {:>8.1} ns/event (epoch deadline only)",
         ns(wf)
     );
 
