@@ -40,10 +40,11 @@ impl Error {
         Error::Internal(message.into())
     }
 
-    /// Prefixes an input error with the index of the event it concerns.
-    pub(crate) fn at_event(self, i: usize) -> Self {
+    /// Prefixes an input error with the event or row it concerns (`what` is "event" or
+    /// "row").
+    pub(crate) fn at(self, what: &str, i: usize) -> Self {
         match self {
-            Error::InvalidInput(m) => Error::InvalidInput(format!("event {i}: {m}")),
+            Error::InvalidInput(m) => Error::InvalidInput(format!("{what} {i}: {m}")),
             other => other,
         }
     }

@@ -3,6 +3,8 @@
 pub use weir_sdk_macros::{extractor, model, operator};
 
 mod error;
+#[cfg(test)]
+mod tests;
 mod views;
 
 pub use error::{Error, Result};
@@ -59,7 +61,8 @@ pub mod bindings {
 }
 
 /// Logging from a plugin. Lines are kept per plugin by the host, capped per call, and
-/// readable over the API. `println!` and `eprintln!` work too (as `info` and `warn`).
+/// readable over the API. `println!` and `eprintln!` are captured too. The macros
+/// [`trace!`], [`debug!`], [`info!`], [`warn!`] and [`error!`] take `format!` arguments.
 pub mod log {
     use crate::bindings::extractor::weir::operator::log::{Level, log};
 
@@ -85,6 +88,32 @@ pub mod log {
     }
 }
 
+/// Logs a `format!`-style message at trace level.
+#[macro_export]
+macro_rules! trace {
+    ($($arg:tt)*) => { $crate::log::trace(&::std::format!($($arg)*)) };
+}
+/// Logs a `format!`-style message at debug level.
+#[macro_export]
+macro_rules! debug {
+    ($($arg:tt)*) => { $crate::log::debug(&::std::format!($($arg)*)) };
+}
+/// Logs a `format!`-style message at info level.
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => { $crate::log::info(&::std::format!($($arg)*)) };
+}
+/// Logs a `format!`-style message at warn level.
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => { $crate::log::warn(&::std::format!($($arg)*)) };
+}
+/// Logs a `format!`-style message at error level.
+#[macro_export]
+macro_rules! error {
+    ($($arg:tt)*) => { $crate::log::error(&::std::format!($($arg)*)) };
+}
+
 /// Keyed state kept by the host, scoped to this tenant, pipeline and stage, and
 /// checkpointed with the stream. Available to extractors and operators (models keep their
 /// parameters in `snapshot`/`restore` instead).
@@ -103,20 +132,32 @@ pub mod state {
     pub fn delete(key: &str, name: &str) {
         wit::delete(key, name)
     }
-    /// Reads a list of f64 stored by [`put_f64s`].
+    /// Reads a list of f64 stored by [`put_f64s`]: `None` when nothing is stored, or when
+    /// the value is not a whole number of f64s.
     pub fn get_f64s(key: &str, name: &str) -> Option<Vec<f64>> {
-        let bytes = get(key, name)?;
-        Some(
-            bytes
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-                .collect(),
-        )
+        decode_f64s(&get(key, name)?)
     }
-    /// Stores a list of f64 (little-endian).
+    /// Stores a list of f64, as 8 little-endian bytes each.
     pub fn put_f64s(key: &str, name: &str, values: &[f64]) {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        put(key, name, &bytes)
+        put(key, name, &encode_f64s(values))
+    }
+
+    /// The encoding of [`put_f64s`]: 8 little-endian bytes per value.
+    pub fn encode_f64s(values: &[f64]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+    /// Decodes [`encode_f64s`]; `None` when `bytes` is not a whole number of f64s.
+    pub fn decode_f64s(bytes: &[u8]) -> Option<Vec<f64>> {
+        if !bytes.len().is_multiple_of(8) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(bytes.len() / 8);
+        for chunk in bytes.chunks_exact(8) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            out.push(f64::from_le_bytes(b));
+        }
+        Some(out)
     }
 }
 
@@ -202,7 +243,7 @@ pub mod __private {
         let mut dims = None;
         for (i, ev) in events.iter().enumerate() {
             let before = values.len();
-            f(&ev, &mut values).map_err(|e| e.at_event(i))?;
+            f(&ev, &mut values).map_err(|e| e.at("event", i))?;
             let width = values.len() - before;
             match dims {
                 None => dims = Some(width),
@@ -230,7 +271,7 @@ pub mod __private {
         let rows = Rows::new(features)?;
         let mut out = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
-            out.push(model.predict(row).map_err(|e| e.at_event(i))?);
+            out.push(model.predict(row).map_err(|e| e.at("row", i))?);
         }
         Ok(out)
     }
@@ -249,8 +290,8 @@ pub mod __private {
         }
         let mut out = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
-            out.push(model.predict(row).map_err(|e| e.at_event(i))?);
-            model.learn(row, labels[i]).map_err(|e| e.at_event(i))?;
+            out.push(model.predict(row).map_err(|e| e.at("row", i))?);
+            model.learn(row, labels[i]).map_err(|e| e.at("row", i))?;
         }
         Ok(out)
     }

@@ -1,8 +1,13 @@
 //! Per-event views over the columnar batches that cross the host/guest boundary.
+//!
+//! Each view checks its batch once, when it is built (column lengths, offsets, UTF-8), so
+//! per-event access afterwards cannot go out of bounds: a malformed batch is an
+//! [`Error::InvalidInput`], never a panic.
 
 use crate::bindings::{EventBatch, FeatureBatch, WindowBatch};
 use crate::{Error, Result};
 
+/// Checks that `offsets` has `n + 1` non-decreasing entries from 0 to `total`.
 fn check_offsets(what: &str, offsets: &[u32], n: usize, total: usize) -> Result<()> {
     if offsets.len() != n + 1
         || offsets.first() != Some(&0)
@@ -14,40 +19,67 @@ fn check_offsets(what: &str, offsets: &[u32], n: usize, total: usize) -> Result<
     Ok(())
 }
 
-/// A batch of events, checked once so per-event access cannot go out of bounds.
+/// Checks that `bytes` is UTF-8 and that no offset splits a character.
+fn check_text<'a>(what: &str, bytes: &'a [u8], offsets: &[u32]) -> Result<&'a str> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| Error::input(format!("malformed batch: {what} are not UTF-8")))?;
+    if offsets.iter().any(|&o| !text.is_char_boundary(o as usize)) {
+        return Err(Error::input(format!(
+            "malformed batch: a {what} offset splits a character"
+        )));
+    }
+    Ok(text)
+}
+
+/// `a * b`, or an input error when it overflows.
+fn size(a: usize, b: usize) -> Result<usize> {
+    a.checked_mul(b)
+        .ok_or_else(|| Error::input("malformed batch: size overflows"))
+}
+
+/// The text between `offsets[i]` and `offsets[i + 1]` of a checked buffer.
+fn slice<'a>(text: &'a str, offsets: &[u32], i: usize) -> &'a str {
+    match (offsets.get(i), offsets.get(i + 1)) {
+        (Some(&s), Some(&e)) => text.get(s as usize..e as usize).unwrap_or(""),
+        _ => "",
+    }
+}
+
+/// A batch of events (the WIT `event-batch`), checked once so that per-event access cannot
+/// go out of bounds.
+#[derive(Debug, Clone, Copy)]
 pub struct Events<'a> {
     batch: &'a EventBatch,
     keys: &'a str,
-    has_payloads: bool,
+    payloads: Option<&'a str>,
 }
 
 impl<'a> Events<'a> {
+    /// Checks a batch: column lengths, offsets, UTF-8 of keys and payloads.
     pub(crate) fn new(batch: &'a EventBatch) -> Result<Self> {
         let n = batch.len as usize;
         let dims = batch.input_dims as usize;
-        if batch.timestamps.len() != n || batch.inputs.len() != n * dims {
+        if batch.timestamps.len() != n || batch.inputs.len() != size(n, dims)? {
             return Err(Error::input("malformed batch: column lengths disagree"));
         }
         check_offsets("key", &batch.key_offsets, n, batch.keys.len())?;
-        let keys = std::str::from_utf8(&batch.keys)
-            .map_err(|_| Error::input("malformed batch: keys are not UTF-8"))?;
-        if batch
-            .key_offsets
-            .iter()
-            .any(|&o| !keys.is_char_boundary(o as usize))
-        {
-            return Err(Error::input(
-                "malformed batch: a key offset splits a character",
-            ));
-        }
-        let has_payloads = !batch.payloads.is_empty();
-        if has_payloads {
+        let keys = check_text("key", &batch.keys, &batch.key_offsets)?;
+        // The host sends payloads only to stages that ask for them; otherwise the buffer is
+        // empty and the offsets are all 0.
+        let payloads = if batch.payloads.is_empty() {
+            None
+        } else {
             check_offsets("payload", &batch.payload_offsets, n, batch.payloads.len())?;
-        }
+            Some(check_text(
+                "payload",
+                &batch.payloads,
+                &batch.payload_offsets,
+            )?)
+        };
         Ok(Events {
             batch,
             keys,
-            has_payloads,
+            payloads,
         })
     }
 
@@ -61,45 +93,34 @@ impl<'a> Events<'a> {
         self.batch.len == 0
     }
 
-    /// Numeric inputs per event.
+    /// Numeric inputs per event (the length of every [`Event::inputs`]).
     pub fn input_dims(&self) -> usize {
         self.batch.input_dims as usize
     }
 
-    /// Event `i`.
+    /// Event `i`, or `None` past the end.
     pub fn get(&self, i: usize) -> Option<Event<'a>> {
         if i >= self.len() {
             return None;
         }
         let b = self.batch;
-        let (ks, ke) = (b.key_offsets[i] as usize, b.key_offsets[i + 1] as usize);
-        // Offsets were checked to be monotone character boundaries of a UTF-8 buffer.
-        let key = self.keys.get(ks..ke).unwrap_or("");
         let d = b.input_dims as usize;
-        let payload = if self.has_payloads {
-            let (ps, pe) = (
-                b.payload_offsets[i] as usize,
-                b.payload_offsets[i + 1] as usize,
-            );
-            std::str::from_utf8(&b.payloads[ps..pe]).ok()
-        } else {
-            None
-        };
         Some(Event {
-            key,
-            ts: b.timestamps[i],
-            inputs: &b.inputs[i * d..(i + 1) * d],
-            payload,
+            key: slice(self.keys, &b.key_offsets, i),
+            ts: *b.timestamps.get(i)?,
+            inputs: b.inputs.get(i * d..(i + 1) * d)?,
+            payload: self.payloads.map(|p| slice(p, &b.payload_offsets, i)),
         })
     }
 
     /// The events in order.
-    pub fn iter(&self) -> impl Iterator<Item = Event<'a>> + '_ {
-        (0..self.len()).filter_map(|i| self.get(i))
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Event<'a>> + '_ {
+        let this = *self;
+        (0..self.len()).map(move |i| this.get(i).unwrap_or(Event::new("", 0, &[], None)))
     }
 }
 
-/// One event.
+/// One event of an [`Events`] batch.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Event<'a> {
     key: &'a str,
@@ -109,7 +130,7 @@ pub struct Event<'a> {
 }
 
 impl<'a> Event<'a> {
-    /// A stand-alone event (for unit tests of plugin logic).
+    /// A stand-alone event, for unit tests of plugin logic.
     pub fn new(key: &'a str, ts: i64, inputs: &'a [f64], payload: Option<&'a str>) -> Self {
         Event {
             key,
@@ -122,21 +143,22 @@ impl<'a> Event<'a> {
     pub fn key(&self) -> &'a str {
         self.key
     }
-    /// Event time, ms since the Unix epoch.
+    /// Event time, in milliseconds since the Unix epoch.
     pub fn ts(&self) -> i64 {
         self.ts
     }
-    /// The numeric inputs the host lifted from the payload.
+    /// The numeric inputs the host lifted from the record field the pipeline spec names.
     pub fn inputs(&self) -> &'a [f64] {
         self.inputs
     }
-    /// The raw JSON payload, when the pipeline sends payloads to this stage.
+    /// The raw JSON payload, or `None` when the host sent no payloads to this stage.
     pub fn payload(&self) -> Option<&'a str> {
         self.payload
     }
 }
 
-/// Rows of a feature batch.
+/// The rows of a feature batch (the WIT `feature-batch`), checked once.
+#[derive(Debug, Clone, Copy)]
 pub struct Rows<'a> {
     values: &'a [f64],
     rows: usize,
@@ -144,11 +166,12 @@ pub struct Rows<'a> {
 }
 
 impl<'a> Rows<'a> {
+    /// Checks that `values.len() == rows * dims`.
     pub(crate) fn new(f: &'a FeatureBatch) -> Result<Self> {
         let (rows, dims) = (f.rows as usize, f.dims as usize);
-        if f.values.len() != rows * dims {
+        if f.values.len() != size(rows, dims)? {
             return Err(Error::input(format!(
-                "malformed batch: {} values for {rows} x {dims}",
+                "malformed batch: {} values for {rows} rows x {dims} features",
                 f.values.len()
             )));
         }
@@ -166,18 +189,33 @@ impl<'a> Rows<'a> {
     pub fn is_empty(&self) -> bool {
         self.rows == 0
     }
+    /// Values per row.
+    pub fn dims(&self) -> usize {
+        self.dims
+    }
+    /// Row `i`, or `None` past the end.
+    pub fn get(&self, i: usize) -> Option<&'a [f64]> {
+        if i >= self.rows {
+            return None;
+        }
+        self.values.get(i * self.dims..(i + 1) * self.dims)
+    }
     /// The rows in order.
-    pub fn iter(&self) -> impl Iterator<Item = &'a [f64]> + '_ {
-        (0..self.rows).map(move |i| &self.values[i * self.dims..(i + 1) * self.dims])
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &'a [f64]> + '_ {
+        let this = *self;
+        (0..self.rows).map(move |i| this.get(i).unwrap_or(&[]))
     }
 }
 
-/// Fired windows.
+/// Fired windows (the WIT `window-batch`): one [`Pane`] per key and window, checked once.
+#[derive(Debug, Clone, Copy)]
 pub struct Panes<'a> {
     batch: &'a WindowBatch,
+    keys: &'a str,
 }
 
 impl<'a> Panes<'a> {
+    /// Checks a batch: column lengths, key and row offsets, UTF-8 keys.
     pub(crate) fn new(b: &'a WindowBatch) -> Result<Self> {
         let n = b.starts.len();
         if b.ends.len() != n || b.closing.len() != n {
@@ -186,16 +224,24 @@ impl<'a> Panes<'a> {
             ));
         }
         check_offsets("key", &b.key_offsets, n, b.keys.len())?;
-        let dims = (b.dims as usize).max(1);
-        if !b.values.len().is_multiple_of(dims) {
-            return Err(Error::input(
-                "malformed window batch: values are not whole rows",
-            ));
+        let keys = check_text("key", &b.keys, &b.key_offsets)?;
+        let dims = b.dims as usize;
+        if dims == 0 {
+            // Rows of width 0: any row count, no values.
+            if !b.values.is_empty() {
+                return Err(Error::input("malformed window batch: values with dims 0"));
+            }
+            let total = b.row_offsets.last().map_or(0, |&o| o as usize);
+            check_offsets("row", &b.row_offsets, n, total)?;
+        } else {
+            if !b.values.len().is_multiple_of(dims) {
+                return Err(Error::input(
+                    "malformed window batch: values are not whole rows",
+                ));
+            }
+            check_offsets("row", &b.row_offsets, n, b.values.len() / dims)?;
         }
-        check_offsets("row", &b.row_offsets, n, b.values.len() / dims)?;
-        std::str::from_utf8(&b.keys)
-            .map_err(|_| Error::input("malformed window batch: keys are not UTF-8"))?;
-        Ok(Panes { batch: b })
+        Ok(Panes { batch: b, keys })
     }
     /// Number of panes.
     pub fn len(&self) -> usize {
@@ -205,35 +251,53 @@ impl<'a> Panes<'a> {
     pub fn is_empty(&self) -> bool {
         self.batch.starts.is_empty()
     }
-    /// The panes in order.
-    pub fn iter(&self) -> impl Iterator<Item = Pane<'a>> + '_ {
+    /// Values per row.
+    pub fn dims(&self) -> usize {
+        self.batch.dims as usize
+    }
+    /// Pane `i`, or `None` past the end.
+    pub fn get(&self, i: usize) -> Option<Pane<'a>> {
         let b = self.batch;
         let dims = b.dims as usize;
+        let (rs, re) = (
+            *b.row_offsets.get(i)? as usize,
+            *b.row_offsets.get(i + 1)? as usize,
+        );
+        Some(Pane {
+            key: slice(self.keys, &b.key_offsets, i),
+            start: *b.starts.get(i)?,
+            end: *b.ends.get(i)?,
+            values: b.values.get(rs * dims..re * dims)?,
+            rows: re - rs,
+            dims,
+            closing: *b.closing.get(i)?,
+        })
+    }
+    /// The panes in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Pane<'a>> + '_ {
+        let this = *self;
         (0..self.len()).map(move |i| {
-            let (ks, ke) = (b.key_offsets[i] as usize, b.key_offsets[i + 1] as usize);
-            let (rs, re) = (
-                b.row_offsets[i] as usize * dims,
-                b.row_offsets[i + 1] as usize * dims,
-            );
-            Pane {
-                key: std::str::from_utf8(&b.keys[ks..ke]).unwrap_or(""),
-                start: b.starts[i],
-                end: b.ends[i],
-                values: &b.values[rs..re],
-                dims,
-                closing: b.closing[i],
-            }
+            this.get(i).unwrap_or(Pane {
+                key: "",
+                start: 0,
+                end: 0,
+                values: &[],
+                rows: 0,
+                dims: 0,
+                closing: false,
+            })
         })
     }
 }
 
-/// One key in one window.
-#[derive(Debug, Clone, Copy)]
+/// One key in one event-time window, with the rows assigned to it since it last fired.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pane<'a> {
     key: &'a str,
     start: i64,
     end: i64,
     values: &'a [f64],
+    rows: usize,
     dims: usize,
     closing: bool,
 }
@@ -243,55 +307,67 @@ impl<'a> Pane<'a> {
     pub fn key(&self) -> &'a str {
         self.key
     }
-    /// Window start (inclusive), ms.
+    /// Window start (inclusive), ms since the Unix epoch.
     pub fn start(&self) -> i64 {
         self.start
     }
-    /// Window end (exclusive), ms.
+    /// Window end (exclusive), ms since the Unix epoch.
     pub fn end(&self) -> i64 {
         self.end
     }
-    /// True when the pane will never fire again: release its state.
+    /// True when the pane will never fire again (its allowed lateness has passed): release
+    /// any state kept for it.
     pub fn closing(&self) -> bool {
         self.closing
     }
-    /// Number of new rows.
+    /// Number of rows added since the pane last fired (0 for a closing pane with nothing
+    /// new).
     pub fn row_count(&self) -> usize {
-        self.values.len().checked_div(self.dims).unwrap_or(0)
+        self.rows
     }
-    /// The rows added since the pane last fired.
-    pub fn rows(&self) -> impl Iterator<Item = &'a [f64]> + 'a {
-        let dims = self.dims.max(1);
-        self.values.chunks_exact(dims)
+    /// The rows added since the pane last fired, each `dims` values long.
+    pub fn rows(&self) -> impl ExactSizeIterator<Item = &'a [f64]> + 'a {
+        let (values, dims) = (self.values, self.dims);
+        (0..self.rows).map(move |r| values.get(r * dims..(r + 1) * dims).unwrap_or(&[]))
     }
 }
 
-/// Events an operator emits.
+/// Events an operator emits; becomes the `event-batch` its call returns.
 #[derive(Debug, Default)]
 pub struct Output {
     batch: Option<EventBatch>,
 }
 
+fn empty_batch(dims: u32) -> EventBatch {
+    EventBatch {
+        len: 0,
+        keys: Vec::new(),
+        key_offsets: vec![0],
+        timestamps: Vec::new(),
+        input_dims: dims,
+        inputs: Vec::new(),
+        payloads: Vec::new(),
+        payload_offsets: vec![0],
+    }
+}
+
 impl Output {
-    pub(crate) fn new() -> Self {
+    /// An empty output (the glue makes one per call; useful in unit tests).
+    pub fn new() -> Self {
         Output { batch: None }
     }
 
-    /// Emits an event. Every event emitted in one call must have the same number of values.
+    /// Emits an event with key `key`, event time `ts` and numeric `values` (they become the
+    /// output batch's `inputs`). Every event emitted in one call must have the same number
+    /// of values: a different count is an error and emits nothing.
     pub fn emit(&mut self, key: &str, ts: i64, values: &[f64]) -> Result<()> {
-        let b = self.batch.get_or_insert_with(|| EventBatch {
-            len: 0,
-            keys: Vec::new(),
-            key_offsets: vec![0],
-            timestamps: Vec::new(),
-            input_dims: values.len() as u32,
-            inputs: Vec::new(),
-            payloads: Vec::new(),
-            payload_offsets: vec![0],
-        });
+        let b = self
+            .batch
+            .get_or_insert_with(|| empty_batch(values.len() as u32));
         if values.len() != b.input_dims as usize {
             return Err(Error::internal(format!(
-                "emitted {} values after emitting events of {}",
+                "emitted an event with {} values after events with {}: every event one call \
+                 emits must have the same number of values",
                 values.len(),
                 b.input_dims
             )));
@@ -315,16 +391,28 @@ impl Output {
         self.len() == 0
     }
 
-    pub(crate) fn finish(self) -> EventBatch {
-        self.batch.unwrap_or(EventBatch {
-            len: 0,
-            keys: Vec::new(),
-            key_offsets: vec![0],
-            timestamps: Vec::new(),
-            input_dims: 0,
-            inputs: Vec::new(),
-            payloads: Vec::new(),
-            payload_offsets: vec![0],
+    /// Event `i` emitted so far (without payload), or `None` past the end.
+    pub fn get(&self, i: usize) -> Option<Event<'_>> {
+        let b = self.batch.as_ref()?;
+        if i >= b.len as usize {
+            return None;
+        }
+        let d = b.input_dims as usize;
+        let (ks, ke) = (
+            *b.key_offsets.get(i)? as usize,
+            *b.key_offsets.get(i + 1)? as usize,
+        );
+        Some(Event {
+            // Keys were appended from `&str`s, so the offsets fall on character boundaries.
+            key: std::str::from_utf8(b.keys.get(ks..ke)?).unwrap_or(""),
+            ts: *b.timestamps.get(i)?,
+            inputs: b.inputs.get(i * d..(i + 1) * d)?,
+            payload: None,
         })
+    }
+
+    /// The columnar batch the call returns.
+    pub(crate) fn finish(self) -> EventBatch {
+        self.batch.unwrap_or_else(|| empty_batch(0))
     }
 }
