@@ -6,7 +6,7 @@ use proc_macro::TokenStream;
 use proc_macro2::Span;
 use quote::quote;
 use syn::spanned::Spanned;
-use syn::{Error, FnArg, ImplItem, Item, ItemFn, ItemImpl, ReturnType, Type, parse_macro_input};
+use syn::{Error, FnArg, ImplItem, Item, ItemFn, ItemImpl, ReturnType, Type};
 
 const EXTRACTOR_SHAPE: &str = "a weir extractor is `fn name(config: &Config, event: &weir_sdk::Event<'_>, out: &mut Vec<f64>) -> weir_sdk::Result<()>`";
 
@@ -29,7 +29,22 @@ pub fn extractor(attr: TokenStream, item: TokenStream) -> TokenStream {
     if let Err(e) = no_args(attr, "extractor") {
         return e.to_compile_error().into();
     }
-    let func = parse_macro_input!(item as ItemFn);
+    let raw = proc_macro2::TokenStream::from(item.clone());
+    let func = match syn::parse::<Item>(item) {
+        Ok(Item::Fn(func)) => func,
+        Ok(other) => {
+            let err = Error::new(
+                other.span(),
+                format!("#[weir_sdk::extractor] goes on a function: {EXTRACTOR_SHAPE}"),
+            )
+            .to_compile_error();
+            return quote!(#raw #err).into();
+        }
+        Err(e) => {
+            let err = e.to_compile_error();
+            return quote!(#raw #err).into();
+        }
+    };
     match expand_extractor(&func) {
         Ok(glue) => quote!(#func #glue).into(),
         Err(e) => {
@@ -62,6 +77,11 @@ fn ref_inner(arg: &FnArg, mutable: bool, what: &str) -> Result<Type, Error> {
     }
 }
 
+/// True when `ty` is a path whose last segment is `name` (`Vec<f64>`, `weir_sdk::Event<'_>`).
+fn last_segment_is(ty: &Type, name: &str) -> bool {
+    matches!(ty, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == name))
+}
+
 fn expand_extractor(func: &ItemFn) -> Result<proc_macro2::TokenStream, Error> {
     let sig = &func.sig;
     if let Some(a) = &sig.asyncness {
@@ -88,18 +108,31 @@ fn expand_extractor(func: &ItemFn) -> Result<proc_macro2::TokenStream, Error> {
             ),
         ));
     }
-    if let ReturnType::Default = sig.output {
-        return Err(Error::new(
-            sig.ident.span(),
-            format!("{EXTRACTOR_SHAPE}: it must return weir_sdk::Result<()>"),
-        ));
+    match &sig.output {
+        ReturnType::Default => {
+            return Err(Error::new(
+                sig.ident.span(),
+                format!("{EXTRACTOR_SHAPE}: it must return weir_sdk::Result<()>"),
+            ));
+        }
+        ReturnType::Type(_, ty) if !last_segment_is(ty, "Result") => {
+            return Err(Error::new(
+                ty.span(),
+                format!("{EXTRACTOR_SHAPE}: it must return weir_sdk::Result<()>"),
+            ));
+        }
+        ReturnType::Type(..) => {}
     }
     let config = ref_inner(&sig.inputs[0], false, "first argument (the config)")?;
-    ref_inner(&sig.inputs[1], false, "second argument (the event)")?;
+    let event = ref_inner(&sig.inputs[1], false, "second argument (the event)")?;
+    if !last_segment_is(&event, "Event") {
+        return Err(Error::new(
+            event.span(),
+            format!("{EXTRACTOR_SHAPE}: the event is a `&weir_sdk::Event<'_>`"),
+        ));
+    }
     let out = ref_inner(&sig.inputs[2], true, "third argument (the output row)")?;
-    let out_ok =
-        matches!(&out, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Vec"));
-    if !out_ok {
+    if !last_segment_is(&out, "Vec") {
         return Err(Error::new(
             out.span(),
             format!("{EXTRACTOR_SHAPE}: the output row is a `&mut Vec<f64>`"),
@@ -198,7 +231,16 @@ fn parse_impl(
     };
     match check_impl(&imp, trait_name, macro_name) {
         Ok(ty) => Ok((imp, ty)),
-        Err(e) => Err((quote!(#imp), e)),
+        Err(e) => {
+            // Emit the impl without `async`, so the error above is the only one reported.
+            let mut imp = imp;
+            for item in &mut imp.items {
+                if let ImplItem::Fn(f) = item {
+                    f.sig.asyncness = None;
+                }
+            }
+            Err((quote!(#imp), e))
+        }
     }
 }
 

@@ -1,0 +1,4 @@
+#[weir_sdk::extractor]
+struct NotAFunction;
+
+fn main() {}
