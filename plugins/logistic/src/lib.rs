@@ -41,7 +41,11 @@ struct Logistic {
 impl Logistic {
     fn check(&self, row: &[f64]) -> Result<()> {
         if row.len() != self.coef.len() {
-            return Err(Error::input(format!("expected {} features, got {}", self.coef.len(), row.len())));
+            return Err(Error::input(format!(
+                "expected {} features, got {}",
+                self.coef.len(),
+                row.len()
+            )));
         }
         Ok(())
     }
@@ -56,16 +60,36 @@ impl Model for Logistic {
             (Some(coef), None) => coef,
             (None, Some(d)) => vec![0.0; d],
             (Some(coef), Some(d)) if coef.len() == d => coef,
-            (Some(coef), Some(d)) => return Err(Error::config(format!("`coef` has {} values but `dims` is {d}", coef.len()))),
-            (None, None) => return Err(Error::config("give `coef` (a trained model) or `dims` (start from zero)")),
+            (Some(coef), Some(d)) => {
+                return Err(Error::config(format!(
+                    "`coef` has {} values but `dims` is {d}",
+                    coef.len()
+                )));
+            }
+            (None, None) => {
+                return Err(Error::config(
+                    "give `coef` (a trained model) or `dims` (start from zero)",
+                ));
+            }
         };
         if coef.is_empty() {
             return Err(Error::config("the model needs at least one coefficient"));
         }
-        if !(c.lr.is_finite() && c.lr >= 0.0) {
-            return Err(Error::config("`lr` must be finite and >= 0"));
+        let intercept_lr = c.intercept_lr.unwrap_or(c.lr);
+        if !(c.lr.is_finite() && c.lr >= 0.0 && intercept_lr.is_finite() && intercept_lr >= 0.0) {
+            return Err(Error::config(
+                "`lr` and `intercept_lr` must be finite and >= 0",
+            ));
         }
-        Ok(Logistic { coef, intercept: c.intercept, lr: c.lr, intercept_lr: c.intercept_lr.unwrap_or(c.lr) })
+        if !(c.intercept.is_finite() && coef.iter().all(|w| w.is_finite())) {
+            return Err(Error::config("`coef` and `intercept` must be finite"));
+        }
+        Ok(Logistic {
+            coef,
+            intercept: c.intercept,
+            lr: c.lr,
+            intercept_lr,
+        })
     }
 
     fn predict(&self, row: &[f64]) -> Result<f64> {
@@ -90,13 +114,21 @@ impl Model for Logistic {
     }
 
     fn snapshot(&self) -> Result<Vec<u8>> {
-        Ok(serde_json::to_vec(&Snapshot { coef: self.coef.clone(), intercept: self.intercept })?)
+        Ok(serde_json::to_vec(&Snapshot {
+            coef: self.coef.clone(),
+            intercept: self.intercept,
+        })?)
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<()> {
-        let s: Snapshot = serde_json::from_slice(bytes).map_err(|e| Error::input(format!("bad snapshot: {e}")))?;
+        let s: Snapshot = serde_json::from_slice(bytes)
+            .map_err(|e| Error::input(format!("bad snapshot: {e}")))?;
         if s.coef.len() != self.coef.len() {
-            return Err(Error::input(format!("snapshot has {} coefficients, the model {}", s.coef.len(), self.coef.len())));
+            return Err(Error::input(format!(
+                "snapshot has {} coefficients, the model {}",
+                s.coef.len(),
+                self.coef.len()
+            )));
         }
         self.coef = s.coef;
         self.intercept = s.intercept;

@@ -28,7 +28,10 @@ impl TryFrom<RawConfig> for Config {
         if let Some(s) = c.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
             return Err(format!("every `std` must be finite and > 0, found {s}"));
         }
-        Ok(Config { mean: c.mean, std: c.std })
+        Ok(Config {
+            mean: c.mean,
+            std: c.std,
+        })
     }
 }
 
@@ -36,9 +39,18 @@ impl TryFrom<RawConfig> for Config {
 fn standardize(config: &Config, event: &Event<'_>, out: &mut Vec<f64>) -> weir_sdk::Result<()> {
     let x = event.inputs();
     if x.len() != config.mean.len() {
-        return Err(Error::input(format!("expected {} inputs, got {}", config.mean.len(), x.len())));
+        return Err(Error::input(format!(
+            "expected {} inputs, got {}",
+            config.mean.len(),
+            x.len()
+        )));
     }
-    out.extend(x.iter().zip(&config.mean).zip(&config.std).map(|((x, m), s)| (x - m) / s));
+    out.extend(
+        x.iter()
+            .zip(&config.mean)
+            .zip(&config.std)
+            .map(|((x, m), s)| (x - m) / s),
+    );
     // libm (pure Rust) inlines under LTO; wasi-libc's log1p cannot.
     out.push(libm::log1p(x[0].abs()));
     Ok(())

@@ -9,8 +9,9 @@
 use serde::Deserialize;
 use weir_sdk::{Error, Operator, Output, Panes, Result, state};
 
+/// `model.json`'s `window_model`; its descriptive keys (`fitted_on`, `features`, …) are
+/// ignored, so the object can be passed as it is.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct WindowModel {
     agg_mean: [f64; 3],
     agg_std: [f64; 3],
@@ -36,21 +37,34 @@ impl Operator for WindowStats {
     type Config = Config;
 
     fn open(c: Config) -> Result<Self> {
-        if c.window_model.agg_std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        if c.window_model
+            .agg_std
+            .iter()
+            .any(|s| !(s.is_finite() && *s > 0.0))
+        {
             return Err(Error::config("every `agg_std` must be finite and > 0"));
         }
-        Ok(WindowStats { field: c.field, model: c.window_model })
+        Ok(WindowStats {
+            field: c.field,
+            model: c.window_model,
+        })
     }
 
     fn on_window(&mut self, panes: &Panes<'_>, out: &mut Output) -> Result<()> {
         for pane in panes.iter() {
             let name = format!("w{}", pane.start());
-            let mut acc = state::get_f64s(pane.key(), &name).unwrap_or_else(|| vec![0.0, 0.0, f64::NEG_INFINITY]);
+            let mut acc = state::get_f64s(pane.key(), &name)
+                .unwrap_or_else(|| vec![0.0, 0.0, f64::NEG_INFINITY]);
             if acc.len() != 3 {
-                return Err(Error::internal(format!("corrupt accumulator for {} {name}", pane.key())));
+                return Err(Error::internal(format!(
+                    "corrupt accumulator for {} {name}",
+                    pane.key()
+                )));
             }
             for row in pane.rows() {
-                let x = *row.get(self.field).ok_or_else(|| Error::input(format!("rows have no field {}", self.field)))?;
+                let x = *row
+                    .get(self.field)
+                    .ok_or_else(|| Error::input(format!("rows have no field {}", self.field)))?;
                 acc[0] += 1.0;
                 acc[1] += x;
                 acc[2] = acc[2].max(x);
@@ -67,7 +81,11 @@ impl Operator for WindowStats {
                 for (j, a) in [count, mean, max].into_iter().enumerate() {
                     z += m.coef[j] * (a - m.agg_mean[j]) / m.agg_std[j];
                 }
-                out.emit(pane.key(), pane.start(), &[count, mean, max, 1.0 / (1.0 + (-z).exp())])?;
+                out.emit(
+                    pane.key(),
+                    pane.start(),
+                    &[count, mean, max, 1.0 / (1.0 + (-z).exp())],
+                )?;
             }
         }
         Ok(())
