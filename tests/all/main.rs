@@ -4,5 +4,6 @@
 
 mod common;
 mod hostile;
+mod pipeline;
 mod plugins;
 mod swap;

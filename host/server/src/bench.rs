@@ -19,9 +19,10 @@ pub struct BenchArgs {
     /// generating them.
     #[arg(long)]
     events: Option<PathBuf>,
-    /// Number of events to generate when no file is given.
-    #[arg(long, default_value_t = 200_000)]
-    n: u64,
+    /// Number of events to generate when no file is given (default: 200,000 for `engine`,
+    /// 1,000,000 for `pipeline`).
+    #[arg(long)]
+    n: Option<u64>,
     /// Repetitions per figure (the median is reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -30,6 +31,13 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.name.as_str() {
         "engine" => engine(&args),
+        "pipeline" => {
+            let events = match &args.events {
+                Some(_) => Some(load_events(&args)?),
+                None => None,
+            };
+            crate::bench_pipeline::run(args.n.unwrap_or(1_000_000), events, args.runs.min(3))
+        }
         // For profilers: job 1's extract stage in a loop, nothing else.
         "extract-loop" => {
             let events = load_events(&args)?;
@@ -42,7 +50,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             );
             Ok(())
         }
-        other => bail!("unknown benchmark `{other}` (available: engine)"),
+        other => bail!("unknown benchmark `{other}` (available: engine, pipeline)"),
     }
 }
 
@@ -51,7 +59,7 @@ fn load_events(args: &BenchArgs) -> Result<Vec<Event>> {
         Some(path) => {
             weir_workload::read_jsonl(path).with_context(|| format!("reading {}", path.display()))
         }
-        None => Ok(Generator::new(args.n, 42).collect()),
+        None => Ok(Generator::new(args.n.unwrap_or(200_000), 42).collect()),
     }
 }
 

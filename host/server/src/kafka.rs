@@ -190,6 +190,8 @@ pub struct Owned {
     pub offset: i64,
     /// Payload (empty for a tombstone).
     pub payload: Vec<u8>,
+    /// The message's timestamp (CreateTime, ms), if it has one.
+    pub timestamp: Option<i64>,
 }
 
 /// A consumer-group member on one topic with manual offsets.
@@ -259,6 +261,7 @@ impl Consumer {
                         partition: m.partition(),
                         offset: m.offset(),
                         payload: m.payload().unwrap_or_default().to_vec(),
+                        timestamp: m.timestamp().to_millis(),
                     });
                 }
                 Some(Err(e)) => {

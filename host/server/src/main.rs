@@ -1,9 +1,10 @@
 //! `weir`: real-time ML pipelines with user-written WebAssembly operators.
 
 mod bench;
-mod kafka;
-mod run;
+mod bench_pipeline;
 mod up;
+
+use weir_server::kafka;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};

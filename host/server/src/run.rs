@@ -86,15 +86,36 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Runs one pipeline worker until `stop` is set: consume a batch, process it, produce the
-/// outputs, and commit offsets once their outputs are acknowledged.
+/// How a worker runs.
+#[derive(Default)]
+pub struct WorkerOptions {
+    /// Set to stop the worker.
+    pub stop: Arc<AtomicBool>,
+    /// Live figures, updated after every batch.
+    pub progress: Arc<Mutex<Progress>>,
+    /// Stop after this many source records, firing every open window first (a bounded
+    /// input, for tests and benchmarks).
+    pub max_records: Option<u64>,
+    /// Records per poll (default 1024).
+    pub batch: Option<usize>,
+}
+
+/// Runs one pipeline worker until stopped: consume a batch, process it, produce the
+/// outputs, and commit offsets once their outputs are acknowledged. Returns the pipeline
+/// (with its counters and version switches).
 pub fn run_worker(
     spec: &PipelineSpec,
     mut pipeline: Pipeline,
     bootstrap: &str,
-    stop: Arc<AtomicBool>,
-    progress: Arc<Mutex<Progress>>,
-) -> Result<()> {
+    opts: WorkerOptions,
+) -> Result<Pipeline> {
+    let WorkerOptions {
+        stop,
+        progress,
+        max_records,
+        batch,
+    } = opts;
+    let batch = batch.unwrap_or(1024);
     let mut consumer = Consumer::new(
         bootstrap,
         &format!("weir-{}", spec.name.get_ref()),
@@ -116,8 +137,14 @@ pub fn run_worker(
             }
         }
         records.clear();
-        consumer.poll_batch(1024, Duration::from_millis(50), &mut records)?;
+        let want = match max_records {
+            Some(m) => (m.saturating_sub(pipeline.stats().records_in) as usize).min(batch),
+            None => batch,
+        };
+        consumer.poll_batch(want.max(1), Duration::from_millis(50), &mut records)?;
         out.clear();
+        let done =
+            max_records.is_some_and(|m| pipeline.stats().records_in + records.len() as u64 >= m);
         if records.is_empty() {
             pipeline.tick(now_ms(), &mut out)?;
         } else {
@@ -130,6 +157,9 @@ pub fn run_worker(
                 })
                 .collect();
             pipeline.process(&batch, now_ms(), &mut out)?;
+            if done {
+                pipeline.flush(&mut out)?;
+            }
         }
         for r in &out.results {
             producer.send(&sink.topic, &r.key, r.payload.as_bytes())?;
@@ -166,9 +196,12 @@ pub fn run_worker(
                 p.switches = pipeline.switches().to_vec();
             }
         }
+        if done {
+            break;
+        }
     }
     producer.flush(Duration::from_secs(30))?;
     consumer.commit()?;
     consumer.close(Duration::from_secs(5));
-    Ok(())
+    Ok(pipeline)
 }

@@ -3,14 +3,14 @@
 //! (`examples/workload.toml`), feeds it events from weir's own generator, and shows live
 //! progress. `--kafka host:port` runs it against a real broker instead.
 
-use crate::kafka::{EmbeddedBroker, Producer};
-use crate::run::{Progress, build_slots, run_worker};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weir_engine::{Engine, EngineOptions};
+use weir_server::kafka::{EmbeddedBroker, Producer};
+use weir_server::run::{Progress, WorkerOptions, build_slots, run_worker};
 use weir_stream::pipeline::Pipeline;
 use weir_stream::spec::PipelineSpec;
 use weir_workload::{Generator, to_json_line};
@@ -157,7 +157,18 @@ pub fn run(args: UpArgs) -> Result<()> {
         );
         std::thread::Builder::new()
             .name("weir-worker".into())
-            .spawn(move || run_worker(&spec, pipeline, &bootstrap, stop, progress))?
+            .spawn(move || {
+                run_worker(
+                    &spec,
+                    pipeline,
+                    &bootstrap,
+                    WorkerOptions {
+                        stop,
+                        progress,
+                        ..WorkerOptions::default()
+                    },
+                )
+            })?
     };
 
     println!("streaming; Ctrl-C stops");
@@ -194,7 +205,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     }
     stop.store(true, Ordering::Relaxed);
     match worker.join() {
-        Ok(r) => r?,
+        Ok(r) => drop(r?),
         Err(_) => anyhow::bail!("the pipeline worker panicked"),
     }
     match gen_thread.join() {

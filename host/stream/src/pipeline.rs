@@ -274,7 +274,6 @@ impl Pipeline {
                         offset: r.offset,
                     });
                     self.raw.push((i, 0));
-                    self.watermarks.observe(r.partition, p.ts, now_ms);
                 }
                 Err(reason) => {
                     self.stats.dead += 1;
@@ -283,7 +282,7 @@ impl Pipeline {
             }
         }
         if !self.batch.is_empty() {
-            self.window_events(records, out);
+            self.window_events(records, now_ms, out);
             self.score(records, out)?;
         }
         self.fire_windows(now_ms, out)?;
@@ -305,8 +304,15 @@ impl Pipeline {
         self.emit_windows(fired, out)
     }
 
-    fn window_events(&mut self, records: &[SourceRecord<'_>], out: &mut Outputs) {
+    /// Advances the watermarks event by event and assigns events to windows. Lateness is
+    /// judged against the watermark *at the event's arrival* (including the event itself),
+    /// exactly as if records were processed one by one; windows fire at the batch's end.
+    fn window_events(&mut self, records: &[SourceRecord<'_>], now_ms: u64, out: &mut Outputs) {
         let Some(w) = self.window.as_mut() else {
+            for (i, p) in self.positions.iter().enumerate() {
+                self.watermarks
+                    .observe(p.partition, self.batch.timestamps[i], now_ms);
+            }
             return;
         };
         for i in 0..self.batch.len() {
@@ -314,6 +320,9 @@ impl Pipeline {
                 continue;
             };
             let ts = self.batch.timestamps[i];
+            self.watermarks
+                .observe(self.positions[i].partition, ts, now_ms);
+            w.windower.raise_watermark(self.watermarks.advance(now_ms));
             if w.windower.add(key, ts, row[w.value_index], row) == Lateness::TooLate {
                 w.windower.count_late();
                 self.stats.late += 1;
@@ -518,9 +527,6 @@ impl Pipeline {
         let Some(w) = self.window.as_mut() else {
             return Ok(());
         };
-        if wm <= w.windower.watermark() {
-            return Ok(());
-        }
         let fired = w.windower.advance(wm);
         self.emit_windows(fired, out)
     }

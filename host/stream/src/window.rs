@@ -307,6 +307,12 @@ impl Windower {
         result
     }
 
+    /// Raises the watermark used to judge lateness, without firing anything (panes fire on
+    /// the next [`Windower::advance`]).
+    pub fn raise_watermark(&mut self, w: i64) {
+        self.watermark = self.watermark.max(w);
+    }
+
     /// Records an event that was too late for every window (counts it).
     pub fn count_late(&mut self) {
         self.late_events += 1;
