@@ -6,4 +6,5 @@ mod common;
 mod hostile;
 mod pipeline;
 mod plugins;
+mod store;
 mod swap;

@@ -155,6 +155,7 @@ impl Slot {
 pub struct Runner {
     slot: Arc<Slot>,
     instance: Option<Instance>,
+    initial_state: Option<Box<dyn KeyedState>>,
     carry_model_state: bool,
     switches: u64,
 }
@@ -165,9 +166,18 @@ impl Runner {
         Runner {
             slot,
             instance: None,
+            initial_state: None,
             carry_model_state: false,
             switches: 0,
         }
+    }
+
+    /// Gives the first instance this keyed-state backend (instead of an empty in-memory
+    /// one), for example a store that tracks changes for checkpoints. Later versions
+    /// inherit it on a swap.
+    pub fn with_state(mut self, state: Box<dyn KeyedState>) -> Self {
+        self.initial_state = Some(state);
+        self
     }
 
     /// Carries a model's parameters across swaps via snapshot/restore.
@@ -209,7 +219,12 @@ impl Runner {
                         };
                         (old.take_state(), snap)
                     }
-                    None => (Box::new(MemoryState::default()), None),
+                    None => (
+                        self.initial_state
+                            .take()
+                            .unwrap_or_else(|| Box::new(MemoryState::default())),
+                        None,
+                    ),
                 };
             let had_old = self.instance.is_some();
             let mut inst = Instance::with_state(next, state)?;

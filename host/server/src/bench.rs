@@ -13,7 +13,7 @@ use weir_workload::{Event, Generator, Models};
 /// Options of `weir bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: `engine`.
+    /// Which benchmark: `engine`, `pipeline` or `sink`.
     name: String,
     /// Read events from this JSON Lines file (the shared generator's format) instead of
     /// generating them.
@@ -38,6 +38,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             };
             crate::bench_pipeline::run(args.n.unwrap_or(1_000_000), events, args.runs.min(3))
         }
+        "sink" => crate::bench_sink::run(args.n.unwrap_or(200_000), 200_000),
         // For profilers: job 1's extract stage in a loop, nothing else.
         "extract-loop" => {
             let events = load_events(&args)?;
@@ -50,7 +51,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             );
             Ok(())
         }
-        other => bail!("unknown benchmark `{other}` (available: engine, pipeline)"),
+        other => bail!("unknown benchmark `{other}` (available: engine, pipeline, sink)"),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, anyhow};
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
@@ -12,6 +12,7 @@ use rdkafka::producer::{
     BaseRecord, DefaultProducerContext, DeliveryResult, Producer as _, ProducerContext,
 };
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, producer::BaseProducer};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +20,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The embedded broker.
+///
+/// A real Kafka-protocol broker, with one limit to know: librdkafka's mock partitions keep
+/// only their last 5 MiB of record batches (compressed size; hard-coded in librdkafka), and
+/// drop older ones as new ones arrive. A consumer that keeps up never notices; a topic
+/// loaded far ahead of its consumers should use enough partitions (our producer compresses
+/// with lz4, about 2x on the workload's JSON). A real broker has no such limit.
 pub struct EmbeddedBroker {
     cluster: MockCluster<'static, DefaultProducerContext>,
 }
@@ -93,6 +100,9 @@ impl Producer {
             .set("bootstrap.servers", bootstrap)
             .set("acks", "all")
             .set("enable.idempotence", "true")
+            // lz4: cheap, and it matters doubly on the embedded broker, whose mock
+            // partitions keep only the last 5 MiB of (compressed) record batches.
+            .set("compression.type", "lz4")
             .set("linger.ms", "5")
             .set("batch.num.messages", "10000")
             .set("batch.size", "1000000")
@@ -156,28 +166,89 @@ impl Producer {
     }
 }
 
-/// Consumer context: records rebalances so the pipeline can track partitions.
-#[derive(Clone, Default)]
-pub struct RebalanceLog(pub Arc<Mutex<Vec<Rebalanced>>>);
+/// Decides where a newly assigned partition starts: given the partitions, returns the
+/// offset to start each one at (for example the next offset stored in the database).
+/// Called on the consumer's thread during a rebalance.
+pub type AssignHook = Arc<dyn Fn(&[i32]) -> Result<BTreeMap<i32, i64>> + Send + Sync>;
 
-/// A rebalance: `(assigned, partitions)`; `assigned` is false for a revocation.
+/// The consumer's rebalance context: logs assignments and revocations for the worker loop
+/// and, when it has an [`AssignHook`], assigns each partition at the hook's offset instead
+/// of the group's committed one.
+#[derive(Clone, Default)]
+pub struct RebalanceLog {
+    log: Arc<Mutex<Vec<Rebalanced>>>,
+    hook: Option<AssignHook>,
+    hook_error: Arc<Mutex<Option<String>>>,
+    topic: String,
+}
+
+/// `(assigned, partitions)`: true for an assignment, false for a revocation.
 pub type Rebalanced = (bool, Vec<i32>);
+
+impl RebalanceLog {
+    fn push(&self, entry: Rebalanced) {
+        if let Ok(mut g) = self.log.lock() {
+            g.push(entry);
+        }
+    }
+}
 
 impl ClientContext for RebalanceLog {}
 
 impl ConsumerContext for RebalanceLog {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let (assigned, list) = match rebalance {
-            Rebalance::Assign(l) => (true, *l),
-            Rebalance::Revoke(l) => (false, *l),
-            Rebalance::Error(e) => {
-                tracing::warn!("rebalance error: {e}");
-                return;
+    fn rebalance(
+        &self,
+        base_consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let Some(hook) = &self.hook {
+                    match hook(&parts) {
+                        Ok(offsets) => {
+                            for (p, o) in offsets {
+                                // An explicit offset, even 0: librdkafka's mock broker
+                                // was seen to answer a `Beginning` lookup with a later
+                                // offset. Out of range falls back to auto.offset.reset.
+                                let at = Offset::Offset(o.max(0));
+                                if let Err(e) = tpl.set_partition_offset(&self.topic, p, at) {
+                                    tracing::warn!("setting the start offset of {p}: {e}");
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            // Not assigning leaves the partitions to the group's next
+                            // rebalance; the worker sees the error and stops.
+                            tracing::error!("claiming partitions {parts:?} failed: {e:#}");
+                            if let Ok(mut g) = self.hook_error.lock() {
+                                *g = Some(format!("claiming partitions {parts:?}: {e:#}"));
+                            }
+                            return;
+                        }
+                    }
+                }
+                tracing::debug!("assigning {:?}", tpl.to_topic_map());
+                if let Err(e) = base_consumer.assign(tpl) {
+                    tracing::error!("assigning partitions {parts:?}: {e}");
+                    return;
+                }
+                self.push((true, parts));
             }
-        };
-        let parts = list.elements().iter().map(|e| e.partition()).collect();
-        if let Ok(mut g) = self.0.lock() {
-            g.push((assigned, parts));
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if let Err(e) = base_consumer.unassign() {
+                    tracing::warn!("unassigning partitions {parts:?}: {e}");
+                }
+                self.push((false, parts));
+            }
+            other => {
+                let code: RDKafkaErrorCode = other.into();
+                tracing::warn!("rebalance error: {code}");
+                if let Err(e) = base_consumer.unassign() {
+                    tracing::warn!("unassigning after a rebalance error: {e}");
+                }
+            }
         }
     }
 }
@@ -205,7 +276,22 @@ pub struct Consumer {
 impl Consumer {
     /// Joins `group` on `topic`. Offsets are never committed automatically.
     pub fn new(bootstrap: &str, group: &str, topic: &str) -> Result<Self> {
-        let rebalances = RebalanceLog::default();
+        Self::with_hook(bootstrap, group, topic, None)
+    }
+
+    /// Like [`Consumer::new`], with an [`AssignHook`] that decides where each assigned
+    /// partition starts (Kafka's committed offsets are then only for monitoring).
+    pub fn with_hook(
+        bootstrap: &str,
+        group: &str,
+        topic: &str,
+        hook: Option<AssignHook>,
+    ) -> Result<Self> {
+        let rebalances = RebalanceLog {
+            hook,
+            topic: topic.to_string(),
+            ..RebalanceLog::default()
+        };
         let inner: BaseConsumer<RebalanceLog> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("group.id", group)
@@ -228,13 +314,52 @@ impl Consumer {
         })
     }
 
-    /// Rebalances since the last call: `(assigned, partitions)`.
-    pub fn take_rebalances(&self) -> Vec<Rebalanced> {
-        self.rebalances
-            .0
+    /// Rebalances since the last call: `(assigned, partitions)`. Fails when the assign
+    /// hook failed (the partitions were then not assigned).
+    pub fn take_rebalances(&self) -> Result<Vec<Rebalanced>> {
+        if let Some(e) = self
+            .rebalances
+            .hook_error
+            .lock()
+            .ok()
+            .and_then(|mut g| g.take())
+        {
+            return Err(anyhow!(e));
+        }
+        Ok(self
+            .rebalances
+            .log
             .lock()
             .map(|mut g| std::mem::take(&mut *g))
-            .unwrap_or_default()
+            .unwrap_or_default())
+    }
+
+    /// The partition's low and high watermarks (the high one is the offset the next
+    /// produced record gets).
+    pub fn watermarks(&self, partition: i32, timeout: Duration) -> Result<(i64, i64)> {
+        let c = self
+            .inner
+            .as_ref()
+            .ok_or_else(|| anyhow!("consumer is closed"))?;
+        c.fetch_watermarks(&self.topic, partition, timeout)
+            .with_context(|| format!("fetching the watermarks of {}/{partition}", self.topic))
+    }
+
+    /// Commits the given next offsets to the group (asynchronously). With a database as the
+    /// source of truth this is for monitoring (consumer lag) only.
+    pub fn commit_offsets(&self, next: &BTreeMap<i32, i64>) -> Result<()> {
+        let Some(c) = self.inner.as_ref() else {
+            return Ok(());
+        };
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in next {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o))?;
+        }
+        c.commit(&tpl, CommitMode::Async)
+            .context("committing offsets")
     }
 
     /// Polls up to `max` records, waiting at most `timeout` for the first one.
@@ -278,18 +403,7 @@ impl Consumer {
 
     /// Commits the offsets after everything polled so far (for monitoring and restarts).
     pub fn commit(&self) -> Result<()> {
-        let Some(c) = self.inner.as_ref() else {
-            return Ok(());
-        };
-        if self.next.is_empty() {
-            return Ok(());
-        }
-        let mut tpl = TopicPartitionList::new();
-        for (p, o) in &self.next {
-            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o))?;
-        }
-        c.commit(&tpl, CommitMode::Async)
-            .context("committing offsets")
+        self.commit_offsets(&self.next)
     }
 
     /// Leaves the group, bounded by `timeout`: librdkafka's destroy can hang against some

@@ -2,5 +2,6 @@
 //! that runs a pipeline spec over Kafka. The `weir` binary (`src/main.rs`) adds the CLI, the
 //! main job and the benchmarks.
 
+pub mod durable;
 pub mod kafka;
 pub mod run;

@@ -2,6 +2,8 @@
 
 mod bench;
 mod bench_pipeline;
+mod bench_sink;
+mod cmd_run;
 mod up;
 
 use weir_server::kafka;
@@ -25,12 +27,15 @@ struct Cli {
 enum Command {
     /// Run the main job: the example plugins scoring a live stream of workload events.
     Up(up::UpArgs),
+    /// Run a pipeline spec over Kafka with its results, state and positions in a database
+    /// (effectively once; restarts resume from the database).
+    Run(cmd_run::RunArgs),
     /// Validate a plugin and print what it is (kind, WIT version, imports, compile time).
     Inspect {
         /// The component (.wasm).
         plugin: PathBuf,
     },
-    /// Run a named benchmark (`engine`). Its last line is `key=value` pairs.
+    /// Run a named benchmark (`engine`, `pipeline`, `sink`). Its last line is `key=value` pairs.
     Bench(bench::BenchArgs),
     /// Run only the embedded Kafka broker (librdkafka's mock cluster) until Ctrl-C.
     Broker {
@@ -65,6 +70,7 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Up(args) => up::run(args),
+        Command::Run(args) => cmd_run::run(args),
         Command::Inspect { plugin } => inspect(&plugin),
         Command::Bench(args) => bench::run(args),
         Command::Broker { topics } => broker(&topics),

@@ -127,7 +127,7 @@ pub fn run_worker(
     let mut out = Outputs::default();
     let mut last_commit = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        for (assigned, parts) in consumer.take_rebalances() {
+        for (assigned, parts) in consumer.take_rebalances()? {
             for p in parts {
                 if assigned {
                     pipeline.assign_partition(p, now_ms());

@@ -1,7 +1,9 @@
 //! The main job: on a fresh machine, with no configuration, it starts the embedded Kafka
 //! broker, loads the example plugins, starts the example pipeline for the shared workload
 //! (`examples/workload.toml`), feeds it events from weir's own generator, and shows live
-//! progress. `--kafka host:port` runs it against a real broker instead.
+//! progress. `--kafka host:port` runs it against a real broker instead. Window results,
+//! keyed state and positions go to the database (`--db`, SQLite by default); per-event
+//! scores go to the output topic, and to the database too with `--store-predictions`.
 
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -9,8 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weir_engine::{Engine, EngineOptions};
+use weir_server::durable::{DurableOptions, run_durable};
 use weir_server::kafka::{EmbeddedBroker, Producer};
-use weir_server::run::{Progress, WorkerOptions, build_slots, run_worker};
+use weir_server::run::{Progress, build_slots};
+use weir_store::Store;
 use weir_stream::pipeline::Pipeline;
 use weir_stream::spec::PipelineSpec;
 use weir_workload::{Generator, to_json_line};
@@ -38,6 +42,14 @@ pub struct UpArgs {
     /// Generator seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Database for results, state and positions: `sqlite://weir.db` (created on first run)
+    /// or `mysql://root@127.0.0.1:3306/test`.
+    #[arg(long, default_value = "sqlite://weir.db")]
+    db: String,
+    /// Also write every per-event score to the database (the output topic always gets
+    /// them; at high rates the topic is the path to use).
+    #[arg(long)]
+    store_predictions: bool,
 }
 
 pub fn run(args: UpArgs) -> Result<()> {
@@ -106,6 +118,26 @@ pub fn run(args: UpArgs) -> Result<()> {
     }
     let pipeline = Pipeline::new(&spec, slots)?;
 
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let store =
+        Arc::new(rt.block_on(Store::connect(&args.db)).with_context(|| {
+            format!("opening the database {}", crate::cmd_run::redact(&args.db))
+        })?);
+    if args.kafka.is_none() {
+        // The embedded broker starts empty: positions stored by an earlier run refer to a
+        // topic that no longer exists.
+        rt.block_on(store.reset_pipeline(spec.name.get_ref()))?;
+    }
+    println!(
+        "results, state and positions in {} ({}); inspect with: sqlite3 weir.db 'select * from window_results limit 5'",
+        crate::cmd_run::redact(&args.db),
+        store.backend_name()
+    );
+
     // The generator: weir's Rust port of the shared workload, produced to the input topic.
     let generated = Arc::new(AtomicU64::new(0));
     let gen_thread = {
@@ -149,23 +181,28 @@ pub fn run(args: UpArgs) -> Result<()> {
 
     let progress = Arc::new(Mutex::new(Progress::default()));
     let worker = {
-        let (stop, progress, bootstrap, spec) = (
+        let (stop, progress, bootstrap, spec, handle) = (
             stop.clone(),
             progress.clone(),
             bootstrap.clone(),
             spec.clone(),
+            rt.handle().clone(),
         );
+        let store_predictions = args.store_predictions;
         std::thread::Builder::new()
             .name("weir-worker".into())
             .spawn(move || {
-                run_worker(
+                run_durable(
                     &spec,
                     pipeline,
                     &bootstrap,
-                    WorkerOptions {
+                    store,
+                    handle,
+                    DurableOptions {
                         stop,
                         progress,
-                        ..WorkerOptions::default()
+                        store_predictions,
+                        ..DurableOptions::default()
                     },
                 )
             })?

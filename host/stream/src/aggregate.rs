@@ -95,6 +95,40 @@ impl Agg {
         self.max = self.max.max(o.max);
     }
 
+    /// Appends the accumulator's exact state (48 bytes, little-endian) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.count.to_le_bytes());
+        for x in [self.sum, self.min, self.max, self.mean, self.m2] {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+
+    /// Reads an accumulator written by [`Agg::encode`] from the front of `bytes`, and
+    /// returns it with the rest of the bytes.
+    pub fn decode(bytes: &[u8]) -> Option<(Agg, &[u8])> {
+        if bytes.len() < 48 {
+            return None;
+        }
+        let (head, rest) = bytes.split_at(48);
+        let word = |i: usize| -> [u8; 8] {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&head[i * 8..i * 8 + 8]);
+            w
+        };
+        let f = |i: usize| f64::from_le_bytes(word(i));
+        Some((
+            Agg {
+                count: u64::from_le_bytes(word(0)),
+                sum: f(1),
+                min: f(2),
+                max: f(3),
+                mean: f(4),
+                m2: f(5),
+            },
+            rest,
+        ))
+    }
+
     /// The value of an aggregate.
     pub fn get(&self, kind: AggKind) -> f64 {
         match kind {
@@ -140,5 +174,18 @@ mod tests {
         assert_eq!(l.count, 5);
         assert_eq!(AggKind::parse("avg"), Some(AggKind::Mean));
         assert_eq!(AggKind::parse("median"), None);
+
+        let mut bytes = Vec::new();
+        l.encode(&mut bytes);
+        bytes.push(7);
+        let (back, rest) = Agg::decode(&bytes).expect("decodes");
+        assert_eq!(rest, &[7]);
+        assert_eq!(back.count, l.count);
+        assert_eq!(
+            back.get(AggKind::Variance).to_bits(),
+            l.get(AggKind::Variance).to_bits()
+        );
+        assert_eq!(back.min, -2.0);
+        assert!(Agg::decode(&bytes[..47]).is_none());
     }
 }

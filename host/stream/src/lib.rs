@@ -15,7 +15,7 @@ pub mod watermark;
 pub mod window;
 
 pub use aggregate::{Agg, AggKind};
-pub use state::{MemoryStateStore, StateScope, StateStore};
+pub use state::{EntryChange, MemoryStateStore, StateScope, StateStore, TrackedState};
 pub use watermark::Watermarks;
 pub use window::{Fired, Lateness, Pane, WindowKind, WindowSpan, Windower};
 

@@ -15,6 +15,8 @@ pub struct RecordParser {
     pub inputs_field: String,
     /// Expected number of inputs.
     pub dims: usize,
+    /// Optional label field (a number, or `true`/`false`); a record without it is unlabelled.
+    pub label_field: Option<String>,
 }
 
 /// The parts of a record the pipeline needs.
@@ -24,6 +26,8 @@ pub struct ParsedRecord {
     pub key: String,
     /// Event time.
     pub ts: i64,
+    /// The label, when the parser has a label field and the record has it.
+    pub label: Option<f64>,
 }
 
 impl RecordParser {
@@ -39,7 +43,8 @@ impl RecordParser {
                 key: Some(key),
                 ts: Some(ts),
                 got_inputs: true,
-            }) => Ok(ParsedRecord { key, ts }),
+                label,
+            }) => Ok(ParsedRecord { key, ts, label }),
             Ok(f) => {
                 inputs.truncate(mark);
                 let missing = [
@@ -66,6 +71,7 @@ struct Fields {
     key: Option<String>,
     ts: Option<i64>,
     got_inputs: bool,
+    label: Option<f64>,
 }
 
 struct Seed<'a> {
@@ -91,6 +97,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
             key: None,
             ts: None,
             got_inputs: false,
+            label: None,
         };
         while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if name == self.p.key_field {
@@ -109,6 +116,18 @@ impl<'de> Visitor<'de> for Seed<'_> {
                     )));
                 }
                 out.got_inputs = true;
+            } else if self.p.label_field.as_deref() == Some(&*name) {
+                out.label = match map.next_value::<serde_json::Value>()? {
+                    serde_json::Value::Number(n) => n.as_f64(),
+                    serde_json::Value::Bool(b) => Some(if b { 1.0 } else { 0.0 }),
+                    serde_json::Value::Null => None,
+                    _ => {
+                        return Err(A::Error::custom(format!(
+                            "`{}` must be a number or a boolean",
+                            self.p.label_field.as_deref().unwrap_or_default()
+                        )));
+                    }
+                };
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -177,6 +196,7 @@ mod tests {
             time_field: "ts".into(),
             inputs_field: "x".into(),
             dims: 2,
+            label_field: None,
         }
     }
 
@@ -191,10 +211,34 @@ mod tests {
             r,
             Ok(ParsedRecord {
                 key: "u1".into(),
-                ts: 5
+                ts: 5,
+                label: None,
             })
         );
-        assert_eq!(inputs, vec![1.5, -2.0]);
+        let labelled = RecordParser {
+            label_field: Some("label".into()),
+            ..parser()
+        };
+        let r = labelled.parse(br#"{"key":"u1","ts":5,"x":[1,2],"label":1}"#, &mut inputs);
+        assert_eq!(r.map(|r| r.label), Ok(Some(1.0)));
+        let r = labelled.parse(
+            br#"{"key":"u1","ts":5,"x":[1,2],"label":false}"#,
+            &mut inputs,
+        );
+        assert_eq!(r.map(|r| r.label), Ok(Some(0.0)));
+        let r = labelled.parse(br#"{"key":"u1","ts":5,"x":[1,2]}"#, &mut inputs);
+        assert_eq!(r.map(|r| r.label), Ok(None));
+        let r = labelled.parse(
+            br#"{"key":"u1","ts":5,"x":[1,2],"label":"yes"}"#,
+            &mut inputs,
+        );
+        assert!(r.is_err());
+        assert_eq!(inputs[..2], [1.5, -2.0]);
+        assert_eq!(
+            inputs.len(),
+            8,
+            "three labelled records appended, the bad one did not"
+        );
         let r = parser().parse(br#"{"key":7,"ts":5,"x":[1,2]}"#, &mut inputs);
         assert_eq!(r.unwrap().key, "7");
     }

@@ -13,6 +13,7 @@ use crate::SourcePos;
 use crate::aggregate::AggKind;
 use crate::parse::RecordParser;
 use crate::spec::PipelineSpec;
+use crate::state::TrackedState;
 use crate::watermark::Watermarks;
 use crate::window::{Fired, Lateness, Windower};
 use std::collections::{BTreeMap, HashMap};
@@ -38,6 +39,55 @@ pub struct SinkRecord {
     pub key: String,
     /// JSON value.
     pub payload: String,
+    /// The typed parts of the record a database sink stores.
+    pub meta: RecordMeta,
+}
+
+/// The typed parts of an output record, beside its JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordMeta {
+    /// Source partition of a per-event result; for a window result, the partition of its
+    /// key (`-1` when unknown).
+    pub partition: i32,
+    /// Source offset of a per-event result (`-1` for other records).
+    pub offset: i64,
+    /// Event time of a per-event result; window start of a window result.
+    pub ts: i64,
+    /// Window end of a window result (0 otherwise).
+    pub window_end: i64,
+    /// The model's score, when the pipeline has a model.
+    pub score: Option<f64>,
+    /// Version of the stage that produced the record (the model, or the window operator).
+    pub version: String,
+    /// Version of the extractor, for per-event results.
+    pub extractor_version: String,
+}
+
+impl Default for RecordMeta {
+    fn default() -> Self {
+        RecordMeta {
+            partition: -1,
+            offset: -1,
+            ts: 0,
+            window_end: 0,
+            score: None,
+            version: String::new(),
+            extractor_version: String::new(),
+        }
+    }
+}
+
+/// A keyed-state change since the last checkpoint, for a durable store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateChange {
+    /// The partition that owns the key.
+    pub partition: i32,
+    /// `window` for the windower's panes, `<stage>/<name>` for a plugin's entries.
+    pub namespace: String,
+    /// Record key.
+    pub key: String,
+    /// New value, `None` when deleted.
+    pub value: Option<Vec<u8>>,
 }
 
 /// What one call produced, by output.
@@ -152,6 +202,20 @@ pub struct Pipeline {
     batch: EventBatch,
     positions: Vec<SourcePos>,
     raw: Vec<(usize, usize)>,
+    /// Prequential training of the model stage.
+    train: bool,
+    labels: Vec<f64>,
+    trained_since_snapshot: bool,
+    /// Set by [`Pipeline::enable_checkpoints`].
+    checkpoints: Option<Checkpoints>,
+}
+
+/// What checkpointing tracks: which partition owns each key, and the plugins' state.
+#[derive(Default)]
+struct Checkpoints {
+    key_partition: HashMap<String, i32>,
+    /// `(stage name, its state)` for every stateful Wasm stage.
+    states: Vec<(String, TrackedState)>,
 }
 
 impl Pipeline {
@@ -202,6 +266,7 @@ impl Pipeline {
                 time_field: spec.source.time_field.clone(),
                 inputs_field: spec.source.inputs_field.clone(),
                 dims,
+                label_field: spec.source.label_field.clone(),
             },
             with_payload: spec.source.with_payload,
             dims,
@@ -222,7 +287,145 @@ impl Pipeline {
             batch: EventBatch::with_dims(dims as u32),
             positions: Vec::new(),
             raw: Vec::new(),
+            train: spec.model.as_ref().is_some_and(|m| m.train),
+            labels: Vec::new(),
+            trained_since_snapshot: false,
+            checkpoints: None,
         })
+    }
+
+    /// Turns on checkpoint tracking: which partition each key belongs to, the windower's
+    /// changed panes, and the keyed state of the Wasm operators (held in a
+    /// [`TrackedState`] each). Call it before the first batch; afterwards
+    /// [`Pipeline::take_changes`] returns what changed since the previous call.
+    pub fn enable_checkpoints(&mut self) {
+        if self.checkpoints.is_some() {
+            return;
+        }
+        let mut cp = Checkpoints::default();
+        if let Some(w) = self.window.as_mut() {
+            w.windower.track_changes();
+            if let Some(op) = w.operator.take() {
+                let st = TrackedState::default();
+                cp.states.push(("window".into(), st.clone()));
+                w.operator = Some(Runner::new(op.slot().clone()).with_state(Box::new(st)));
+            }
+        }
+        for (i, op) in self.operators.iter_mut().enumerate() {
+            let st = TrackedState::default();
+            cp.states.push((format!("operator-{i}"), st.clone()));
+            *op = Runner::new(op.slot().clone()).with_state(Box::new(st));
+        }
+        self.checkpoints = Some(cp);
+    }
+
+    /// The keyed-state changes since the last call (empty unless checkpoints are on): the
+    /// windower's panes of every changed key, and every changed plugin state entry.
+    pub fn take_changes(&mut self) -> Vec<StateChange> {
+        let Some(cp) = self.checkpoints.as_ref() else {
+            return Vec::new();
+        };
+        let part = |key: &str| cp.key_partition.get(key).copied().unwrap_or(-1);
+        let mut out = Vec::new();
+        if let Some(w) = self.window.as_mut() {
+            for (key, value) in w.windower.take_touched() {
+                out.push(StateChange {
+                    partition: part(&key),
+                    namespace: "window".into(),
+                    key,
+                    value,
+                });
+            }
+        }
+        for (stage, st) in &cp.states {
+            for (key, name, value) in st.take_changes() {
+                out.push(StateChange {
+                    partition: part(&key),
+                    namespace: format!("{stage}/{name}"),
+                    key,
+                    value,
+                });
+            }
+        }
+        out
+    }
+
+    /// Restores a partition from its checkpoint: its watermark and the keyed state it owns
+    /// (`(namespace, key, value)` as [`Pipeline::take_changes`] produced them).
+    pub fn restore_partition(
+        &mut self,
+        partition: i32,
+        watermark: i64,
+        entries: &[(String, String, Vec<u8>)],
+        now_ms: u64,
+    ) -> Result<(), PipelineError> {
+        self.watermarks.restore(partition, watermark, now_ms);
+        let Some(cp) = self.checkpoints.as_mut() else {
+            return Err(PipelineError::Setup(
+                "restoring a partition needs checkpoints enabled".into(),
+            ));
+        };
+        for (namespace, key, value) in entries {
+            cp.key_partition.insert(key.clone(), partition);
+            if namespace == "window" {
+                let w = self.window.as_mut().ok_or_else(|| {
+                    PipelineError::Setup(
+                        "the checkpoint has window state but the pipeline has no window".into(),
+                    )
+                })?;
+                w.windower
+                    .restore_key(key, value)
+                    .map_err(|e| PipelineError::Setup(format!("key `{key}`: {e}")))?;
+                continue;
+            }
+            let (stage, name) = namespace.split_once('/').ok_or_else(|| {
+                PipelineError::Setup(format!("unknown state namespace `{namespace}`"))
+            })?;
+            let st = cp
+                .states
+                .iter()
+                .find(|(s, _)| s == stage)
+                .map(|(_, st)| st)
+                .ok_or_else(|| {
+                    PipelineError::Setup(format!(
+                        "the checkpoint has state for stage `{stage}`, which this pipeline lacks"
+                    ))
+                })?;
+            st.load(key, name, value.clone());
+        }
+        Ok(())
+    }
+
+    /// One partition's watermark (stored with its checkpoint).
+    pub fn partition_watermark(&self, partition: i32) -> i64 {
+        self.watermarks.partition_watermark(partition)
+    }
+
+    /// The model's parameters when it trained since the last call: `(plugin sha256,
+    /// snapshot bytes)`.
+    pub fn model_snapshot(&mut self) -> Result<Option<(String, Vec<u8>)>, PipelineError> {
+        if !self.trained_since_snapshot {
+            return Ok(None);
+        }
+        let Some(r) = self.model.as_mut() else {
+            return Ok(None);
+        };
+        let inst = r.instance()?;
+        let bytes = inst.snapshot()?;
+        let sha = inst.deployment().plugin.id().0.clone();
+        self.trained_since_snapshot = false;
+        Ok(Some((sha, bytes)))
+    }
+
+    /// Restores the model's parameters from a snapshot.
+    pub fn restore_model(&mut self, bytes: &[u8]) -> Result<(), PipelineError> {
+        let Some(r) = self.model.as_mut() else {
+            return Err(PipelineError::Setup(
+                "the pipeline has no model stage".into(),
+            ));
+        };
+        r.instance()?.restore(bytes)?;
+        Ok(())
     }
 
     /// Counters so far.
@@ -240,9 +443,27 @@ impl Pipeline {
         self.watermarks.assign(partition, now_ms);
     }
 
-    /// Forgets a revoked partition.
+    /// Forgets a revoked partition, and, with checkpoints on, the state of its keys (its
+    /// next owner restores them from the checkpoint).
     pub fn revoke_partition(&mut self, partition: i32) {
         self.watermarks.revoke(partition);
+        if let Some(cp) = self.checkpoints.as_mut() {
+            let keys: Vec<String> = cp
+                .key_partition
+                .iter()
+                .filter(|(_, p)| **p == partition)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in keys {
+                cp.key_partition.remove(&k);
+                if let Some(w) = self.window.as_mut() {
+                    w.windower.remove_key(&k);
+                }
+                for (_, st) in &cp.states {
+                    st.remove_key(&k);
+                }
+            }
+        }
     }
 
     /// Processes a batch of source records at processing time `now_ms`.
@@ -255,11 +476,15 @@ impl Pipeline {
         self.batch.clear();
         self.positions.clear();
         self.raw.clear();
+        self.labels.clear();
         self.stats.records_in += records.len() as u64;
         self.stats.batches += 1;
         for (i, r) in records.iter().enumerate() {
             match self.parser.parse(r.payload, &mut self.batch.inputs) {
                 Ok(p) => {
+                    if self.train {
+                        self.labels.push(p.label.unwrap_or(f64::NAN));
+                    }
                     let b = &mut self.batch;
                     b.keys.extend_from_slice(p.key.as_bytes());
                     b.key_offsets.push(b.keys.len() as u32);
@@ -274,6 +499,14 @@ impl Pipeline {
                         offset: r.offset,
                     });
                     self.raw.push((i, 0));
+                    if let Some(cp) = self.checkpoints.as_mut() {
+                        match cp.key_partition.get_mut(&p.key) {
+                            Some(part) => *part = r.partition,
+                            None => {
+                                cp.key_partition.insert(p.key, r.partition);
+                            }
+                        }
+                    }
                 }
                 Err(reason) => {
                     self.stats.dead += 1;
@@ -305,8 +538,10 @@ impl Pipeline {
     }
 
     /// Advances the watermarks event by event and assigns events to windows. Lateness is
-    /// judged against the watermark *at the event's arrival* (including the event itself),
-    /// exactly as if records were processed one by one; windows fire at the batch's end.
+    /// judged against the watermark of the event's own partition *at its arrival*
+    /// (including the event itself), exactly as if records were processed one by one, and
+    /// independent of how partitions interleave (so a replay decides the same way);
+    /// windows fire at the batch's end, on the watermark combined across partitions.
     fn window_events(&mut self, records: &[SourceRecord<'_>], now_ms: u64, out: &mut Outputs) {
         let Some(w) = self.window.as_mut() else {
             for (i, p) in self.positions.iter().enumerate() {
@@ -320,10 +555,13 @@ impl Pipeline {
                 continue;
             };
             let ts = self.batch.timestamps[i];
-            self.watermarks
-                .observe(self.positions[i].partition, ts, now_ms);
-            w.windower.raise_watermark(self.watermarks.advance(now_ms));
-            if w.windower.add(key, ts, row[w.value_index], row) == Lateness::TooLate {
+            let partition = self.positions[i].partition;
+            self.watermarks.observe(partition, ts, now_ms);
+            let judge = self.watermarks.partition_watermark(partition);
+            if w.windower
+                .add_judged(key, ts, row[w.value_index], row, judge)
+                == Lateness::TooLate
+            {
                 w.windower.count_late();
                 self.stats.late += 1;
                 let r = &records[self.raw[i].0];
@@ -342,6 +580,12 @@ impl Pipeline {
                 out.late.push(SinkRecord {
                     key: key.to_string(),
                     payload: p,
+                    meta: RecordMeta {
+                        partition: r.partition,
+                        offset: r.offset,
+                        ts,
+                        ..RecordMeta::default()
+                    },
                 });
             }
         }
@@ -377,7 +621,8 @@ impl Pipeline {
         out: &mut Outputs,
     ) -> Result<(), PipelineError> {
         let batch = std::mem::replace(&mut self.batch, EventBatch::with_dims(self.dims as u32));
-        let result = self.score_batch(&batch);
+        let labels = std::mem::take(&mut self.labels);
+        let result = self.score_batch(&batch, &labels);
         match result {
             Ok(scored) => self.emit_results(&batch, &scored, 0, out),
             Err(e) if e.fault() == weir_engine::Fault::Plugin => {
@@ -387,7 +632,8 @@ impl Pipeline {
                         continue;
                     };
                     one.push(key, batch.timestamps[i], row);
-                    match self.score_batch(&one) {
+                    let label = labels.get(i..i + 1).unwrap_or_default();
+                    match self.score_batch(&one, label) {
                         Ok(scored) => self.emit_results(&one, &scored, i, out),
                         Err(e) => {
                             self.stats.dead += 1;
@@ -402,14 +648,24 @@ impl Pipeline {
             }
             Err(e) => {
                 self.batch = batch;
+                self.labels = labels;
                 return Err(e.into());
             }
         }
         self.batch = batch;
+        self.labels = labels;
         Ok(())
     }
 
-    fn score_batch(&mut self, batch: &EventBatch) -> Result<Scored, weir_engine::Error> {
+    /// Runs extractor → model → operators over a batch. With training on, `labels` holds
+    /// each row's label (NaN when unlabelled): runs of labelled rows go through the model's
+    /// prequential `train` (each row scored by the model as it was, then learnt), the rest
+    /// through `predict`, in row order.
+    fn score_batch(
+        &mut self,
+        batch: &EventBatch,
+        labels: &[f64],
+    ) -> Result<Scored, weir_engine::Error> {
         let mut scored = Scored::default();
         let features = match self.extractor.as_mut() {
             Some(r) => {
@@ -420,7 +676,46 @@ impl Pipeline {
             None => FeatureBatch::new(batch.len, batch.input_dims, batch.inputs.clone()),
         };
         if let Some(r) = self.model.as_mut() {
-            let (v, s) = r.call(|i| i.predict(&features))?;
+            let n = features.rows as usize;
+            let (v, s) = if self.train && labels.len() == n && n > 0 {
+                let d = features.dims as usize;
+                let mut scores = Vec::with_capacity(n);
+                let mut version = None;
+                let mut i = 0;
+                while i < n {
+                    let labelled = !labels[i].is_nan();
+                    let mut j = i + 1;
+                    while j < n && !labels[j].is_nan() == labelled {
+                        j += 1;
+                    }
+                    let part;
+                    let rows = if i == 0 && j == n {
+                        &features
+                    } else {
+                        part = FeatureBatch::new(
+                            (j - i) as u32,
+                            features.dims,
+                            features.values[i * d..j * d].to_vec(),
+                        );
+                        &part
+                    };
+                    let (v, s) = if labelled {
+                        self.trained_since_snapshot = true;
+                        r.call(|inst| inst.train(rows, &labels[i..j]))?
+                    } else {
+                        r.call(|inst| inst.predict(rows))?
+                    };
+                    scores.extend(s);
+                    version = Some(v);
+                    i = j;
+                }
+                match version {
+                    Some(v) => (v, scores),
+                    None => r.call(|inst| inst.predict(&features))?,
+                }
+            } else {
+                r.call(|i| i.predict(&features))?
+            };
             scored.model = Some((v, r.instance()?.deployment().plugin.id().0.clone()));
             scored.scores = Some(s);
         } else {
@@ -487,6 +782,23 @@ impl Pipeline {
             out.results.push(SinkRecord {
                 key: key.to_string(),
                 payload: p,
+                meta: RecordMeta {
+                    partition: pos.partition,
+                    offset: pos.offset,
+                    ts: batch.timestamps[i],
+                    window_end: 0,
+                    score: s.scores.as_ref().and_then(|x| x.get(i).copied()),
+                    version: s
+                        .model
+                        .as_ref()
+                        .map(|(v, _)| v.to_string())
+                        .unwrap_or_default(),
+                    extractor_version: s
+                        .extractor
+                        .as_ref()
+                        .map(|(v, _)| v.to_string())
+                        .unwrap_or_default(),
+                },
             });
         }
         self.stats.results_out += batch.len() as u64;
@@ -506,6 +818,11 @@ impl Pipeline {
                 out.results.push(SinkRecord {
                     key: o.key(i).unwrap_or_default().to_string(),
                     payload: p,
+                    meta: RecordMeta {
+                        ts: o.timestamps[i],
+                        version: v.to_string(),
+                        ..RecordMeta::default()
+                    },
                 });
             }
         }
@@ -561,9 +878,21 @@ impl Pipeline {
                         let _ = write!(p, ",\"{name}\":{}", fmt_f64(f.agg.get(*a)));
                     }
                     p.push('}');
+                    let partition = self
+                        .checkpoints
+                        .as_ref()
+                        .and_then(|c| c.key_partition.get(&f.key).copied())
+                        .unwrap_or(-1);
                     out.windows.push(SinkRecord {
                         key: f.key.clone(),
                         payload: p,
+                        meta: RecordMeta {
+                            partition,
+                            ts: f.span.start,
+                            window_end: f.span.end,
+                            version: "builtin".into(),
+                            ..RecordMeta::default()
+                        },
                     });
                     self.stats.windows_out += 1;
                 }
@@ -598,9 +927,21 @@ impl Pipeline {
                         }
                     }
                     let _ = write!(p, ",\"operator_version\":\"{v}\"}}");
+                    let partition = self
+                        .checkpoints
+                        .as_ref()
+                        .and_then(|c| c.key_partition.get(key).copied())
+                        .unwrap_or(-1);
                     out.windows.push(SinkRecord {
                         key: key.to_string(),
                         payload: p,
+                        meta: RecordMeta {
+                            partition,
+                            ts: start,
+                            window_end: end,
+                            version: v.to_string(),
+                            ..RecordMeta::default()
+                        },
                     });
                     self.stats.windows_out += 1;
                 }
@@ -633,6 +974,11 @@ fn dead_letter(r: &SourceRecord<'_>, stage: &str, reason: &str) -> SinkRecord {
     SinkRecord {
         key: String::new(),
         payload: p,
+        meta: RecordMeta {
+            partition: r.partition,
+            offset: r.offset,
+            ..RecordMeta::default()
+        },
     }
 }
 

@@ -86,6 +86,9 @@ pub struct SourceSpec {
     /// Hand the raw JSON payload to the stages too (costs a copy per event).
     #[serde(default)]
     pub with_payload: bool,
+    /// JSON field with the event's label (a number or a boolean), for a model stage with
+    /// `train = true`.
+    pub label_field: Option<String>,
 }
 
 fn default_key() -> String {
@@ -142,6 +145,11 @@ pub struct StageSpec {
     /// Grants (see `weir_engine::Grants`).
     #[serde(default)]
     pub grants: toml::Table,
+    /// Model stage only: learn online, prequentially (each labelled event is scored by the
+    /// model as it was, then the model trains on it). Needs `source.label_field`. The
+    /// model's parameters are snapshotted at every checkpoint when a database is attached.
+    #[serde(default)]
+    pub train: bool,
 }
 
 impl StageSpec {
@@ -273,6 +281,24 @@ impl PipelineSpec {
             if stage.plugin.get_ref().is_empty() {
                 return Err(at(stage.plugin.span(), "plugin must not be empty".into()));
             }
+        }
+        for stage in self.extractor.iter().chain(&self.operators) {
+            if stage.train {
+                return Err(at(
+                    stage.plugin.span(),
+                    "`train` applies to the model stage only".into(),
+                ));
+            }
+        }
+        if let Some(m) = &self.model
+            && m.train
+            && self.source.label_field.is_none()
+        {
+            return Err(at(
+                m.plugin.span(),
+                "model.train needs source.label_field (the field holding each event's label)"
+                    .into(),
+            ));
         }
         if let Some(w) = &self.window {
             let kind = w.kind_checked().map_err(|m| at(w.kind.span(), m))?;

@@ -2,8 +2,9 @@
 //! record key and an entry name. The in-memory store is the default; the server adds durable
 //! stores (MySQL, SQLite) with write-behind at checkpoints.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use weir_engine::KeyedState;
 
 /// The scope of a stage's state.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,6 +82,103 @@ impl StateStore for MemoryStateStore {
     }
 }
 
+/// A plugin's keyed state held in memory, with change tracking: the cache in front of a
+/// durable store. Plugins read and write it through the `state` host import with no I/O;
+/// the worker drains the changed entries at each checkpoint and writes them in the same
+/// transaction as the results and offsets (write-behind). Clones share the same entries.
+#[derive(Debug, Default, Clone)]
+pub struct TrackedState {
+    inner: Arc<Mutex<Tracked>>,
+}
+
+type KeyEntries = HashMap<String, HashMap<String, Vec<u8>>>;
+
+#[derive(Debug, Default)]
+struct Tracked {
+    entries: KeyEntries,
+    dirty: HashSet<(String, String)>,
+}
+
+/// A changed entry: `(key, name, value)`, `None` when deleted.
+pub type EntryChange = (String, String, Option<Vec<u8>>);
+
+impl TrackedState {
+    fn with<R>(&self, f: impl FnOnce(&mut Tracked) -> R) -> R {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    /// The entries changed since the last call, sorted, with their current values.
+    pub fn take_changes(&self) -> Vec<EntryChange> {
+        self.with(|t| {
+            let mut out: Vec<EntryChange> = t
+                .dirty
+                .drain()
+                .map(|(k, n)| {
+                    let v = t.entries.get(&k).and_then(|m| m.get(&n)).cloned();
+                    (k, n, v)
+                })
+                .collect();
+            out.sort();
+            out
+        })
+    }
+
+    /// Loads an entry from a checkpoint (not marked changed).
+    pub fn load(&self, key: &str, name: &str, value: Vec<u8>) {
+        self.with(|t| {
+            t.entries
+                .entry(key.to_string())
+                .or_default()
+                .insert(name.to_string(), value);
+        });
+    }
+
+    /// Forgets every entry of a key (for example when its partition is revoked).
+    pub fn remove_key(&self, key: &str) {
+        self.with(|t| {
+            t.entries.remove(key);
+            t.dirty.retain(|(k, _)| k != key);
+        });
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.with(|t| t.entries.values().map(HashMap::len).sum())
+    }
+
+    /// True when no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl KeyedState for TrackedState {
+    fn get(&mut self, key: &str, name: &str) -> Option<Vec<u8>> {
+        self.with(|t| t.entries.get(key).and_then(|m| m.get(name)).cloned())
+    }
+    fn put(&mut self, key: &str, name: &str, value: Vec<u8>) {
+        self.with(|t| {
+            t.entries
+                .entry(key.to_string())
+                .or_default()
+                .insert(name.to_string(), value);
+            t.dirty.insert((key.to_string(), name.to_string()));
+        });
+    }
+    fn delete(&mut self, key: &str, name: &str) {
+        self.with(|t| {
+            if let Some(m) = t.entries.get_mut(key) {
+                m.remove(name);
+                if m.is_empty() {
+                    t.entries.remove(key);
+                }
+            }
+            t.dirty.insert((key.to_string(), name.to_string()));
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +201,30 @@ mod tests {
         assert_eq!(s.entries(&a).len(), 1);
         s.delete(&a, "u1", "n");
         assert!(s.entries(&a).is_empty());
+    }
+
+    #[test]
+    fn tracked_state_reports_each_change_once() {
+        let t = TrackedState::default();
+        let mut plugin_side = t.clone();
+        t.load("k", "old", vec![0]);
+        assert!(t.take_changes().is_empty(), "loading is not a change");
+        plugin_side.put("k", "a", vec![1]);
+        plugin_side.put("k", "a", vec![2]);
+        plugin_side.put("j", "b", vec![3]);
+        plugin_side.delete("k", "old");
+        assert_eq!(plugin_side.get("k", "a"), Some(vec![2]));
+        assert_eq!(
+            t.take_changes(),
+            vec![
+                ("j".into(), "b".into(), Some(vec![3])),
+                ("k".into(), "a".into(), Some(vec![2])),
+                ("k".into(), "old".into(), None),
+            ]
+        );
+        assert!(t.take_changes().is_empty());
+        assert_eq!(t.len(), 2);
+        t.remove_key("k");
+        assert_eq!(t.len(), 1);
     }
 }

@@ -76,6 +76,30 @@ impl Watermarks {
         self.current
     }
 
+    /// One partition's own watermark (`max ts − delay − 1`; `i64::MIN` before its first
+    /// event). Used to judge its events' lateness, and stored in checkpoints.
+    #[inline]
+    pub fn partition_watermark(&self, partition: i32) -> i64 {
+        match self.parts.get(&partition).and_then(|p| p.max_ts) {
+            Some(m) => m.saturating_sub(self.delay_ms).saturating_sub(1),
+            None => i64::MIN,
+        }
+    }
+
+    /// Restores a partition from a checkpoint: its watermark as returned by
+    /// [`Watermarks::partition_watermark`].
+    pub fn restore(&mut self, partition: i32, watermark: i64, now_ms: u64) {
+        let max_ts = (watermark != i64::MIN)
+            .then(|| watermark.saturating_add(1).saturating_add(self.delay_ms));
+        self.parts.insert(
+            partition,
+            Part {
+                max_ts,
+                last_active_ms: now_ms,
+            },
+        );
+    }
+
     /// The last computed watermark.
     pub fn current(&self) -> i64 {
         self.current
@@ -120,5 +144,12 @@ mod tests {
         w.observe(0, 10_000, 0);
         assert_eq!(w.advance(0), 7_999);
         assert_eq!(w.max_event_time(), Some(10_000));
+        assert_eq!(w.partition_watermark(0), 7_999);
+        assert_eq!(w.partition_watermark(1), i64::MIN);
+        let mut r = Watermarks::new(2_000, u64::MAX);
+        r.restore(0, 7_999, 0);
+        r.restore(1, i64::MIN, 0);
+        assert_eq!(r.partition_watermark(0), 7_999);
+        assert_eq!(r.partition_watermark(1), i64::MIN);
     }
 }

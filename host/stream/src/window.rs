@@ -10,7 +10,7 @@
 
 use crate::aggregate::Agg;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Kind and size of a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +124,10 @@ pub struct Windower {
     cleanup: BTreeSet<(i64, u32, i64)>,
     watermark: i64,
     late_events: u64,
+    /// The lateness judge of the event being added (its partition's watermark).
+    judge: i64,
+    /// Keys whose panes changed since the last [`Windower::take_touched`], when tracked.
+    touched: Option<HashSet<u32>>,
 }
 
 impl Windower {
@@ -144,6 +148,82 @@ impl Windower {
             cleanup: BTreeSet::new(),
             watermark: i64::MIN,
             late_events: 0,
+            judge: i64::MIN,
+            touched: None,
+        }
+    }
+
+    /// Starts tracking which keys' panes change, for checkpoints
+    /// ([`Windower::take_touched`]).
+    pub fn track_changes(&mut self) {
+        self.touched.get_or_insert_with(HashSet::new);
+    }
+
+    #[inline]
+    fn touch(&mut self, k: u32) {
+        if let Some(t) = self.touched.as_mut() {
+            t.insert(k);
+        }
+    }
+
+    /// The keys whose panes changed since the last call, each with its encoded panes
+    /// (`None` when the key has no open pane left). Empty unless tracking is on.
+    pub fn take_touched(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
+        let Some(touched) = self.touched.as_mut() else {
+            return Vec::new();
+        };
+        let mut keys: Vec<u32> = touched.drain().collect();
+        keys.sort_unstable();
+        keys.into_iter()
+            .map(|k| {
+                let name = self.names[k as usize].clone();
+                let value = self
+                    .panes
+                    .get(&k)
+                    .filter(|m| !m.is_empty())
+                    .map(|m| encode_panes(m.values()));
+                (name, value)
+            })
+            .collect()
+    }
+
+    /// Restores a key's panes from [`Windower::take_touched`]'s encoding (replacing any it
+    /// has).
+    pub fn restore_key(&mut self, key: &str, bytes: &[u8]) -> Result<(), String> {
+        let panes = decode_panes(bytes, self.dims)?;
+        self.remove_key(key);
+        let k = self.key_id(key);
+        let mut map = BTreeMap::new();
+        for p in panes {
+            if !p.fired {
+                self.pending.insert((p.span.end, k, p.span.start));
+            }
+            if p.dirty {
+                self.dirty.insert((k, p.span.start));
+            }
+            self.cleanup.insert((p.span.end, k, p.span.start));
+            map.insert(p.span.start, p);
+        }
+        if !map.is_empty() {
+            self.panes.insert(k, map);
+        }
+        Ok(())
+    }
+
+    /// Forgets a key's panes (for example when its partition is revoked).
+    pub fn remove_key(&mut self, key: &str) {
+        let Some(&k) = self.keys.get(key) else {
+            return;
+        };
+        if let Some(map) = self.panes.remove(&k) {
+            for p in map.values() {
+                self.pending.remove(&(p.span.end, k, p.span.start));
+                self.cleanup.remove(&(p.span.end, k, p.span.start));
+                self.dirty.remove(&(k, p.span.start));
+            }
+        }
+        if let Some(t) = self.touched.as_mut() {
+            t.remove(&k);
         }
     }
 
@@ -173,7 +253,25 @@ impl Windower {
     }
 
     fn too_late(&self, end: i64) -> bool {
-        end - 1 + self.lateness <= self.watermark
+        end - 1 + self.lateness <= self.watermark.max(self.judge)
+    }
+
+    /// Like [`Windower::add`], judging lateness against `watermark` (the watermark of the
+    /// event's own partition) when it is ahead of the windower's. Judging by the source
+    /// partition makes the late/accepted decision independent of how partitions interleave,
+    /// so a replay after a crash decides exactly as the first run did.
+    pub fn add_judged(
+        &mut self,
+        key: &str,
+        ts: i64,
+        value: f64,
+        row: &[f64],
+        watermark: i64,
+    ) -> Lateness {
+        self.judge = watermark;
+        let r = self.add(key, ts, value, row);
+        self.judge = i64::MIN;
+        r
     }
 
     /// Adds an event with its aggregated `value` and its `row` (of `dims` values, used only
@@ -220,6 +318,7 @@ impl Windower {
             return Lateness::TooLate;
         }
         let k = self.key_id(key);
+        self.touch(k);
         let keep = self.keep_rows;
         let panes = self.panes.entry(k).or_default();
         let pane = panes.entry(span.start).or_insert_with(|| {
@@ -255,6 +354,7 @@ impl Windower {
             return Lateness::TooLate;
         }
         let k = self.key_id(key);
+        self.touch(k);
         let panes = self.panes.entry(k).or_default();
         // Sessions overlapping [ts, ts + gap) merge with the new event.
         let overlapping: Vec<i64> = panes
@@ -335,6 +435,9 @@ impl Windower {
                 p.fired = true;
                 p.dirty = false;
                 out.push(fire(&self.names, k, p, true, false));
+                if let Some(t) = self.touched.as_mut() {
+                    t.insert(k);
+                }
             }
         }
         // Re-firings after late updates.
@@ -344,6 +447,9 @@ impl Windower {
             {
                 p.dirty = false;
                 out.push(fire(&self.names, k, p, false, false));
+                if let Some(t) = self.touched.as_mut() {
+                    t.insert(k);
+                }
             }
         }
         // Releases.
@@ -355,6 +461,9 @@ impl Windower {
             let Some(panes) = self.panes.get_mut(&k) else {
                 continue;
             };
+            if let Some(t) = self.touched.as_mut() {
+                t.insert(k);
+            }
             if let Some(mut p) = panes.remove(&start) {
                 let mut f = fire(&self.names, k, &mut p, false, true);
                 f.updated = false;
@@ -399,6 +508,80 @@ fn fire(names: &[String], k: u32, p: &mut Pane, first: bool, closing: bool) -> F
     }
 }
 
+const PANES_FORMAT: u8 = 1;
+
+/// Encodes a key's panes: a format byte, then per pane its span, accumulator, flags and
+/// pending rows (all little-endian).
+fn encode_panes<'a>(panes: impl Iterator<Item = &'a Pane>) -> Vec<u8> {
+    let mut out = vec![PANES_FORMAT];
+    for p in panes {
+        out.extend_from_slice(&p.span.start.to_le_bytes());
+        out.extend_from_slice(&p.span.end.to_le_bytes());
+        p.agg.encode(&mut out);
+        out.push(u8::from(p.fired) | (u8::from(p.dirty) << 1));
+        out.extend_from_slice(&(p.new_rows.len() as u32).to_le_bytes());
+        for x in &p.new_rows {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    out
+}
+
+fn decode_panes(bytes: &[u8], dims: usize) -> Result<Vec<Pane>, String> {
+    let bad = |what: &str| format!("corrupt window state: {what}");
+    let (&format, mut rest) = bytes.split_first().ok_or_else(|| bad("empty"))?;
+    if format != PANES_FORMAT {
+        return Err(bad(&format!("unknown format {format}")));
+    }
+    let take = |rest: &mut &[u8], n: usize| -> Result<Vec<u8>, String> {
+        if rest.len() < n {
+            return Err(bad("truncated"));
+        }
+        let (h, t) = rest.split_at(n);
+        *rest = t;
+        Ok(h.to_vec())
+    };
+    let i64_of = |b: Vec<u8>| -> i64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b);
+        i64::from_le_bytes(w)
+    };
+    let mut panes = Vec::new();
+    while !rest.is_empty() {
+        let start = i64_of(take(&mut rest, 8)?);
+        let end = i64_of(take(&mut rest, 8)?);
+        let (agg, r) = Agg::decode(rest).ok_or_else(|| bad("truncated accumulator"))?;
+        rest = r;
+        let flags = take(&mut rest, 1)?[0];
+        let mut n = [0u8; 4];
+        n.copy_from_slice(&take(&mut rest, 4)?);
+        let n = u32::from_le_bytes(n) as usize;
+        if dims > 0 && n % dims != 0 {
+            return Err(bad("rows do not match the input dimensions"));
+        }
+        let raw = take(&mut rest, n.checked_mul(8).ok_or_else(|| bad("row count"))?)?;
+        let new_rows = raw
+            .chunks_exact(8)
+            .map(|c| {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(c);
+                f64::from_le_bytes(w)
+            })
+            .collect();
+        if end <= start {
+            return Err(bad("empty span"));
+        }
+        panes.push(Pane {
+            span: WindowSpan { start, end },
+            agg,
+            new_rows,
+            fired: flags & 1 != 0,
+            dirty: flags & 2 != 0,
+        });
+    }
+    Ok(panes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,6 +622,87 @@ mod tests {
         assert!(f.iter().any(|f| f.closing && f.span.start == 0));
         assert_eq!(w.add("a", 500, 1.0, &[]), Lateness::TooLate);
         assert_eq!(w.open_panes(), 1);
+    }
+
+    /// A windower restored from its checkpointed keys, fed the rest of the events, fires
+    /// exactly what the uninterrupted one fires, for every window kind.
+    #[test]
+    fn restored_panes_continue_exactly() {
+        let kinds = [
+            WindowKind::Tumbling { size_ms: 100 },
+            WindowKind::Sliding {
+                size_ms: 100,
+                slide_ms: 50,
+            },
+            WindowKind::Session { gap_ms: 40 },
+        ];
+        // A deterministic, out-of-order stream over three keys.
+        let events: Vec<(String, i64, f64)> = (0..600i64)
+            .map(|i| {
+                let jitter = (i * 37 % 23) - 11;
+                (
+                    format!("k{}", i % 3),
+                    i * 3 + jitter * 4,
+                    (i % 17) as f64 - 5.0,
+                )
+            })
+            .collect();
+        for kind in kinds {
+            let run = |w: &mut Windower, evs: &[(String, i64, f64)], out: &mut Vec<String>| {
+                for (k, ts, x) in evs {
+                    let r = w.add(k, *ts, *x, &[*x, 1.0]);
+                    out.push(format!("{k}@{ts}:{r:?}"));
+                    let wm = ts - 20;
+                    for f in w.advance(wm) {
+                        out.push(format!(
+                            "{} [{},{}) n={} sum={} rows={:?} first={} closing={} updated={}",
+                            f.key,
+                            f.span.start,
+                            f.span.end,
+                            f.agg.count,
+                            f.agg.sum,
+                            f.new_rows,
+                            f.first,
+                            f.closing,
+                            f.updated
+                        ));
+                    }
+                }
+            };
+            let mut a = Windower::new(kind, 60, 2, true);
+            a.track_changes();
+            let mut full = Vec::new();
+            run(&mut a, &events[..300], &mut full);
+            let mut saved: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+            saved.extend(a.take_touched());
+            let wm = a.watermark();
+            let mut rest_a = Vec::new();
+            run(&mut a, &events[300..], &mut rest_a);
+
+            let mut b = Windower::new(kind, 60, 2, true);
+            for (k, v) in &saved {
+                if let Some(v) = v {
+                    b.restore_key(k, v).expect("restores");
+                }
+            }
+            b.raise_watermark(wm);
+            let mut rest_b = Vec::new();
+            run(&mut b, &events[300..], &mut rest_b);
+            assert!(!rest_a.is_empty());
+            assert_eq!(rest_a, rest_b, "{kind:?}");
+            assert_eq!(a.flush().len(), b.flush().len());
+        }
+        assert!(decode_panes(&[9], 1).is_err());
+        assert!(decode_panes(&[PANES_FORMAT, 1, 2], 1).is_err());
+    }
+
+    #[test]
+    fn judged_by_the_partition_watermark() {
+        let mut w = Windower::new(WindowKind::Tumbling { size_ms: 1000 }, 0, 0, false);
+        // The windower's own watermark is behind, the partition's is past the window.
+        assert_eq!(w.add_judged("a", 100, 1.0, &[], 5_000), Lateness::TooLate);
+        assert_eq!(w.add_judged("a", 100, 1.0, &[], 500), Lateness::OnTime);
+        assert_eq!(w.add("a", 100, 1.0, &[]), Lateness::OnTime);
     }
 
     #[test]

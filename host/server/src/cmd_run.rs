@@ -1,0 +1,158 @@
+//! `weir run`: one durable pipeline worker over Kafka, with its results, keyed state,
+//! model snapshots and positions in a database. Run it again (or several, in the same
+//! consumer group) and it resumes from the database.
+
+use anyhow::{Context, Result, anyhow};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use weir_engine::{Engine, EngineOptions};
+use weir_server::durable::{DurableOptions, run_durable};
+use weir_server::kafka::EmbeddedBroker;
+use weir_server::run::build_slots;
+use weir_store::Store;
+use weir_stream::pipeline::Pipeline;
+use weir_stream::spec::PipelineSpec;
+
+/// Options of `weir run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The pipeline spec (TOML; see examples/workload.toml).
+    #[arg(long)]
+    spec: PathBuf,
+    /// Kafka bootstrap servers (for example the address `weir broker` printed). Without it,
+    /// weir starts its embedded broker with the spec's topics and prints its address.
+    #[arg(long)]
+    kafka: Option<String>,
+    /// Database: `sqlite://weir.db` (created on first run) or
+    /// `mysql://root@127.0.0.1:3306/test`.
+    #[arg(long, default_value = "sqlite://weir.db")]
+    db: String,
+    /// Stop once the input is consumed up to where it ended at start, firing every open
+    /// window (for batch-like runs and tests).
+    #[arg(long)]
+    until_end: bool,
+    /// Checkpoint interval in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    commit_ms: u64,
+    /// Checkpoint once this many output rows are pending.
+    #[arg(long, default_value_t = 20_000)]
+    commit_rows: usize,
+    /// Do not write per-event predictions to the database (the output topic still gets
+    /// them); window results are always written.
+    #[arg(long)]
+    no_predictions: bool,
+    /// Kafka consumer group (default `weir-<pipeline name>`). Workers of one pipeline in
+    /// the same group share its partitions.
+    #[arg(long)]
+    group: Option<String>,
+    /// Delete the pipeline's stored results, state and positions first.
+    #[arg(long)]
+    reset: bool,
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.spec)
+        .with_context(|| format!("reading {}", args.spec.display()))?;
+    let spec = PipelineSpec::parse(&text).map_err(|e| anyhow!("{}: {e}", args.spec.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let mut store = rt
+        .block_on(Store::connect(&args.db))
+        .with_context(|| format!("opening the database {}", redact(&args.db)))?;
+    // Test failpoint: hold every checkpoint transaction open this long before it commits,
+    // so that a kill lands inside one.
+    if let Ok(ms) = std::env::var("WEIR_FAILPOINT_COMMIT_PAUSE_MS") {
+        let ms: u64 = ms
+            .parse()
+            .context("WEIR_FAILPOINT_COMMIT_PAUSE_MS must be a number of milliseconds")?;
+        store.set_commit_pause(Duration::from_millis(ms));
+    }
+    let store = Arc::new(store);
+    if args.reset {
+        rt.block_on(store.reset_pipeline(spec.name.get_ref()))?;
+    }
+    let embedded;
+    let bootstrap = match &args.kafka {
+        Some(b) => b.clone(),
+        None => {
+            embedded = EmbeddedBroker::start()?;
+            for t in [
+                Some(spec.source.topic.get_ref().as_str()),
+                Some(spec.sink.topic.as_str()),
+                spec.sink.windows_topic.as_deref(),
+                spec.sink.late_topic.as_deref(),
+                Some(spec.sink.dead_letter_topic.as_str()),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                embedded.create_topic(t, 1)?;
+            }
+            println!("embedded Kafka broker at {}", embedded.bootstrap());
+            embedded.bootstrap()
+        }
+    };
+    let engine = Engine::new(EngineOptions::default())?;
+    let slots = build_slots(&engine, &spec)?;
+    let pipeline = Pipeline::new(&spec, slots)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+            .context("installing the Ctrl-C handler")?;
+    }
+    eprintln!(
+        "running `{}` from {} into {} ({})",
+        spec.name.get_ref(),
+        bootstrap,
+        redact(&args.db),
+        store.backend_name()
+    );
+    let started = Instant::now();
+    let report = run_durable(
+        &spec,
+        pipeline,
+        &bootstrap,
+        store,
+        rt.handle().clone(),
+        DurableOptions {
+            stop,
+            until_end: args.until_end,
+            commit_interval: Duration::from_millis(args.commit_ms.max(1)),
+            commit_rows: args.commit_rows.max(1),
+            store_predictions: !args.no_predictions,
+            group: args.group.clone(),
+            ..DurableOptions::default()
+        },
+    )?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "processed {} records in {secs:.1}s ({:.0}/s); {} checkpoints wrote {} rows ({:.1}s in commits); {} redelivered records skipped",
+        report.records,
+        report.records as f64 / secs.max(1e-9),
+        report.commits,
+        report.rows,
+        report.commit_time.as_secs_f64(),
+        report.skipped
+    );
+    Ok(())
+}
+
+/// The URL without its password.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

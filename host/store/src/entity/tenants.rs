@@ -1,0 +1,23 @@
+//! `tenants`: one row per tenant; every other tenant-scoped row points here.
+
+use sea_orm::entity::prelude::*;
+
+/// A tenant.
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "tenants")]
+pub struct Model {
+    /// Primary key, assigned by the database.
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    /// Name, unique within its scope.
+    #[sea_orm(unique)]
+    pub name: String,
+    /// Creation time, UTC ms.
+    pub created_at: i64,
+}
+
+/// Relations: none; references between tables are by value, not foreign key.
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

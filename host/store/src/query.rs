@@ -1,0 +1,134 @@
+//! Reads. Every query filters by pipeline and orders explicitly, so results are the same on
+//! every backend.
+
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+
+use crate::entity::{
+    api_keys, checkpoints, deployments, model_snapshots, predictions, window_results,
+};
+use crate::{Checkpoint, Deployment, ModelSnapshot, Prediction, Store, StoreError, WindowResult};
+
+impl Store {
+    /// All predictions of a pipeline, ordered by partition and offset.
+    pub async fn predictions(&self, pipeline: &str) -> Result<Vec<Prediction>, StoreError> {
+        let rows = predictions::Entity::find()
+            .filter(predictions::Column::Pipeline.eq(pipeline))
+            .order_by_asc(predictions::Column::Partition)
+            .order_by_asc(predictions::Column::Offset)
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|m| Prediction {
+                partition: m.partition,
+                offset: m.offset,
+                key: m.key,
+                ts: m.ts,
+                score: m.score,
+                output: m.output,
+                model_version: m.model_version,
+                extractor_version: m.extractor_version,
+            })
+            .collect())
+    }
+
+    /// All window results of a pipeline, ordered by key and window start.
+    pub async fn window_results(&self, pipeline: &str) -> Result<Vec<WindowResult>, StoreError> {
+        let rows = window_results::Entity::find()
+            .filter(window_results::Column::Pipeline.eq(pipeline))
+            .order_by_asc(window_results::Column::Key)
+            .order_by_asc(window_results::Column::WindowStart)
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|m| WindowResult {
+                key: m.key,
+                window_start: m.window_start,
+                window_end: m.window_end,
+                partition: m.partition,
+                output: m.output,
+                version: m.version,
+            })
+            .collect())
+    }
+
+    /// The checkpoint of a partition, if it was ever claimed.
+    pub async fn checkpoint(
+        &self,
+        pipeline: &str,
+        partition: i32,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        let row = checkpoints::Entity::find_by_id((pipeline.to_owned(), partition))
+            .one(&self.db)
+            .await?;
+        Ok(row.map(|m| Checkpoint {
+            pipeline: m.pipeline,
+            partition: m.partition,
+            next_offset: m.next_offset,
+            watermark: m.watermark,
+            owner_epoch: m.owner_epoch,
+            commits: m.commits,
+            updated_at: m.updated_at,
+        }))
+    }
+
+    /// The newest snapshot (highest id) of a pipeline stage.
+    pub async fn latest_snapshot(
+        &self,
+        pipeline: &str,
+        stage: &str,
+    ) -> Result<Option<ModelSnapshot>, StoreError> {
+        let row = model_snapshots::Entity::find()
+            .filter(model_snapshots::Column::Pipeline.eq(pipeline))
+            .filter(model_snapshots::Column::Stage.eq(stage))
+            .order_by_desc(model_snapshots::Column::Id)
+            .one(&self.db)
+            .await?;
+        Ok(row.map(|m| ModelSnapshot {
+            id: m.id,
+            pipeline: m.pipeline,
+            stage: m.stage,
+            plugin_sha256: m.plugin_sha256,
+            parent_id: m.parent_id,
+            bytes: m.bytes,
+            from_offset: m.from_offset,
+            to_offset: m.to_offset,
+            metrics: m.metrics,
+            created_at: m.created_at,
+        }))
+    }
+
+    /// The deployment history of a pipeline, oldest first.
+    pub async fn deployments(&self, pipeline: &str) -> Result<Vec<Deployment>, StoreError> {
+        let rows = deployments::Entity::find()
+            .filter(deployments::Column::Pipeline.eq(pipeline))
+            .order_by_asc(deployments::Column::Id)
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|m| Deployment {
+                id: m.id,
+                pipeline: m.pipeline,
+                stage: m.stage,
+                plugin_sha256: m.plugin_sha256,
+                version_label: m.version_label,
+                actor: m.actor,
+                at_ms: m.at_ms,
+                partition: m.partition,
+                offset: m.offset,
+            })
+            .collect())
+    }
+
+    /// The tenant owning the API key with this hex SHA-256, unless the key is revoked.
+    pub async fn tenant_for_key_hash(&self, key_hash: &str) -> Result<Option<i64>, StoreError> {
+        let row = api_keys::Entity::find()
+            .filter(api_keys::Column::KeyHash.eq(key_hash))
+            .filter(api_keys::Column::Revoked.eq(false))
+            .one(&self.db)
+            .await?;
+        Ok(row.map(|m| m.tenant_id))
+    }
+}
