@@ -124,13 +124,18 @@ pub fn nanos() -> u128 {
         .map_or(0, |d| d.as_nanos())
 }
 
-/// Runs a future to completion on a small runtime.
+/// Runs a future to completion on the tests' shared runtime (database pools stay bound to
+/// the runtime that opened them).
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
+    .block_on(f)
 }
 
 /// Writes a spec file into `dir`.
