@@ -14,13 +14,41 @@ use weir_workload::{Event, to_json_line};
 
 const WORKLOAD: &str = include_str!("../../examples/workload.toml");
 
+/// An embedded broker with the workload's topics. Its partitions keep only their last
+/// 5 MiB (see `EmbeddedBroker`), and these tests load a topic before reading it, so the
+/// big topics get enough partitions: the input (keyed; the hottest key is 15% of the
+/// events) and the per-event scores (about 250 bytes each).
 fn broker(partitions: i32) -> EmbeddedBroker {
     let b = EmbeddedBroker::start().unwrap();
     b.create_topic("events", partitions).unwrap();
-    for t in ["scores", "windows", "late-events", "dead-letters"] {
+    b.create_topic("scores", 16).unwrap();
+    b.create_topic("windows", 4).unwrap();
+    for t in ["late-events", "dead-letters"] {
         b.create_topic(t, 1).unwrap();
     }
     b
+}
+
+/// Reads a whole topic back as `(partition, offset, payload)`, in offset order per
+/// partition.
+fn read_raw(bootstrap: &str, topic: &str, n: u64) -> Vec<Owned> {
+    let mut c = Consumer::new(
+        bootstrap,
+        &format!("raw-reader-{topic}-{}", std::process::id()),
+        topic,
+    )
+    .unwrap();
+    let mut out: Vec<Owned> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (out.len() as u64) < n && Instant::now() < deadline {
+        let mut chunk = Vec::new();
+        c.poll_batch(10_000, Duration::from_millis(200), &mut chunk)
+            .unwrap();
+        out.append(&mut chunk);
+    }
+    c.close(Duration::from_secs(5));
+    assert_eq!(out.len() as u64, n, "records on {topic}");
+    out
 }
 
 fn produce(bootstrap: &str, lines: impl IntoIterator<Item = (String, String)>) {
@@ -42,8 +70,10 @@ fn read(bootstrap: &str, topic: &str, n: u64) -> Vec<serde_json::Value> {
     let mut out: Vec<Owned> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while (out.len() as u64) < n && Instant::now() < deadline {
-        c.poll_batch(10_000, Duration::from_millis(200), &mut out)
+        let mut chunk = Vec::new();
+        c.poll_batch(10_000, Duration::from_millis(200), &mut chunk)
             .unwrap();
+        out.append(&mut chunk);
     }
     c.close(Duration::from_secs(5));
     assert_eq!(out.len() as u64, n, "records on {topic}");
@@ -65,7 +95,7 @@ fn run(spec: &PipelineSpec, bootstrap: &str, n: u64, batch: usize) -> Pipeline {
 
 #[test]
 fn window_results_equal_an_independent_reference() {
-    let b = broker(1);
+    let b = broker(8);
     let mut evs: Vec<Event> = events(200_000);
     // The workload has no event beyond the allowed lateness; add some that are.
     for i in 0..40usize {
@@ -84,16 +114,39 @@ fn window_results_equal_an_independent_reference() {
     assert_eq!(stats.records_in, evs.len() as u64);
     assert_eq!(stats.dead, 0);
 
-    // Reference: one partition, so W = (max ts so far, this event included) - 1; an event is
-    // too late when ws + 999 + 2000 <= W; everything else is a plain group-by.
+    // Reference: each event's lateness is judged by its own partition's watermark
+    // W = (max ts of the partition so far, this event included) - 1: too late when
+    // ws + 999 + 2000 <= W. Everything else is a plain group-by. The partitions come from
+    // reading the input topic back, in offset order.
     let m = &models().window_model;
-    let mut max_ts = i64::MIN;
+    let input = read_raw(&b.bootstrap(), "events", evs.len() as u64);
+    let parsed: Vec<(i32, Event)> = input
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+            let x: Vec<f64> = v["x"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            let e = Event {
+                key: v["key"].as_str().unwrap().to_string(),
+                ts: v["ts"].as_i64().unwrap(),
+                x: x.try_into().unwrap(),
+                label: v["label"].as_u64().unwrap() as u8,
+            };
+            (r.partition, e)
+        })
+        .collect();
+    let mut max_ts: HashMap<i32, i64> = HashMap::new();
     let mut late = Vec::new();
     let mut on_time = Vec::new();
-    for e in &evs {
-        max_ts = max_ts.max(e.ts);
+    for (partition, e) in &parsed {
+        let mx = max_ts.entry(*partition).or_insert(i64::MIN);
+        *mx = (*mx).max(e.ts);
         let ws = e.ts.div_euclid(1000) * 1000;
-        if ws + 999 + 2000 <= max_ts - 1 {
+        if ws + 999 + 2000 <= *mx - 1 {
             late.push(e.key.clone());
         } else {
             on_time.push((e.key.as_str(), e.ts, e.x[0]));
@@ -164,7 +217,7 @@ fn window_results_equal_an_independent_reference() {
 
 #[test]
 fn fifty_swaps_under_load_lose_and_duplicate_nothing() {
-    let b = broker(4);
+    let b = broker(8);
     let n = 200_000u64;
     let evs = events(n);
     produce(
@@ -330,6 +383,8 @@ dead_letter_topic = "dead-letters"
             )
         })
         .collect();
+    let mut keys = keys;
+    keys.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(keys, vec![("a".to_string(), 3.0), ("f".to_string(), 7.0)]);
 
     let dead = read(&b.bootstrap(), "dead-letters", 4);

@@ -362,7 +362,7 @@ impl Consumer {
             .context("committing offsets")
     }
 
-    /// Polls up to `max` records, waiting at most `timeout` for the first one.
+    /// Appends up to `max` more records to `out`, waiting at most `timeout` for the first one.
     pub fn poll_batch(
         &mut self,
         max: usize,
@@ -373,8 +373,9 @@ impl Consumer {
             return Err(anyhow!("consumer is closed"));
         };
         let deadline = Instant::now() + timeout;
-        while out.len() < max {
-            let wait = if out.is_empty() {
+        let start = out.len();
+        while out.len() - start < max {
+            let wait = if out.len() == start {
                 deadline.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
@@ -391,7 +392,7 @@ impl Consumer {
                 }
                 Some(Err(e)) => {
                     tracing::warn!("consumer error: {e}");
-                    if out.is_empty() && Instant::now() >= deadline {
+                    if out.len() == start && Instant::now() >= deadline {
                         break;
                     }
                 }

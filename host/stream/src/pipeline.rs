@@ -197,7 +197,8 @@ pub struct Pipeline {
     window: Option<WindowStage>,
     watermarks: Watermarks,
     stats: Stats,
-    versions: HashMap<String, VersionId>,
+    /// The version that last served each (stage, partition).
+    versions: HashMap<(String, i32), VersionId>,
     switches: Vec<Switch>,
     batch: EventBatch,
     positions: Vec<SourcePos>,
@@ -591,19 +592,29 @@ impl Pipeline {
         }
     }
 
-    fn note_version(&mut self, stage: &str, version: &VersionId) {
-        if self.versions.get(stage) == Some(version) {
-            return;
-        }
-        self.versions.insert(stage.to_string(), version.clone());
-        let mut first: BTreeMap<i32, i64> = BTreeMap::new();
-        for p in &self.positions {
-            first
+    /// Records, per partition, the first offset a stage's version served, whenever that
+    /// version differs from the one that last served the partition.
+    fn note_version(&mut self, stage: &str, version: &VersionId, first: usize, len: usize) {
+        let mut firsts: BTreeMap<i32, i64> = BTreeMap::new();
+        for p in &self.positions[first..first + len] {
+            firsts
                 .entry(p.partition)
                 .and_modify(|o| *o = (*o).min(p.offset))
                 .or_insert(p.offset);
         }
-        for (partition, offset) in first {
+        for (partition, offset) in firsts {
+            let served = self.versions.entry((stage.to_string(), partition));
+            match served {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    if e.get() == version {
+                        continue;
+                    }
+                    e.insert(version.clone());
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(version.clone());
+                }
+            }
             self.switches.push(Switch {
                 stage: stage.to_string(),
                 version: version.clone(),
@@ -829,13 +840,7 @@ impl Pipeline {
     }
 
     fn note_positions(&mut self, first: usize, len: usize, stage: &str, v: &VersionId) {
-        if self.versions.get(stage) == Some(v) {
-            return;
-        }
-        let saved = std::mem::take(&mut self.positions);
-        self.positions = saved[first..first + len].to_vec();
-        self.note_version(stage, v);
-        self.positions = saved;
+        self.note_version(stage, v, first, len);
     }
 
     fn fire_windows(&mut self, now_ms: u64, out: &mut Outputs) -> Result<(), PipelineError> {
