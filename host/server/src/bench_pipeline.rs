@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weir_engine::{Engine, EngineOptions};
-use weir_server::kafka::{Consumer, EmbeddedBroker, Owned, Producer};
+use weir_server::kafka::{Consumer, EmbeddedBroker, Producer};
 use weir_server::run::{Progress, WorkerOptions, build_slots, run_worker};
 use weir_stream::pipeline::{Outputs, Pipeline, SourceRecord};
 use weir_stream::spec::PipelineSpec;
@@ -58,47 +58,35 @@ fn engine_only(lines: &[Vec<u8>], runs: usize) -> Result<(f64, u64, u64)> {
     Ok((rates[rates.len() / 2], results, windows))
 }
 
-fn produce_all(bootstrap: &str, lines: &[Vec<u8>], keys: &[String]) -> Result<f64> {
+fn produce_all(bootstrap: &str, lines: &[Vec<u8>]) -> Result<f64> {
     let mut p = Producer::new(bootstrap)?;
     let t = Instant::now();
-    for (l, k) in lines.iter().zip(keys) {
-        p.send("events", k, l)?;
+    for l in lines {
+        p.send("events", "", l)?;
     }
     p.flush(Duration::from_secs(120))?;
     Ok(lines.len() as f64 / t.elapsed().as_secs_f64())
 }
 
-fn read_all(bootstrap: &str, topic: &str, n: usize) -> Result<Vec<Owned>> {
-    let mut c = Consumer::new(
-        bootstrap,
-        &format!("bench-reader-{topic}-{}", std::process::id()),
-        topic,
-    )?;
-    let mut out = Vec::with_capacity(n);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while out.len() < n && Instant::now() < deadline {
-        c.poll_batch(50_000, Duration::from_millis(200), &mut out)?;
-    }
-    c.close(Duration::from_secs(5));
-    if out.len() < n {
-        bail!("read {} of {n} records from {topic}", out.len());
-    }
-    Ok(out)
-}
+/// Partitions of the input topic. The embedded broker keeps only the last 5 MiB of each
+/// partition, and the end-to-end run loads all its events before it starts: 1M events are
+/// about 62 MiB with lz4, so they are spread without keys over 32 partitions (a single
+/// worker's results do not depend on how the input is partitioned).
+const INPUT_PARTITIONS: i32 = 32;
 
 fn fresh_broker() -> Result<EmbeddedBroker> {
     let b = EmbeddedBroker::start()?;
-    b.create_topic("events", 4)?;
+    b.create_topic("events", INPUT_PARTITIONS)?;
     for t in ["scores", "windows", "late-events", "dead-letters"] {
-        b.create_topic(t, 1)?;
+        b.create_topic(t, 4)?;
     }
     Ok(b)
 }
 
 /// End to end through Kafka: everything produced first, then consume → pipeline → produce.
-fn end_to_end(lines: &[Vec<u8>], keys: &[String]) -> Result<(f64, f64, f64)> {
+fn end_to_end(lines: &[Vec<u8>]) -> Result<(f64, f64, f64)> {
     let broker = fresh_broker()?;
-    let produce_rate = produce_all(&broker.bootstrap(), lines, keys)?;
+    let produce_rate = produce_all(&broker.bootstrap(), lines)?;
     let engine = Engine::new(EngineOptions::default())?;
     let spec = spec()?;
     let p = pipeline(&engine, &spec)?;
@@ -173,7 +161,46 @@ fn latency(lines: &[Vec<u8>], keys: &[String], rate: f64) -> Result<(f64, f64, f
             )
         })
     };
-    // Let the worker join its group before the clock starts.
+    // Readers of the input and the results run alongside (the embedded broker keeps only
+    // the last 5 MiB of a partition, so reading afterwards would miss the start).
+    let reader = |topic: &'static str, n: usize| {
+        let bootstrap = broker.bootstrap();
+        std::thread::spawn(move || -> Result<Vec<(i32, i64, i64)>> {
+            let mut c = Consumer::new(
+                &bootstrap,
+                &format!("bench-latency-{topic}-{}", std::process::id()),
+                topic,
+            )?;
+            let mut out = Vec::with_capacity(n);
+            let mut chunk = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while out.len() < n && Instant::now() < deadline {
+                chunk.clear();
+                c.poll_batch(10_000, Duration::from_millis(100), &mut chunk)?;
+                for r in &chunk {
+                    let ts = r.timestamp.unwrap_or(0);
+                    if topic == "scores" {
+                        let v: serde_json::Value = serde_json::from_slice(&r.payload)?;
+                        out.push((
+                            v["partition"].as_i64().unwrap_or(-1) as i32,
+                            v["offset"].as_i64().unwrap_or(-1),
+                            ts,
+                        ));
+                    } else {
+                        out.push((r.partition, r.offset, ts));
+                    }
+                }
+            }
+            c.close(Duration::from_secs(5));
+            if out.len() < n {
+                bail!("read {} of {n} records from {topic}", out.len());
+            }
+            Ok(out)
+        })
+    };
+    let inputs_reader = reader("events", lines.len());
+    let results_reader = reader("scores", lines.len());
+    // Let the worker and the readers join their groups before the clock starts.
     std::thread::sleep(Duration::from_secs(4));
     let mut prod = Producer::new(&broker.bootstrap())?;
     let t = Instant::now();
@@ -194,23 +221,20 @@ fn latency(lines: &[Vec<u8>], keys: &[String], rate: f64) -> Result<(f64, f64, f
         Err(_) => bail!("worker panicked"),
     }
     stop.store(true, Ordering::Relaxed);
-    let inputs = read_all(&broker.bootstrap(), "events", lines.len())?;
-    let mut sent = std::collections::HashMap::with_capacity(inputs.len());
-    for r in &inputs {
-        sent.insert((r.partition, r.offset), r.timestamp.unwrap_or(0));
-    }
-    let results = read_all(&broker.bootstrap(), "scores", lines.len())?;
+    let join = |h: std::thread::JoinHandle<Result<Vec<(i32, i64, i64)>>>| match h.join() {
+        Ok(r) => r,
+        Err(_) => Err(anyhow::anyhow!("a reader panicked")),
+    };
+    let inputs = join(inputs_reader)?;
+    let results = join(results_reader)?;
+    let sent: std::collections::HashMap<(i32, i64), i64> =
+        inputs.iter().map(|&(p, o, ts)| ((p, o), ts)).collect();
     let mut lat: Vec<f64> = Vec::with_capacity(results.len());
-    for r in &results {
-        let v: serde_json::Value = serde_json::from_slice(&r.payload)?;
-        let key = (
-            v["partition"].as_i64().unwrap_or(-1) as i32,
-            v["offset"].as_i64().unwrap_or(-1),
-        );
-        let Some(t0) = sent.get(&key) else {
-            bail!("result for an unknown input {key:?}")
+    for &(p, o, ts) in &results {
+        let Some(t0) = sent.get(&(p, o)) else {
+            bail!("result for an unknown input {:?}", (p, o))
         };
-        lat.push((r.timestamp.unwrap_or(0) - t0) as f64);
+        lat.push((ts - t0) as f64);
     }
     lat.sort_by(f64::total_cmp);
     let pct = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize];
@@ -235,8 +259,7 @@ pub fn run(n: u64, events: Option<Vec<Event>>, runs: usize) -> Result<()> {
         "  engine only (in-memory source and sink, 1 worker)   {engine_rate:>10.0} events/s  ({results} results, {windows} window results)"
     );
 
-    let (e2e, e2e_after_join, produce_rate) =
-        end_to_end(&lines, &keys).context("end-to-end run")?;
+    let (e2e, e2e_after_join, produce_rate) = end_to_end(&lines).context("end-to-end run")?;
     println!("  produce the input first (acks=all, idempotent)      {produce_rate:>10.0} events/s");
     println!(
         "  end to end through Kafka, from pipeline start       {e2e:>10.0} events/s  (includes the ~3 s consumer-group join)"

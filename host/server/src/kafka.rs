@@ -120,7 +120,11 @@ impl Producer {
 
     /// Queues one message, waiting for room when the local queue is full.
     pub fn send(&mut self, topic: &str, key: &str, payload: &[u8]) -> Result<()> {
-        let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(payload);
+        // An empty key means no key: the partitioner then spreads records over partitions.
+        let mut record = BaseRecord::to(topic).payload(payload);
+        if !key.is_empty() {
+            record = record.key(key.as_bytes());
+        }
         loop {
             match self.inner.send(record) {
                 Ok(()) => {

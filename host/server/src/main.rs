@@ -172,7 +172,7 @@ fn produce(file: &std::path::Path, topic: &str, kafka: &str, key_field: &str) ->
     producer.flush(std::time::Duration::from_secs(60))?;
     bar.finish_with_message(format!("{n} records"));
     println!(
-        "produced {n} records to {topic} in {:.1}s ({bad} without a `{key_field}` key field, sent with an empty key)",
+        "produced {n} records to {topic} in {:.1}s ({bad} without a `{key_field}` field, sent without a key)",
         started.elapsed().as_secs_f64()
     );
     Ok(())

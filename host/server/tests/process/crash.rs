@@ -260,3 +260,104 @@ fn online_model_keeps_its_weights_across_a_restart() {
         after.score
     );
 }
+
+/// Two workers believe they own the same partitions: a worker whose checkpoints are slow
+/// (the zombie) and a second one, in another consumer group, that claims every partition
+/// while the zombie still runs. The zombie's next checkpoint is refused (its epoch is
+/// stale), it stops with a clear error, and the second worker's results stand.
+#[test]
+fn a_zombie_worker_is_fenced() {
+    const N: u64 = 50_000;
+    let (_broker, addr) = start_broker(&[
+        "events:8",
+        "scores",
+        "windows",
+        "late-events",
+        "dead-letters",
+    ]);
+    produce_workload(&addr, "events", 0, N);
+    let dir = TempDir::new("zombie");
+    let spec = write_spec(&dir.0, WORKLOAD_SPEC);
+    let spec = spec.to_str().expect("utf-8 path");
+    let db = TestDb::mysql("zombie");
+    let store = db.store();
+    let checkpoints = || -> Vec<weir_store::Checkpoint> {
+        (0..PARTITIONS)
+            .filter_map(|p| block_on(store.checkpoint("workload", p)).expect("checkpoint"))
+            .collect()
+    };
+
+    let mut zombie = Proc(
+        weir()
+            .args([
+                "run",
+                "--spec",
+                spec,
+                "--kafka",
+                &addr,
+                "--db",
+                &db.url,
+                "--until-end",
+                "--commit-rows",
+                "500",
+                "--group",
+                "zombie-a",
+            ])
+            .env("WEIR_FAILPOINT_COMMIT_PAUSE_MS", "300")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning the zombie"),
+    );
+    let started = Instant::now();
+    while !checkpoints().iter().any(|c| c.next_offset > 0) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the zombie never checkpointed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = checkpoints();
+    assert!(before.iter().all(|c| c.owner_epoch == 1));
+
+    let (status, out) = run_to_end(
+        &[
+            "--spec", spec, "--kafka", &addr, "--db", &db.url, "--group", "zombie-b",
+        ],
+        &[],
+        Duration::from_secs(300),
+    );
+    assert!(status.success(), "the new owner failed:\n{out}");
+
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = zombie.0.try_wait().expect("waiting") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the zombie kept running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = zombie.0.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert!(!status.success(), "the zombie must stop with an error");
+    assert!(err.contains("fenced"), "the zombie says why:\n{err}");
+
+    let after = checkpoints();
+    assert!(
+        after
+            .iter()
+            .all(|c| c.owner_epoch == 2 && c.next_offset > 0),
+        "the new owner holds every partition: {after:?}"
+    );
+    let predictions = block_on(store.predictions("workload")).expect("predictions");
+    assert_eq!(
+        predictions.len() as u64,
+        N,
+        "every event scored exactly once"
+    );
+}
