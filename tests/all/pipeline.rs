@@ -146,7 +146,8 @@ fn window_results_equal_an_independent_reference() {
         let mx = max_ts.entry(*partition).or_insert(i64::MIN);
         *mx = (*mx).max(e.ts);
         let ws = e.ts.div_euclid(1000) * 1000;
-        if ws + 999 + 2000 <= *mx - 1 {
+        let watermark = *mx - 1;
+        if ws + 999 + 2000 <= watermark {
             late.push(e.key.clone());
         } else {
             on_time.push((e.key.as_str(), e.ts, e.x[0]));

@@ -242,7 +242,9 @@ pub fn run(args: UpArgs) -> Result<()> {
     }
     stop.store(true, Ordering::Relaxed);
     match worker.join() {
-        Ok(r) => drop(r?),
+        Ok(r) => {
+            r?;
+        }
         Err(_) => anyhow::bail!("the pipeline worker panicked"),
     }
     match gen_thread.join() {

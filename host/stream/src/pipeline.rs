@@ -696,7 +696,7 @@ impl Pipeline {
                 while i < n {
                     let labelled = !labels[i].is_nan();
                     let mut j = i + 1;
-                    while j < n && !labels[j].is_nan() == labelled {
+                    while j < n && labels[j].is_nan() != labelled {
                         j += 1;
                     }
                     let part;

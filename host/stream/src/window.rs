@@ -556,7 +556,7 @@ fn decode_panes(bytes: &[u8], dims: usize) -> Result<Vec<Pane>, String> {
         let mut n = [0u8; 4];
         n.copy_from_slice(&take(&mut rest, 4)?);
         let n = u32::from_le_bytes(n) as usize;
-        if dims > 0 && n % dims != 0 {
+        if dims > 0 && !n.is_multiple_of(dims) {
             return Err(bad("rows do not match the input dimensions"));
         }
         let raw = take(&mut rest, n.checked_mul(8).ok_or_else(|| bad("row count"))?)?;
