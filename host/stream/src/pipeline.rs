@@ -908,16 +908,17 @@ impl Pipeline {
                     wb.push(&f.key, f.span.start, f.span.end, &f.new_rows, f.closing);
                 }
                 let (v, o) = op.call(|i| i.on_window(&wb))?;
+                let ends: HashMap<(&str, i64), i64> = fired
+                    .iter()
+                    .map(|f| ((f.key.as_str(), f.span.start), f.span.end))
+                    .collect();
                 for i in 0..o.len() {
                     let key = o.key(i).unwrap_or_default();
                     let mut p = String::with_capacity(160);
                     p.push_str("{\"key\":");
                     push_json_str(&mut p, key);
                     let start = o.timestamps[i];
-                    let end = fired
-                        .iter()
-                        .find(|f| f.key == key && f.span.start == start)
-                        .map_or(start, |f| f.span.end);
+                    let end = ends.get(&(key, start)).copied().unwrap_or(start);
                     let _ = write!(p, ",\"window_start\":{start},\"window_end\":{end}");
                     for (j, x) in o.inputs_of(i).unwrap_or_default().iter().enumerate() {
                         match w.outputs.get(j) {
