@@ -70,9 +70,9 @@ fn produce_all(bootstrap: &str, lines: &[Vec<u8>]) -> Result<f64> {
 
 /// Partitions of the input topic. The embedded broker keeps only the last 5 MiB of each
 /// partition, and the end-to-end run loads all its events before it starts: 1M events are
-/// about 62 MiB with lz4, so they are spread without keys over 32 partitions (a single
+/// about 129 MB before compression, so they are spread without keys over 64 partitions (a single
 /// worker's results do not depend on how the input is partitioned).
-const INPUT_PARTITIONS: i32 = 32;
+const INPUT_PARTITIONS: i32 = 64;
 
 fn fresh_broker() -> Result<EmbeddedBroker> {
     let b = EmbeddedBroker::start()?;

@@ -31,8 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use weir_store::{
-    Claim, CommitBatch, NewSnapshot, PartitionCommit, Prediction, StateChange, Store, StoreError,
-    WindowResult,
+    Claim, CommitBatch, NewDeployment, NewSnapshot, PartitionCommit, Prediction, StateChange,
+    Store, StoreError, WindowResult,
 };
 use weir_stream::pipeline::{Outputs, Pipeline, SourceRecord};
 use weir_stream::spec::PipelineSpec;
@@ -86,6 +86,8 @@ pub struct DurableReport {
     pub rows: u64,
     /// Time spent inside commits.
     pub commit_time: Duration,
+    /// Version switches recorded in the `deployments` table.
+    pub switches_recorded: usize,
 }
 
 struct Part {
@@ -448,6 +450,22 @@ fn commit(
     report.commit_time += started.elapsed();
     match result {
         Ok(stats) => {
+            // Record where each stage's version took effect, per partition (the switches
+            // up to this checkpoint).
+            for sw in &pipeline.switches()[report.switches_recorded..] {
+                rt.block_on(store.record_deployment(NewDeployment {
+                    pipeline: name.to_string(),
+                    stage: sw.stage.clone(),
+                    plugin_sha256: sw.plugin.clone(),
+                    version_label: sw.version.to_string(),
+                    actor: "weir run".into(),
+                    at_ms: crate::run::now_ms() as i64,
+                    partition: Some(sw.partition),
+                    offset: Some(sw.offset),
+                }))
+                .context("recording a deployment")?;
+            }
+            report.switches_recorded = pipeline.switches().len();
             report.commits += 1;
             report.rows += stats.rows_written;
             if stats.snapshot_id.is_some() {

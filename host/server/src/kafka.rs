@@ -145,6 +145,16 @@ impl Producer {
         self.inner.poll(Duration::ZERO);
     }
 
+    /// Messages acknowledged by the broker so far.
+    pub fn delivered(&self) -> u64 {
+        self.deliveries.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Messages the broker refused for good so far.
+    pub fn failed(&self) -> u64 {
+        self.deliveries.failed.load(Ordering::Relaxed)
+    }
+
     /// Messages queued so far.
     pub fn sent(&self) -> u64 {
         self.sent
@@ -347,6 +357,11 @@ impl Consumer {
             .ok_or_else(|| anyhow!("consumer is closed"))?;
         c.fetch_watermarks(&self.topic, partition, timeout)
             .with_context(|| format!("fetching the watermarks of {}/{partition}", self.topic))
+    }
+
+    /// The next offset of every partition consumed so far.
+    pub fn positions(&self) -> BTreeMap<i32, i64> {
+        self.next.clone()
     }
 
     /// Commits the given next offsets to the group (asynchronously). With a database as the

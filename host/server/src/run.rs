@@ -101,7 +101,8 @@ pub struct WorkerOptions {
 }
 
 /// Runs one pipeline worker until stopped: consume a batch, process it, produce the
-/// outputs, and commit offsets once their outputs are acknowledged. Returns the pipeline
+/// outputs, and commit offsets once their outputs are acknowledged (tracked through the
+/// delivery reports, so the stream never waits for a flush). Returns the pipeline
 /// (with its counters and version switches).
 pub fn run_worker(
     spec: &PipelineSpec,
@@ -126,6 +127,10 @@ pub fn run_worker(
     let mut records: Vec<Owned> = Vec::with_capacity(1024);
     let mut out = Outputs::default();
     let mut last_commit = Instant::now();
+    let mut pending_commits: std::collections::VecDeque<(
+        u64,
+        std::collections::BTreeMap<i32, i64>,
+    )> = std::collections::VecDeque::new();
     while !stop.load(Ordering::Relaxed) {
         for (assigned, parts) in consumer.take_rebalances()? {
             for p in parts {
@@ -178,12 +183,23 @@ pub fn run_worker(
             producer.send(&sink.dead_letter_topic, &r.key, r.payload.as_bytes())?;
         }
         producer.poll();
+        // At-least-once without stalling the stream: every second, note the offsets
+        // consumed so far and how many messages had been sent for them; commit those
+        // offsets once that many deliveries are acknowledged.
         if last_commit.elapsed() >= Duration::from_secs(1) {
-            // At-least-once: offsets are committed only once the outputs of every record
-            // before them are acknowledged.
-            producer.flush(Duration::from_secs(30))?;
-            consumer.commit()?;
+            pending_commits.push_back((producer.sent(), consumer.positions()));
             last_commit = Instant::now();
+        }
+        if producer.failed() > 0 {
+            producer.flush(Duration::from_secs(30))?;
+        }
+        while let Some((mark, _)) = pending_commits.front() {
+            if producer.delivered() < *mark {
+                break;
+            }
+            if let Some((_, offsets)) = pending_commits.pop_front() {
+                consumer.commit_offsets(&offsets)?;
+            }
         }
         if let Ok(mut p) = progress.lock() {
             p.stats = pipeline.stats().clone();

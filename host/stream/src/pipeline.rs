@@ -128,6 +128,8 @@ pub struct Switch {
     pub stage: String,
     /// The version that took over.
     pub version: VersionId,
+    /// Its plugin's sha256.
+    pub plugin: String,
     /// Partition.
     pub partition: i32,
     /// First offset of the partition processed by that version.
@@ -594,7 +596,14 @@ impl Pipeline {
 
     /// Records, per partition, the first offset a stage's version served, whenever that
     /// version differs from the one that last served the partition.
-    fn note_version(&mut self, stage: &str, version: &VersionId, first: usize, len: usize) {
+    fn note_version(
+        &mut self,
+        stage: &str,
+        version: &VersionId,
+        plugin: &str,
+        first: usize,
+        len: usize,
+    ) {
         let mut firsts: BTreeMap<i32, i64> = BTreeMap::new();
         for p in &self.positions[first..first + len] {
             firsts
@@ -618,6 +627,7 @@ impl Pipeline {
             self.switches.push(Switch {
                 stage: stage.to_string(),
                 version: version.clone(),
+                plugin: plugin.to_string(),
                 partition,
                 offset,
             });
@@ -746,13 +756,11 @@ impl Pipeline {
         first_index: usize,
         out: &mut Outputs,
     ) {
-        if let Some((v, _)) = &s.extractor {
-            let v = v.clone();
-            self.note_positions(first_index, batch.len(), "extractor", &v);
+        if let Some((v, plugin)) = &s.extractor {
+            self.note_version("extractor", v, plugin, first_index, batch.len());
         }
-        if let Some((v, _)) = &s.model {
-            let v = v.clone();
-            self.note_positions(first_index, batch.len(), "model", &v);
+        if let Some((v, plugin)) = &s.model {
+            self.note_version("model", v, plugin, first_index, batch.len());
         }
         for i in 0..batch.len() {
             let key = batch.key(i).unwrap_or_default();
@@ -839,10 +847,6 @@ impl Pipeline {
         }
     }
 
-    fn note_positions(&mut self, first: usize, len: usize, stage: &str, v: &VersionId) {
-        self.note_version(stage, v, first, len);
-    }
-
     fn fire_windows(&mut self, now_ms: u64, out: &mut Outputs) -> Result<(), PipelineError> {
         let wm = self.watermarks.advance(now_ms);
         self.stats.watermark = wm;
@@ -902,60 +906,67 @@ impl Pipeline {
                     self.stats.windows_out += 1;
                 }
             }
+            // Bounded calls: a watermark jump can fire many windows at once, and one
+            // `on-window` call per chunk keeps each batch well inside the plugin's memory.
             Some(op) => {
-                let mut wb = WindowBatch::with_dims(w.windower.dims() as u32);
-                for f in &fired {
-                    wb.push(&f.key, f.span.start, f.span.end, &f.new_rows, f.closing);
-                }
-                let (v, o) = op.call(|i| i.on_window(&wb))?;
-                let ends: HashMap<(&str, i64), i64> = fired
-                    .iter()
-                    .map(|f| ((f.key.as_str(), f.span.start), f.span.end))
-                    .collect();
-                for i in 0..o.len() {
-                    let key = o.key(i).unwrap_or_default();
-                    let mut p = String::with_capacity(160);
-                    p.push_str("{\"key\":");
-                    push_json_str(&mut p, key);
-                    let start = o.timestamps[i];
-                    let end = ends.get(&(key, start)).copied().unwrap_or(start);
-                    let _ = write!(p, ",\"window_start\":{start},\"window_end\":{end}");
-                    for (j, x) in o.inputs_of(i).unwrap_or_default().iter().enumerate() {
-                        match w.outputs.get(j) {
-                            Some(name) => {
-                                p.push(',');
-                                push_json_str(&mut p, name);
-                                let _ = write!(p, ":{}", fmt_f64(*x));
-                            }
-                            None => {
-                                let _ = write!(p, ",\"v{j}\":{}", fmt_f64(*x));
+                for chunk in fired.chunks(WINDOW_CALL_MAX) {
+                    let mut wb = WindowBatch::with_dims(w.windower.dims() as u32);
+                    for f in chunk {
+                        wb.push(&f.key, f.span.start, f.span.end, &f.new_rows, f.closing);
+                    }
+                    let (v, o) = op.call(|i| i.on_window(&wb))?;
+                    let ends: HashMap<(&str, i64), i64> = chunk
+                        .iter()
+                        .map(|f| ((f.key.as_str(), f.span.start), f.span.end))
+                        .collect();
+                    for i in 0..o.len() {
+                        let key = o.key(i).unwrap_or_default();
+                        let mut p = String::with_capacity(160);
+                        p.push_str("{\"key\":");
+                        push_json_str(&mut p, key);
+                        let start = o.timestamps[i];
+                        let end = ends.get(&(key, start)).copied().unwrap_or(start);
+                        let _ = write!(p, ",\"window_start\":{start},\"window_end\":{end}");
+                        for (j, x) in o.inputs_of(i).unwrap_or_default().iter().enumerate() {
+                            match w.outputs.get(j) {
+                                Some(name) => {
+                                    p.push(',');
+                                    push_json_str(&mut p, name);
+                                    let _ = write!(p, ":{}", fmt_f64(*x));
+                                }
+                                None => {
+                                    let _ = write!(p, ",\"v{j}\":{}", fmt_f64(*x));
+                                }
                             }
                         }
+                        let _ = write!(p, ",\"operator_version\":\"{v}\"}}");
+                        let partition = self
+                            .checkpoints
+                            .as_ref()
+                            .and_then(|c| c.key_partition.get(key).copied())
+                            .unwrap_or(-1);
+                        out.windows.push(SinkRecord {
+                            key: key.to_string(),
+                            payload: p,
+                            meta: RecordMeta {
+                                partition,
+                                ts: start,
+                                window_end: end,
+                                version: v.to_string(),
+                                ..RecordMeta::default()
+                            },
+                        });
+                        self.stats.windows_out += 1;
                     }
-                    let _ = write!(p, ",\"operator_version\":\"{v}\"}}");
-                    let partition = self
-                        .checkpoints
-                        .as_ref()
-                        .and_then(|c| c.key_partition.get(key).copied())
-                        .unwrap_or(-1);
-                    out.windows.push(SinkRecord {
-                        key: key.to_string(),
-                        payload: p,
-                        meta: RecordMeta {
-                            partition,
-                            ts: start,
-                            window_end: end,
-                            version: v.to_string(),
-                            ..RecordMeta::default()
-                        },
-                    });
-                    self.stats.windows_out += 1;
                 }
             }
         }
         Ok(())
     }
 }
+
+/// Most windows handed to one `on-window` call.
+const WINDOW_CALL_MAX: usize = 2048;
 
 #[derive(Default)]
 struct Scored {
