@@ -34,7 +34,7 @@ pub struct RunArgs {
     #[arg(long)]
     until_end: bool,
     /// Checkpoint interval in milliseconds.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 1000)]
     commit_ms: u64,
     /// Checkpoint once this many output rows are pending.
     #[arg(long, default_value_t = 20_000)]

@@ -64,7 +64,7 @@ impl Default for DurableOptions {
             stop: Arc::default(),
             progress: Arc::default(),
             until_end: false,
-            commit_interval: Duration::from_millis(250),
+            commit_interval: Duration::from_millis(1000),
             commit_rows: 20_000,
             batch: 2048,
             store_predictions: true,
