@@ -23,7 +23,7 @@
 //! effectively-once copy.
 
 use crate::kafka::{AssignHook, Consumer, Owned, Producer};
-use crate::run::{Progress, now_ms};
+use crate::run::{Progress, now_ms, produce_outputs};
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -161,7 +161,14 @@ pub fn run_durable(
     let mut kept: Vec<usize> = Vec::with_capacity(opts.batch);
     let mut out = Outputs::default();
     let mut pending = Outputs::default();
-    let mut report = DurableReport::default();
+    let mut ck = Checkpointer {
+        rt: &rt,
+        store: &store,
+        name: &name,
+        store_predictions: opts.store_predictions,
+        parent_snapshot,
+        report: DurableReport::default(),
+    };
     let mut last_commit = Instant::now();
     let mut ever_assigned = false;
     let mut finished = false;
@@ -205,17 +212,7 @@ pub fn run_durable(
                 } else if parts.contains_key(&p) {
                     // Commit what we have for it while we may still own it; if another
                     // worker claimed it already, the commit is fenced and its work redone.
-                    commit(
-                        &rt,
-                        &store,
-                        &name,
-                        &mut pipeline,
-                        &mut parts,
-                        &mut pending,
-                        &mut parent_snapshot,
-                        &opts,
-                        &mut report,
-                    )?;
+                    ck.commit(&mut pipeline, &parts, &mut pending)?;
                     last_commit = Instant::now();
                     pipeline.revoke_partition(p);
                     parts.remove(&p);
@@ -242,7 +239,7 @@ pub fn run_durable(
                     part.next_offset = r.offset + 1;
                     kept.push(i);
                 }
-                _ => report.skipped += 1,
+                _ => ck.report.skipped += 1,
             }
         }
         out.clear();
@@ -258,7 +255,7 @@ pub fn run_durable(
                 })
                 .collect();
             pipeline.process(&batch, now_ms(), &mut out)?;
-            report.records += batch.len() as u64;
+            ck.report.records += batch.len() as u64;
         }
         let at_end = opts.until_end
             && ever_assigned
@@ -269,7 +266,7 @@ pub fn run_durable(
             pipeline.flush(&mut out)?;
             finished = true;
         }
-        produce(&mut producer, sink, &out)?;
+        produce_outputs(&mut producer, sink, &out)?;
         if let Ok(mut p) = opts.progress.lock()
             && p.samples.len() < 3
         {
@@ -282,17 +279,7 @@ pub fn run_durable(
             || last_commit.elapsed() >= opts.commit_interval
             || finished
         {
-            commit(
-                &rt,
-                &store,
-                &name,
-                &mut pipeline,
-                &mut parts,
-                &mut pending,
-                &mut parent_snapshot,
-                &opts,
-                &mut report,
-            )?;
+            ck.commit(&mut pipeline, &parts, &mut pending)?;
             last_commit = Instant::now();
             let next: BTreeMap<i32, i64> = parts.iter().map(|(p, s)| (*p, s.next_offset)).collect();
             if let Err(e) = consumer.commit_offsets(&next) {
@@ -311,174 +298,155 @@ pub fn run_durable(
         }
     }
     if !finished {
-        commit(
-            &rt,
-            &store,
-            &name,
-            &mut pipeline,
-            &mut parts,
-            &mut pending,
-            &mut parent_snapshot,
-            &opts,
-            &mut report,
-        )?;
+        ck.commit(&mut pipeline, &parts, &mut pending)?;
     }
     producer.flush(Duration::from_secs(30))?;
     consumer.close(Duration::from_secs(5));
-    Ok(report)
+    Ok(ck.report)
 }
 
-fn produce(
-    producer: &mut Producer,
-    sink: &weir_stream::spec::SinkSpec,
-    out: &Outputs,
-) -> Result<()> {
-    for r in &out.results {
-        producer.send(&sink.topic, &r.key, r.payload.as_bytes())?;
-    }
-    if let Some(t) = &sink.windows_topic {
-        for r in &out.windows {
-            producer.send(t, &r.key, r.payload.as_bytes())?;
-        }
-    }
-    if let Some(t) = &sink.late_topic {
-        for r in &out.late {
-            producer.send(t, &r.key, r.payload.as_bytes())?;
-        }
-    }
-    for r in &out.dead {
-        producer.send(&sink.dead_letter_topic, &r.key, r.payload.as_bytes())?;
-    }
-    producer.poll();
-    Ok(())
+/// Writes checkpoints for one worker, and keeps what they need between calls.
+struct Checkpointer<'a> {
+    rt: &'a Handle,
+    store: &'a Store,
+    name: &'a str,
+    store_predictions: bool,
+    /// The model snapshot the next one descends from.
+    parent_snapshot: Option<i64>,
+    report: DurableReport,
 }
 
-/// One checkpoint: everything pending, the state changes and the positions, in one
-/// transaction.
-#[allow(clippy::too_many_arguments)]
-fn commit(
-    rt: &Handle,
-    store: &Store,
-    name: &str,
-    pipeline: &mut Pipeline,
-    parts: &mut BTreeMap<i32, Part>,
-    pending: &mut Outputs,
-    parent_snapshot: &mut Option<i64>,
-    opts: &DurableOptions,
-    report: &mut DurableReport,
-) -> Result<()> {
-    if parts.is_empty() {
-        pending.clear();
-        return Ok(());
-    }
-    let mut by_part: BTreeMap<i32, Vec<StateChange>> = BTreeMap::new();
-    for c in pipeline.take_changes() {
-        let p = if parts.contains_key(&c.partition) {
-            c.partition
-        } else {
-            tracing::warn!(
-                "state of key `{}` belongs to no owned partition ({}); dropped",
-                c.key,
-                c.partition
-            );
-            continue;
-        };
-        by_part.entry(p).or_default().push(StateChange {
-            namespace: c.namespace,
-            key: c.key,
-            value: c.value,
-        });
-    }
-    let partitions = parts
-        .iter()
-        .map(|(&p, s)| PartitionCommit {
-            partition: p,
-            epoch: s.epoch,
-            next_offset: s.next_offset,
-            watermark: pipeline.partition_watermark(p),
-            state: by_part.remove(&p).unwrap_or_default(),
-        })
-        .collect();
-    let predictions = if opts.store_predictions {
-        pending
-            .results
-            .iter()
-            .filter(|r| r.meta.offset >= 0)
-            .map(|r| Prediction {
-                partition: r.meta.partition,
-                offset: r.meta.offset,
-                key: r.key.clone(),
-                ts: r.meta.ts,
-                score: r.meta.score,
-                output: r.payload.clone(),
-                model_version: r.meta.version.clone(),
-                extractor_version: r.meta.extractor_version.clone(),
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let window_results = pending
-        .windows
-        .iter()
-        .map(|r| WindowResult {
-            key: r.key.clone(),
-            window_start: r.meta.ts,
-            window_end: r.meta.window_end,
-            partition: r.meta.partition,
-            output: r.payload.clone(),
-            version: r.meta.version.clone(),
-        })
-        .collect();
-    let snapshot = pipeline.model_snapshot()?.map(|(sha, bytes)| NewSnapshot {
-        stage: "model".into(),
-        plugin_sha256: sha,
-        parent_id: *parent_snapshot,
-        bytes,
-        from_offset: None,
-        to_offset: None,
-        metrics: "{}".into(),
-    });
-    let started = Instant::now();
-    let result = rt.block_on(store.commit(CommitBatch {
-        pipeline: name.to_string(),
-        partitions,
-        predictions,
-        window_results,
-        snapshot,
-    }));
-    report.commit_time += started.elapsed();
-    match result {
-        Ok(stats) => {
-            // Record where each stage's version took effect, per partition (the switches
-            // up to this checkpoint).
-            for sw in &pipeline.switches()[report.switches_recorded..] {
-                rt.block_on(store.record_deployment(NewDeployment {
-                    pipeline: name.to_string(),
-                    stage: sw.stage.clone(),
-                    plugin_sha256: sw.plugin.clone(),
-                    version_label: sw.version.to_string(),
-                    actor: "weir run".into(),
-                    at_ms: crate::run::now_ms() as i64,
-                    partition: Some(sw.partition),
-                    offset: Some(sw.offset),
-                }))
-                .context("recording a deployment")?;
-            }
-            report.switches_recorded = pipeline.switches().len();
-            report.commits += 1;
-            report.rows += stats.rows_written;
-            if stats.snapshot_id.is_some() {
-                *parent_snapshot = stats.snapshot_id;
-            }
+impl Checkpointer<'_> {
+    /// One checkpoint: everything pending, the state changes and the positions, in one
+    /// transaction.
+    fn commit(
+        &mut self,
+        pipeline: &mut Pipeline,
+        parts: &BTreeMap<i32, Part>,
+        pending: &mut Outputs,
+    ) -> Result<()> {
+        let Checkpointer {
+            rt,
+            store,
+            name,
+            store_predictions,
+            parent_snapshot,
+            report,
+        } = self;
+        let (rt, store, name) = (*rt, *store, *name);
+        if parts.is_empty() {
             pending.clear();
-            Ok(())
+            return Ok(());
         }
-        Err(e @ StoreError::Fenced { .. }) => {
-            bail!(
-                "{e}: another worker owns the partition now; this worker stops and its uncommitted work is redone by the owner"
-            )
+        let mut by_part: BTreeMap<i32, Vec<StateChange>> = BTreeMap::new();
+        for c in pipeline.take_changes() {
+            let p = if parts.contains_key(&c.partition) {
+                c.partition
+            } else {
+                tracing::warn!(
+                    "state of key `{}` belongs to no owned partition ({}); dropped",
+                    c.key,
+                    c.partition
+                );
+                continue;
+            };
+            by_part.entry(p).or_default().push(StateChange {
+                namespace: c.namespace,
+                key: c.key,
+                value: c.value,
+            });
         }
-        Err(e) => Err(e).context("committing a checkpoint"),
+        let partitions = parts
+            .iter()
+            .map(|(&p, s)| PartitionCommit {
+                partition: p,
+                epoch: s.epoch,
+                next_offset: s.next_offset,
+                watermark: pipeline.partition_watermark(p),
+                state: by_part.remove(&p).unwrap_or_default(),
+            })
+            .collect();
+        let predictions = if *store_predictions {
+            pending
+                .results
+                .iter()
+                .filter(|r| r.meta.offset >= 0)
+                .map(|r| Prediction {
+                    partition: r.meta.partition,
+                    offset: r.meta.offset,
+                    key: r.key.clone(),
+                    ts: r.meta.ts,
+                    score: r.meta.score,
+                    output: r.payload.clone(),
+                    model_version: r.meta.version.clone(),
+                    extractor_version: r.meta.extractor_version.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let window_results = pending
+            .windows
+            .iter()
+            .map(|r| WindowResult {
+                key: r.key.clone(),
+                window_start: r.meta.ts,
+                window_end: r.meta.window_end,
+                partition: r.meta.partition,
+                output: r.payload.clone(),
+                version: r.meta.version.clone(),
+            })
+            .collect();
+        let snapshot = pipeline.model_snapshot()?.map(|(sha, bytes)| NewSnapshot {
+            stage: "model".into(),
+            plugin_sha256: sha,
+            parent_id: *parent_snapshot,
+            bytes,
+            from_offset: None,
+            to_offset: None,
+            metrics: "{}".into(),
+        });
+        let started = Instant::now();
+        let result = rt.block_on(store.commit(CommitBatch {
+            pipeline: name.to_string(),
+            partitions,
+            predictions,
+            window_results,
+            snapshot,
+        }));
+        report.commit_time += started.elapsed();
+        match result {
+            Ok(stats) => {
+                // Record where each stage's version took effect, per partition (the switches
+                // up to this checkpoint).
+                for sw in &pipeline.switches()[report.switches_recorded..] {
+                    rt.block_on(store.record_deployment(NewDeployment {
+                        pipeline: name.to_string(),
+                        stage: sw.stage.clone(),
+                        plugin_sha256: sw.plugin.clone(),
+                        version_label: sw.version.to_string(),
+                        actor: "weir run".into(),
+                        at_ms: crate::run::now_ms() as i64,
+                        partition: Some(sw.partition),
+                        offset: Some(sw.offset),
+                    }))
+                    .context("recording a deployment")?;
+                }
+                report.switches_recorded = pipeline.switches().len();
+                report.commits += 1;
+                report.rows += stats.rows_written;
+                if stats.snapshot_id.is_some() {
+                    *parent_snapshot = stats.snapshot_id;
+                }
+                pending.clear();
+                Ok(())
+            }
+            Err(e @ StoreError::Fenced { .. }) => {
+                bail!(
+                    "{e}: another worker owns the partition now; this worker stops and its uncommitted work is redone by the owner"
+                )
+            }
+            Err(e) => Err(e).context("committing a checkpoint"),
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weir_engine::{Deployment, Engine, Manifest, Slot};
 use weir_stream::pipeline::{Outputs, Pipeline, SourceRecord, StageSlots, Stats, Switch};
-use weir_stream::spec::{PipelineSpec, StageSpec};
+use weir_stream::spec::{PipelineSpec, SinkSpec, StageSpec};
 
 /// Finds a plugin's bytes: a built-in example plugin by name, or a path to a `.wasm`.
 pub fn resolve_plugin(name: &str) -> Result<Vec<u8>> {
@@ -84,6 +84,29 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Sends a batch's outputs to the sink's topics (results, windows, late events, dead
+/// letters) and serves delivery reports.
+pub fn produce_outputs(producer: &mut Producer, sink: &SinkSpec, out: &Outputs) -> Result<()> {
+    for r in &out.results {
+        producer.send(&sink.topic, &r.key, r.payload.as_bytes())?;
+    }
+    if let Some(t) = &sink.windows_topic {
+        for r in &out.windows {
+            producer.send(t, &r.key, r.payload.as_bytes())?;
+        }
+    }
+    if let Some(t) = &sink.late_topic {
+        for r in &out.late {
+            producer.send(t, &r.key, r.payload.as_bytes())?;
+        }
+    }
+    for r in &out.dead {
+        producer.send(&sink.dead_letter_topic, &r.key, r.payload.as_bytes())?;
+    }
+    producer.poll();
+    Ok(())
 }
 
 /// How a worker runs.
@@ -166,23 +189,7 @@ pub fn run_worker(
                 pipeline.flush(&mut out)?;
             }
         }
-        for r in &out.results {
-            producer.send(&sink.topic, &r.key, r.payload.as_bytes())?;
-        }
-        if let Some(t) = &sink.windows_topic {
-            for r in &out.windows {
-                producer.send(t, &r.key, r.payload.as_bytes())?;
-            }
-        }
-        if let Some(t) = &sink.late_topic {
-            for r in &out.late {
-                producer.send(t, &r.key, r.payload.as_bytes())?;
-            }
-        }
-        for r in &out.dead {
-            producer.send(&sink.dead_letter_topic, &r.key, r.payload.as_bytes())?;
-        }
-        producer.poll();
+        produce_outputs(&mut producer, sink, &out)?;
         // At-least-once without stalling the stream: every second, note the offsets
         // consumed so far and how many messages had been sent for them; commit those
         // offsets once that many deliveries are acknowledged.
