@@ -132,8 +132,12 @@ pub fn run(args: UpArgs) -> Result<()> {
         // topic that no longer exists.
         rt.block_on(store.reset_pipeline(spec.name.get_ref()))?;
     }
+    let inspect = match args.db.strip_prefix("sqlite://") {
+        Some(path) => format!("sqlite3 {path} 'select * from window_results limit 5'"),
+        None => "mariadb DATABASE -e 'select * from window_results limit 5'".to_string(),
+    };
     println!(
-        "results, state and positions in {} ({}); inspect with: sqlite3 weir.db 'select * from window_results limit 5'",
+        "results, state and positions in {} ({}); inspect with: {inspect}",
         crate::cmd_run::redact(&args.db),
         store.backend_name()
     );
