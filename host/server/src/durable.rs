@@ -223,23 +223,23 @@ pub fn run_durable(
         // the partition was assigned at) and records of partitions we do not own.
         kept.clear();
         for (i, r) in records.iter().enumerate() {
-            if parts
-                .get(&r.partition)
-                .is_some_and(|p| p.next_offset != r.offset)
-            {
+            let Some(part) = parts.get_mut(&r.partition) else {
+                ck.report.skipped += 1;
+                continue;
+            };
+            if r.offset != part.next_offset {
                 tracing::debug!(
-                    "partition {}: expected offset {:?}, got {}",
+                    "partition {}: expected offset {}, got {}",
                     r.partition,
-                    parts.get(&r.partition).map(|p| p.next_offset),
+                    part.next_offset,
                     r.offset
                 );
             }
-            match parts.get_mut(&r.partition) {
-                Some(part) if r.offset >= part.next_offset => {
-                    part.next_offset = r.offset + 1;
-                    kept.push(i);
-                }
-                _ => ck.report.skipped += 1,
+            if r.offset >= part.next_offset {
+                part.next_offset = r.offset + 1;
+                kept.push(i);
+            } else {
+                ck.report.skipped += 1;
             }
         }
         out.clear();
