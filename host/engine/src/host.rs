@@ -121,6 +121,16 @@ impl LogBuffer {
         self.lock().lines.iter().cloned().collect()
     }
 
+    /// Takes the retained lines out, oldest first (a host that forwards logs elsewhere
+    /// calls this after each call).
+    pub fn drain(&self) -> Vec<LogLine> {
+        let mut g = self.lock();
+        if g.lines.is_empty() {
+            return Vec::new();
+        }
+        g.lines.drain(..).collect()
+    }
+
     /// Lines refused because a call exceeded its cap.
     pub fn dropped(&self) -> u64 {
         self.lock().dropped

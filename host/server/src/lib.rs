@@ -2,6 +2,7 @@
 //! that runs a pipeline spec over Kafka. The `weir` binary (`src/main.rs`) adds the CLI, the
 //! main job and the benchmarks.
 
+pub mod api;
 pub mod durable;
 pub mod kafka;
 pub mod run;

@@ -63,6 +63,7 @@ pub fn build_slots(engine: &Engine, spec: &PipelineSpec) -> Result<StageSlots> {
             .and_then(|w| w.operator.as_ref())
             .map(|s| stage_slot(engine, s))
             .transpose()?,
+        variants: Default::default(),
     })
 }
 
@@ -104,6 +105,12 @@ pub fn produce_outputs(producer: &mut Producer, sink: &SinkSpec, out: &Outputs) 
     }
     for r in &out.dead {
         producer.send(&sink.dead_letter_topic, &r.key, r.payload.as_bytes())?;
+    }
+    if !out.shadow.is_empty() {
+        let topic = sink.shadow_topic();
+        for r in &out.shadow {
+            producer.send(&topic, &r.key, r.payload.as_bytes())?;
+        }
     }
     producer.poll();
     Ok(())

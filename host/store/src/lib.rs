@@ -16,8 +16,12 @@ pub mod entity;
 pub mod migration;
 mod mutation;
 mod query;
+mod tenancy;
 
 pub use migration::Migrator;
+pub use tenancy::{
+    ADMIN_TENANT, NewPlugin, PipelineRecord, PluginRecord, ResultFilter, TenantRecord,
+};
 /// sea-orm itself, so callers of [`Store::connection`] need no dependency of their own.
 pub use sea_orm;
 
@@ -53,6 +57,9 @@ pub enum StoreError {
     /// Any other database error.
     #[error("database error: {0}")]
     Db(#[from] DbErr),
+    /// A row with the same unique name already exists.
+    #[error("{0}")]
+    Conflict(String),
     /// The URL is neither `sqlite:` nor `mysql://`.
     #[error("unsupported database url {0:?}: expected sqlite:… or mysql://…")]
     BadUrl(String),

@@ -11,6 +11,7 @@
 
 use crate::SourcePos;
 use crate::aggregate::AggKind;
+use crate::metrics::{ModelVariants, PipelineMetrics, Role, in_canary};
 use crate::parse::RecordParser;
 use crate::spec::PipelineSpec;
 use crate::state::TrackedState;
@@ -19,7 +20,8 @@ use crate::window::{Fired, Lateness, Windower};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
-use weir_engine::{EventBatch, FeatureBatch, Runner, Slot, VersionId, WindowBatch};
+use std::time::Instant;
+use weir_engine::{EventBatch, FeatureBatch, Instance, Runner, Slot, VersionId, WindowBatch};
 
 /// A record read from the source.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +103,8 @@ pub struct Outputs {
     pub late: Vec<SinkRecord>,
     /// Records that could not be processed, with the reason.
     pub dead: Vec<SinkRecord>,
+    /// Scores of the model's shadow, if one runs: never part of the real output.
+    pub shadow: Vec<SinkRecord>,
 }
 
 impl Outputs {
@@ -110,10 +114,15 @@ impl Outputs {
         self.windows.clear();
         self.late.clear();
         self.dead.clear();
+        self.shadow.clear();
     }
     /// Total records.
     pub fn len(&self) -> usize {
-        self.results.len() + self.windows.len() + self.late.len() + self.dead.len()
+        self.results.len()
+            + self.windows.len()
+            + self.late.len()
+            + self.dead.len()
+            + self.shadow.len()
     }
     /// True when nothing was produced.
     pub fn is_empty(&self) -> bool {
@@ -166,6 +175,8 @@ pub struct StageSlots {
     pub operators: Vec<Arc<Slot>>,
     /// The window's `on-window` operator.
     pub window_operator: Option<Arc<Slot>>,
+    /// The model stage's canary and shadow, set by the control plane.
+    pub variants: Arc<ModelVariants>,
 }
 
 /// Why building or running a pipeline failed (not a per-record problem: those become dead
@@ -207,7 +218,15 @@ pub struct Pipeline {
     raw: Vec<(usize, usize)>,
     /// Prequential training of the model stage.
     train: bool,
+    /// The source has a label field: labels are collected and scored against.
+    has_labels: bool,
     labels: Vec<f64>,
+    /// Per-stage figures, shared with the control plane.
+    metrics: Arc<PipelineMetrics>,
+    /// The model's canary and shadow, as the control plane set them.
+    variants: Arc<ModelVariants>,
+    canary: Option<Runner>,
+    shadow: Option<Runner>,
     trained_since_snapshot: bool,
     /// Set by [`Pipeline::enable_checkpoints`].
     checkpoints: Option<Checkpoints>,
@@ -263,6 +282,7 @@ impl Pipeline {
             }
             None => None,
         };
+        let variants = slots.variants.clone();
         Ok(Pipeline {
             parser: RecordParser {
                 key_field: spec.source.key_field.clone(),
@@ -291,7 +311,12 @@ impl Pipeline {
             positions: Vec::new(),
             raw: Vec::new(),
             train: spec.model.as_ref().is_some_and(|m| m.train),
+            has_labels: spec.source.label_field.is_some(),
             labels: Vec::new(),
+            metrics: Arc::default(),
+            variants,
+            canary: None,
+            shadow: None,
             trained_since_snapshot: false,
             checkpoints: None,
         })
@@ -436,6 +461,11 @@ impl Pipeline {
         &self.stats
     }
 
+    /// Per-stage figures (latency, fuel, errors, and for the model, accuracy), shared.
+    pub fn metrics(&self) -> Arc<PipelineMetrics> {
+        self.metrics.clone()
+    }
+
     /// Every version switch seen, in order.
     pub fn switches(&self) -> &[Switch] {
         &self.switches
@@ -485,7 +515,7 @@ impl Pipeline {
         for (i, r) in records.iter().enumerate() {
             match self.parser.parse(r.payload, &mut self.batch.inputs) {
                 Ok(p) => {
-                    if self.train {
+                    if self.has_labels {
                         self.labels.push(p.label.unwrap_or(f64::NAN));
                     }
                     let b = &mut self.batch;
@@ -681,7 +711,9 @@ impl Pipeline {
     /// Runs extractor → model → operators over a batch. With training on, `labels` holds
     /// each row's label (NaN when unlabelled): runs of labelled rows go through the model's
     /// prequential `train` (each row scored by the model as it was, then learnt), the rest
-    /// through `predict`, in row order.
+    /// through `predict`, in row order. A canary scores its share of keys instead of the
+    /// serving model; a shadow scores every row beside it, and its failures only count in
+    /// its metrics.
     fn score_batch(
         &mut self,
         batch: &EventBatch,
@@ -690,60 +722,92 @@ impl Pipeline {
         let mut scored = Scored::default();
         let features = match self.extractor.as_mut() {
             Some(r) => {
-                let (v, f) = r.call(|i| i.extract(batch))?;
-                scored.extractor = Some((v, r.instance()?.deployment().plugin.id().0.clone()));
+                let (v, plugin, f) = timed(&self.metrics, "extractor", Role::Serving, r, batch.len(), |i| {
+                    i.extract(batch)
+                })?;
+                scored.extractor = Some((v, plugin));
                 f
             }
             None => FeatureBatch::new(batch.len, batch.input_dims, batch.inputs.clone()),
         };
-        if let Some(r) = self.model.as_mut() {
+        if let Some(main) = self.model.as_mut() {
             let n = features.rows as usize;
-            let (v, s) = if self.train && labels.len() == n && n > 0 {
-                let d = features.dims as usize;
-                let mut scores = Vec::with_capacity(n);
-                let mut version = None;
-                let mut i = 0;
-                while i < n {
-                    let labelled = !labels[i].is_nan();
-                    let mut j = i + 1;
-                    while j < n && labels[j].is_nan() != labelled {
-                        j += 1;
-                    }
-                    let part;
-                    let rows = if i == 0 && j == n {
-                        &features
-                    } else {
-                        part = FeatureBatch::new(
-                            (j - i) as u32,
-                            features.dims,
-                            features.values[i * d..j * d].to_vec(),
-                        );
-                        &part
-                    };
-                    let (v, s) = if labelled {
-                        self.trained_since_snapshot = true;
-                        r.call(|inst| inst.train(rows, &labels[i..j]))?
-                    } else {
-                        r.call(|inst| inst.predict(rows))?
-                    };
-                    scores.extend(s);
-                    version = Some(v);
-                    i = j;
+            let labels = if labels.len() == n { labels } else { &[] };
+            let train = self.train && !labels.is_empty();
+            let variants = self.variants.get();
+            sync_runner(&mut self.canary, variants.canary.as_ref().map(|c| &c.slot));
+            sync_runner(&mut self.shadow, variants.shadow.as_ref());
+            let mask: Option<Vec<bool>> = match (&variants.canary, self.canary.is_some()) {
+                (Some(c), true) => {
+                    let m: Vec<bool> = (0..n)
+                        .map(|i| in_canary(batch.key(i).unwrap_or_default(), c.percent))
+                        .collect();
+                    m.iter().any(|x| *x).then_some(m)
                 }
-                match version {
-                    Some(v) => (v, scores),
-                    None => r.call(|inst| inst.predict(&features))?,
-                }
-            } else {
-                r.call(|i| i.predict(&features))?
+                _ => None,
             };
-            scored.model = Some((v, r.instance()?.deployment().plugin.id().0.clone()));
-            scored.scores = Some(s);
+            match (mask, self.canary.as_mut()) {
+                (Some(mask), Some(canary)) => {
+                    let (on, off): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| mask[*i]);
+                    let mut scores = vec![f64::NAN; n];
+                    let sub_labels = |idx: &[usize]| -> Vec<f64> {
+                        if labels.is_empty() {
+                            Vec::new()
+                        } else {
+                            idx.iter().map(|i| labels[*i]).collect()
+                        }
+                    };
+                    if !off.is_empty() {
+                        let f = select_rows(&features, &off);
+                        let (v, plugin, s) =
+                            run_model(&self.metrics, Role::Serving, main, &f, &sub_labels(&off), train)?;
+                        for (k, i) in off.iter().enumerate() {
+                            scores[*i] = s[k];
+                        }
+                        scored.model = Some((v, plugin));
+                    }
+                    let f = select_rows(&features, &on);
+                    let (v, plugin, s) =
+                        run_model(&self.metrics, Role::Canary, canary, &f, &sub_labels(&on), train)?;
+                    for (k, i) in on.iter().enumerate() {
+                        scores[*i] = s[k];
+                    }
+                    scored.canary = Some((v, plugin));
+                    if scored.model.is_none() {
+                        let inst = main.instance()?;
+                        let d = inst.deployment();
+                        scored.model = Some((d.version.clone(), d.plugin.id().0.clone()));
+                    }
+                    scored.canary_rows = mask;
+                    scored.scores = Some(scores);
+                }
+                _ => {
+                    let (v, plugin, s) =
+                        run_model(&self.metrics, Role::Serving, main, &features, labels, train)?;
+                    scored.model = Some((v, plugin));
+                    scored.scores = Some(s);
+                }
+            }
+            if train {
+                self.trained_since_snapshot = true;
+            }
+            if let Some(shadow) = self.shadow.as_mut() {
+                // A failing shadow must not touch the real output: its error is counted in
+                // its own metrics and the batch goes on.
+                if let Ok((v, plugin, s)) =
+                    run_model(&self.metrics, Role::Shadow, shadow, &features, labels, train)
+                {
+                    scored.shadow = Some((v, plugin, s));
+                }
+            }
         } else {
             scored.features = Some(features);
         }
-        for r in self.operators.iter_mut() {
-            let (v, o) = r.call(|i| i.process(batch))?;
+        for (k, r) in self.operators.iter_mut().enumerate() {
+            let stage = format!("operator-{k}");
+            let (v, _, o) = timed(&self.metrics, &stage, Role::Serving, r, batch.len(), |i| {
+                i.process(batch)
+            })?;
             scored.operator_outputs.push((v, o));
         }
         Ok(scored)
@@ -762,7 +826,12 @@ impl Pipeline {
         if let Some((v, plugin)) = &s.model {
             self.note_version("model", v, plugin, first_index, batch.len());
         }
+        if let Some((v, plugin)) = &s.canary {
+            self.note_version("model-canary", v, plugin, first_index, batch.len());
+        }
         for i in 0..batch.len() {
+            let on_canary = s.canary_rows.get(i).copied().unwrap_or(false);
+            let model = if on_canary { &s.canary } else { &s.model };
             let key = batch.key(i).unwrap_or_default();
             let pos = self.positions[first_index + i];
             let mut p = String::with_capacity(160);
@@ -785,11 +854,14 @@ impl Pipeline {
                 }
                 p.push(']');
             }
-            if let Some((v, plugin)) = &s.model {
+            if let Some((v, plugin)) = model {
                 let _ = write!(
                     p,
                     ",\"model_version\":\"{v}\",\"model_plugin\":\"{plugin}\""
                 );
+                if on_canary {
+                    p.push_str(",\"model_role\":\"canary\"");
+                }
             }
             if let Some((v, plugin)) = &s.extractor {
                 let _ = write!(
@@ -807,8 +879,7 @@ impl Pipeline {
                     ts: batch.timestamps[i],
                     window_end: 0,
                     score: s.scores.as_ref().and_then(|x| x.get(i).copied()),
-                    version: s
-                        .model
+                    version: model
                         .as_ref()
                         .map(|(v, _)| v.to_string())
                         .unwrap_or_default(),
@@ -821,6 +892,36 @@ impl Pipeline {
             });
         }
         self.stats.results_out += batch.len() as u64;
+        if let (Some((v, plugin, shadow)), Some(serving)) = (&s.shadow, &s.scores) {
+            for i in 0..batch.len() {
+                let key = batch.key(i).unwrap_or_default();
+                let pos = self.positions[first_index + i];
+                let mut p = String::with_capacity(200);
+                p.push_str("{\"key\":");
+                push_json_str(&mut p, key);
+                let _ = write!(
+                    p,
+                    ",\"ts\":{},\"partition\":{},\"offset\":{},\"score\":{},\"serving_score\":{},\"model_version\":\"{v}\",\"model_plugin\":\"{plugin}\",\"model_role\":\"shadow\"}}",
+                    batch.timestamps[i],
+                    pos.partition,
+                    pos.offset,
+                    fmt_f64(shadow[i]),
+                    fmt_f64(serving[i]),
+                );
+                out.shadow.push(SinkRecord {
+                    key: key.to_string(),
+                    payload: p,
+                    meta: RecordMeta {
+                        partition: pos.partition,
+                        offset: pos.offset,
+                        ts: batch.timestamps[i],
+                        score: Some(shadow[i]),
+                        version: v.to_string(),
+                        ..RecordMeta::default()
+                    },
+                });
+            }
+        }
         for (v, o) in &s.operator_outputs {
             for i in 0..o.len() {
                 let mut p = String::with_capacity(96);
@@ -914,7 +1015,10 @@ impl Pipeline {
                     for f in chunk {
                         wb.push(&f.key, f.span.start, f.span.end, &f.new_rows, f.closing);
                     }
-                    let (v, o) = op.call(|i| i.on_window(&wb))?;
+                    let (v, _, o) =
+                        timed(&self.metrics, "window", Role::Serving, op, chunk.len(), |i| {
+                            i.on_window(&wb)
+                        })?;
                     let ends: HashMap<(&str, i64), i64> = chunk
                         .iter()
                         .map(|f| ((f.key.as_str(), f.span.start), f.span.end))
@@ -965,6 +1069,126 @@ impl Pipeline {
     }
 }
 
+/// Calls into a runner's instance, recording latency, fuel and failures under (stage,
+/// role, version). Returns the version and plugin sha256 with the result.
+fn timed<R>(
+    metrics: &PipelineMetrics,
+    stage: &str,
+    role: Role,
+    runner: &mut Runner,
+    rows: usize,
+    f: impl FnOnce(&mut Instance) -> weir_engine::Result<R>,
+) -> weir_engine::Result<(VersionId, String, R)> {
+    let inst = runner.instance()?;
+    let version = inst.deployment().version.clone();
+    let plugin = inst.deployment().plugin.id().0.clone();
+    let started = Instant::now();
+    let result = f(inst);
+    let elapsed = started.elapsed();
+    let fuel = inst.last_fuel_used();
+    let logs = inst.logs().drain();
+    if !logs.is_empty() {
+        metrics.push_logs(
+            crate::metrics::StageKey {
+                stage: stage.to_owned(),
+                role,
+                version: version.0.clone(),
+            },
+            logs,
+        );
+    }
+    metrics.with(stage, role, &version.0, &plugin, |s| {
+        s.calls += 1;
+        s.rows += rows as u64;
+        s.fuel += fuel;
+        s.latency.observe(elapsed);
+        if result.is_err() {
+            s.errors += 1;
+        }
+    });
+    result.map(|r| (version, plugin, r))
+}
+
+/// Scores `features` with a model runner: runs of labelled rows through the prequential
+/// `train` when `train` is set, the rest through `predict`, in row order. Scores labelled
+/// rows against their labels in the metrics.
+fn run_model(
+    metrics: &PipelineMetrics,
+    role: Role,
+    r: &mut Runner,
+    features: &FeatureBatch,
+    labels: &[f64],
+    train: bool,
+) -> weir_engine::Result<(VersionId, String, Vec<f64>)> {
+    let n = features.rows as usize;
+    let (v, plugin, scores) = if train && labels.len() == n && n > 0 {
+        let d = features.dims as usize;
+        let mut scores = Vec::with_capacity(n);
+        let mut version = None;
+        let mut i = 0;
+        while i < n {
+            let labelled = !labels[i].is_nan();
+            let mut j = i + 1;
+            while j < n && labels[j].is_nan() != labelled {
+                j += 1;
+            }
+            let part;
+            let rows = if i == 0 && j == n {
+                features
+            } else {
+                part = FeatureBatch::new(
+                    (j - i) as u32,
+                    features.dims,
+                    features.values[i * d..j * d].to_vec(),
+                );
+                &part
+            };
+            let (v, plugin, s) = if labelled {
+                timed(metrics, "model", role, r, j - i, |inst| {
+                    inst.train(rows, &labels[i..j])
+                })?
+            } else {
+                timed(metrics, "model", role, r, j - i, |inst| inst.predict(rows))?
+            };
+            scores.extend(s);
+            version = Some((v, plugin));
+            i = j;
+        }
+        match version {
+            Some((v, plugin)) => (v, plugin, scores),
+            None => timed(metrics, "model", role, r, n, |inst| inst.predict(features))?,
+        }
+    } else {
+        timed(metrics, "model", role, r, n, |inst| inst.predict(features))?
+    };
+    if !labels.is_empty() {
+        metrics.with("model", role, &v.0, &plugin, |s| {
+            s.score_labels(&scores, labels)
+        });
+    }
+    Ok((v, plugin, scores))
+}
+
+/// The rows `idx` of a feature batch.
+fn select_rows(f: &FeatureBatch, idx: &[usize]) -> FeatureBatch {
+    let d = f.dims as usize;
+    let mut values = Vec::with_capacity(idx.len() * d);
+    for i in idx {
+        values.extend_from_slice(&f.values[i * d..(i + 1) * d]);
+    }
+    FeatureBatch::new(idx.len() as u32, f.dims, values)
+}
+
+/// Keeps a variant's runner on the variant's slot: a new runner when the slot changed,
+/// none when the variant ended.
+fn sync_runner(runner: &mut Option<Runner>, slot: Option<&Arc<Slot>>) {
+    match (runner.as_ref(), slot) {
+        (Some(r), Some(s)) if Arc::ptr_eq(r.slot(), s) => {}
+        (_, Some(s)) => *runner = Some(Runner::new(s.clone())),
+        (_, None) => *runner = None,
+    }
+}
+
 /// Most windows handed to one `on-window` call.
 const WINDOW_CALL_MAX: usize = 2048;
 
@@ -972,6 +1196,11 @@ const WINDOW_CALL_MAX: usize = 2048;
 struct Scored {
     extractor: Option<(VersionId, String)>,
     model: Option<(VersionId, String)>,
+    /// The canary's version, and which rows it scored.
+    canary: Option<(VersionId, String)>,
+    canary_rows: Vec<bool>,
+    /// The shadow's version and scores.
+    shadow: Option<(VersionId, String, Vec<f64>)>,
     scores: Option<Vec<f64>>,
     features: Option<FeatureBatch>,
     operator_outputs: Vec<(VersionId, EventBatch)>,

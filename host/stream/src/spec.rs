@@ -204,6 +204,17 @@ pub struct SinkSpec {
     pub late_topic: Option<String>,
     /// Records that could not be processed, with the reason.
     pub dead_letter_topic: String,
+    /// Scores of a shadow model (default: `<topic>.shadow`).
+    pub shadow_topic: Option<String>,
+}
+
+impl SinkSpec {
+    /// Where a shadow model's scores go.
+    pub fn shadow_topic(&self) -> String {
+        self.shadow_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.shadow", self.topic))
+    }
 }
 
 /// A spec error, with the line and column it points at.

@@ -1,0 +1,437 @@
+//! The pipelines the server runs: one durable worker thread per started pipeline, with the
+//! stage slots, model variants and figures the API acts on.
+//!
+//! Tenancy reaches Kafka and the database through names: a tenant's pipeline `p` is stored
+//! as `t<tenant id>.p` (its checkpoints, results, state and deployments), and every topic
+//! its spec names is prefixed with `<tenant name>.`, so one tenant's spec cannot read or
+//! write another tenant's topics.
+
+use super::error::ApiError;
+use crate::durable::{DurableOptions, run_durable};
+use crate::run::Progress;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::runtime::Handle;
+use weir_engine::{Deployment, Engine, Manifest, Plugin, PluginKind, Slot};
+use weir_store::{NewDeployment, PipelineRecord, PluginRecord, Store};
+use weir_stream::metrics::{ModelVariants, PipelineMetrics};
+use weir_stream::pipeline::{Pipeline, StageSlots};
+use weir_stream::spec::{PipelineSpec, StageSpec};
+
+/// Actions recorded in `deployments.actor` that change what a stage serves.
+const SERVING_ACTIONS: [&str; 4] = ["api/deploy", "api/swap", "api/rollback", "api/promote"];
+
+/// The name a tenant's pipeline has in the database.
+pub fn internal_name(tenant: i64, name: &str) -> String {
+    format!("t{tenant}.{name}")
+}
+
+/// Checks a pipeline or plugin name: 1–64 of `[A-Za-z0-9_-]`, starting with a letter or
+/// digit.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+/// A stage of a spec: its name, spec and the kind of plugin it takes.
+pub fn stages(spec: &PipelineSpec) -> Vec<(String, &StageSpec, PluginKind)> {
+    let mut out = Vec::new();
+    if let Some(s) = &spec.extractor {
+        out.push(("extractor".to_owned(), s, PluginKind::Extractor));
+    }
+    if let Some(s) = &spec.model {
+        out.push(("model".to_owned(), s, PluginKind::Model));
+    }
+    for (i, s) in spec.operators.iter().enumerate() {
+        out.push((format!("operator-{i}"), s, PluginKind::Operator));
+    }
+    if let Some(s) = spec.window.as_ref().and_then(|w| w.operator.as_ref()) {
+        out.push(("window".to_owned(), s, PluginKind::Operator));
+    }
+    out
+}
+
+/// Parses a spec as a tenant wrote it (422 with line and column when it is invalid).
+pub fn parse_spec(text: &str) -> Result<PipelineSpec, ApiError> {
+    PipelineSpec::parse(text).map_err(|e| ApiError::unprocessable("invalid_spec", e.to_string()))
+}
+
+/// The spec as the worker runs it: the internal name, and every topic in the tenant's
+/// namespace.
+pub fn tenant_spec(text: &str, tenant: i64, tenant_name: &str) -> Result<PipelineSpec, ApiError> {
+    let mut spec = parse_spec(text)?;
+    let ns = |t: &str| format!("{tenant_name}.{t}");
+    let name = internal_name(tenant, spec.name.get_ref());
+    spec.name = toml::Spanned::new(spec.name.span(), name);
+    spec.source.topic = toml::Spanned::new(spec.source.topic.span(), ns(spec.source.topic.get_ref()));
+    let sink = &mut spec.sink;
+    sink.shadow_topic = Some(ns(&sink.shadow_topic()));
+    sink.topic = ns(&sink.topic);
+    sink.dead_letter_topic = ns(&sink.dead_letter_topic);
+    sink.windows_topic = sink.windows_topic.as_deref().map(ns);
+    sink.late_topic = sink.late_topic.as_deref().map(ns);
+    Ok(spec)
+}
+
+/// A canary or shadow as the API shows it.
+#[derive(Debug, Clone)]
+pub struct VariantInfo {
+    /// The plugin it runs.
+    pub plugin: PluginRecord,
+    /// Its version id.
+    pub version: String,
+    /// Canary only: the share of keys.
+    pub percent: Option<f64>,
+}
+
+/// A started pipeline.
+pub struct Running {
+    /// Tenant id.
+    pub tenant: i64,
+    /// Pipeline id.
+    pub pipeline_id: i64,
+    /// The database name (`t<tenant>.<name>`).
+    pub internal: String,
+    /// The spec as the worker runs it.
+    pub spec: PipelineSpec,
+    /// Stage slots.
+    pub slots: StageSlots,
+    /// Per-stage figures.
+    pub metrics: Arc<PipelineMetrics>,
+    /// Worker progress.
+    pub progress: Arc<Mutex<Progress>>,
+    stop: Arc<AtomicBool>,
+    /// Set when the worker ended (stopped or failed).
+    pub finished: Arc<AtomicBool>,
+    /// The worker's error, if it failed.
+    pub error: Arc<Mutex<Option<String>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Every plugin that served here, by version id (for names in listings).
+    pub versions: Mutex<HashMap<String, PluginRecord>>,
+    /// The model's canary.
+    pub canary: Mutex<Option<VariantInfo>>,
+    /// The model's shadow.
+    pub shadow: Mutex<Option<VariantInfo>>,
+}
+
+impl Running {
+    /// The slot of a stage (`extractor`, `model`, `operator-N`, `window`).
+    pub fn slot(&self, stage: &str) -> Option<&Arc<Slot>> {
+        match stage {
+            "extractor" => self.slots.extractor.as_ref(),
+            "model" => self.slots.model.as_ref(),
+            "window" => self.slots.window_operator.as_ref(),
+            s => s
+                .strip_prefix("operator-")
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| self.slots.operators.get(i)),
+        }
+    }
+
+    /// The model's variants.
+    pub fn variants(&self) -> &Arc<ModelVariants> {
+        &self.slots.variants
+    }
+
+    /// The plugin record of a version that served here.
+    pub fn plugin_of(&self, version: &str) -> Option<PluginRecord> {
+        lock(&self.versions).get(version).cloned()
+    }
+
+    /// True while the worker runs.
+    pub fn is_alive(&self) -> bool {
+        !self.finished.load(Ordering::Relaxed)
+    }
+
+    /// Every plugin sha256 this pipeline serves now (stages, canary, shadow).
+    pub fn serving_plugins(&self) -> Vec<String> {
+        let mut out: Vec<String> = [
+            self.slots.extractor.as_ref(),
+            self.slots.model.as_ref(),
+            self.slots.window_operator.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(self.slots.operators.iter())
+        .map(|s| s.current().plugin.id().0.clone())
+        .collect();
+        let v = self.slots.variants.get();
+        if let Some(c) = v.canary {
+            out.push(c.slot.current().plugin.id().0.clone());
+        }
+        if let Some(s) = v.shadow {
+            out.push(s.current().plugin.id().0.clone());
+        }
+        out
+    }
+}
+
+/// Locks a mutex, ignoring poisoning (the data is plain bookkeeping).
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs and tracks the started pipelines.
+pub struct Manager {
+    store: Arc<Store>,
+    engine: Engine,
+    kafka: String,
+    compile_timeout: Duration,
+    running: Mutex<HashMap<i64, Arc<Running>>>,
+}
+
+impl Manager {
+    /// A manager running pipelines over the broker at `kafka`.
+    pub fn new(store: Arc<Store>, engine: Engine, kafka: String, compile_timeout: Duration) -> Self {
+        Manager {
+            store,
+            engine,
+            kafka,
+            compile_timeout,
+            running: Mutex::default(),
+        }
+    }
+
+    /// The Kafka bootstrap servers.
+    pub fn kafka(&self) -> &str {
+        &self.kafka
+    }
+
+    /// The running pipeline with this id, if any (callers check the tenant first).
+    pub fn get(&self, pipeline_id: i64) -> Option<Arc<Running>> {
+        lock(&self.running).get(&pipeline_id).cloned()
+    }
+
+    /// Every started pipeline.
+    pub fn all(&self) -> Vec<Arc<Running>> {
+        lock(&self.running).values().cloned().collect()
+    }
+
+    /// Compiles a plugin off the async executor, with the compile timeout.
+    pub async fn load(&self, bytes: Vec<u8>, manifest: Manifest) -> Result<Arc<Plugin>, ApiError> {
+        let engine = self.engine.clone();
+        let job = tokio::task::spawn_blocking(move || engine.load(&bytes, manifest));
+        match tokio::time::timeout(self.compile_timeout, job).await {
+            Err(_) => Err(ApiError::unavailable(format!(
+                "compilation took longer than {} s",
+                self.compile_timeout.as_secs()
+            ))),
+            Ok(Err(e)) => Err(ApiError::internal(e)),
+            Ok(Ok(Err(e))) => Err(ApiError::unprocessable("invalid_plugin", e.to_string())),
+            Ok(Ok(Ok(p))) => Ok(p),
+        }
+    }
+
+    /// Resolves a tenant's plugin reference and checks it fits a stage of `kind`.
+    pub async fn resolve(
+        &self,
+        tenant: i64,
+        reference: &str,
+        kind: PluginKind,
+        stage: &str,
+    ) -> Result<PluginRecord, ApiError> {
+        let p = self
+            .store
+            .plugin_by_ref(tenant, reference)
+            .await?
+            .ok_or_else(|| {
+                ApiError::unprocessable(
+                    "unknown_plugin",
+                    format!("stage `{stage}`: no plugin `{reference}` (upload it first)"),
+                )
+            })?;
+        if p.world != kind.as_str() {
+            return Err(ApiError::unprocessable(
+                "wrong_kind",
+                format!(
+                    "stage `{stage}` takes a {} plugin; {}@{} is a {}",
+                    kind.as_str(),
+                    p.name,
+                    p.version,
+                    p.world
+                ),
+            ));
+        }
+        Ok(p)
+    }
+
+    /// A deployment of a stored plugin with a stage's config and limits.
+    pub async fn deployment(
+        &self,
+        tenant: i64,
+        record: &PluginRecord,
+        stage: &StageSpec,
+    ) -> Result<Arc<Deployment>, ApiError> {
+        let bytes = self
+            .store
+            .plugin_bytes(tenant, record.id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("plugin {}", record.id)))?;
+        let manifest: Manifest = serde_json::from_str(&stage.manifest_json())
+            .map_err(|e| ApiError::unprocessable("invalid_spec", format!("limits/grants: {e}")))?;
+        let plugin = self.load(bytes, manifest).await?;
+        Ok(Deployment::new(plugin, stage.config_json()))
+    }
+
+    /// What each stage of a stored pipeline serves: the last serving change made through
+    /// the API, or the spec's plugin.
+    pub async fn effective_plugins(
+        &self,
+        tenant: i64,
+        record: &PipelineRecord,
+        spec: &PipelineSpec,
+    ) -> Result<Vec<(String, PluginRecord)>, ApiError> {
+        let history = self
+            .store
+            .deployments(&internal_name(tenant, &record.name))
+            .await?;
+        let mut out = Vec::new();
+        for (stage, s, kind) in stages(spec) {
+            let last = history.iter().rev().find(|d| {
+                d.stage == stage && d.partition.is_none() && SERVING_ACTIONS.contains(&d.actor.as_str())
+            });
+            let reference = match last {
+                Some(d) => format!("sha256:{}", d.plugin_sha256),
+                None => s.plugin.get_ref().clone(),
+            };
+            out.push((stage.clone(), self.resolve(tenant, &reference, kind, &stage).await?));
+        }
+        Ok(out)
+    }
+
+    /// Starts a stored pipeline's worker.
+    pub async fn start(
+        &self,
+        tenant: i64,
+        tenant_name: &str,
+        record: &PipelineRecord,
+    ) -> Result<Arc<Running>, ApiError> {
+        if let Some(r) = self.get(record.id) {
+            if r.is_alive() {
+                return Err(ApiError::conflict("the pipeline is already running"));
+            }
+            self.reap(record.id).await;
+        }
+        let spec = tenant_spec(&record.spec, tenant, tenant_name)?;
+        let plugins = self.effective_plugins(tenant, record, &spec).await?;
+        let mut versions = HashMap::new();
+        let mut slots = StageSlots::default();
+        for ((stage, s, _), (_, p)) in stages(&spec).into_iter().zip(plugins) {
+            let d = self.deployment(tenant, &p, s).await?;
+            versions.insert(d.version.0.clone(), p);
+            let slot = Slot::new(d);
+            match stage.as_str() {
+                "extractor" => slots.extractor = Some(slot),
+                "model" => slots.model = Some(slot),
+                "window" => slots.window_operator = Some(slot),
+                _ => slots.operators.push(slot),
+            }
+        }
+        let pipeline = Pipeline::new(&spec, slots.clone())
+            .map_err(|e| ApiError::unprocessable("invalid_spec", e.to_string()))?;
+        let running = Arc::new(Running {
+            tenant,
+            pipeline_id: record.id,
+            internal: internal_name(tenant, &record.name),
+            spec: spec.clone(),
+            slots,
+            metrics: pipeline.metrics(),
+            progress: Arc::default(),
+            stop: Arc::default(),
+            finished: Arc::default(),
+            error: Arc::default(),
+            thread: Mutex::new(None),
+            versions: Mutex::new(versions),
+            canary: Mutex::new(None),
+            shadow: Mutex::new(None),
+        });
+        let opts = DurableOptions {
+            stop: running.stop.clone(),
+            progress: running.progress.clone(),
+            store_predictions: true,
+            group: Some(format!("weir-{}", running.internal)),
+            ..DurableOptions::default()
+        };
+        let (store, kafka, rt) = (self.store.clone(), self.kafka.clone(), Handle::current());
+        let (finished, error, id) = (running.finished.clone(), running.error.clone(), record.id);
+        let thread = std::thread::Builder::new()
+            .name(format!("pipeline-{}", record.id))
+            .spawn(move || {
+                let result = run_durable(&spec, pipeline, &kafka, store.clone(), rt.clone(), opts);
+                if let Err(e) = result {
+                    tracing::error!("pipeline {id} failed: {e:#}");
+                    *lock(&error) = Some(format!("{e:#}"));
+                    let _ = rt.block_on(store.set_pipeline_status(tenant, id, "failed"));
+                }
+                finished.store(true, Ordering::Relaxed);
+            })
+            .map_err(ApiError::internal)?;
+        *lock(&running.thread) = Some(thread);
+        self.store
+            .set_pipeline_status(tenant, record.id, "running")
+            .await?;
+        lock(&self.running).insert(record.id, running.clone());
+        Ok(running)
+    }
+
+    /// Stops a pipeline's worker (it commits first) and waits for it.
+    pub async fn stop(&self, tenant: i64, pipeline_id: i64) -> Result<bool, ApiError> {
+        let was = self.reap(pipeline_id).await;
+        self.store
+            .set_pipeline_status(tenant, pipeline_id, "stopped")
+            .await?;
+        Ok(was)
+    }
+
+    /// Stops and forgets a worker; true if there was one.
+    async fn reap(&self, pipeline_id: i64) -> bool {
+        let Some(r) = lock(&self.running).remove(&pipeline_id) else {
+            return false;
+        };
+        r.stop.store(true, Ordering::Relaxed);
+        let thread = lock(&r.thread).take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        true
+    }
+
+    /// Stops every worker (server shutdown); their status stays `running` so they resume
+    /// on the next start.
+    pub async fn shutdown(&self) {
+        let ids: Vec<i64> = lock(&self.running).keys().copied().collect();
+        for id in ids {
+            self.reap(id).await;
+        }
+    }
+
+    /// Records a serving change (or a canary/shadow start) made through the API.
+    pub async fn record(
+        &self,
+        running_or_internal: &str,
+        stage: &str,
+        plugin: &PluginRecord,
+        version: &str,
+        action: &str,
+    ) -> Result<i64, ApiError> {
+        Ok(self
+            .store
+            .record_deployment(NewDeployment {
+                pipeline: running_or_internal.to_owned(),
+                stage: stage.to_owned(),
+                plugin_sha256: plugin.sha256.clone(),
+                version_label: version.to_owned(),
+                actor: action.to_owned(),
+                at_ms: crate::run::now_ms() as i64,
+                partition: None,
+                offset: None,
+            })
+            .await?)
+    }
+}

@@ -1,0 +1,360 @@
+//! weir's HTTP API (warp): tenants and keys, plugins, pipelines, deployments (swap,
+//! rollback, canary, shadow, promote), results, and operations.
+//!
+//! Every route but `/healthz`, `/readyz` and `/openapi.json` needs `Authorization: Bearer
+//! <key>`. A tenant's key reaches only that tenant's objects: another tenant's id answers
+//! 404 exactly like a missing one. The admin key manages tenants and keys and owns nothing.
+//! Every error is `{"code", "message"}` JSON, produced by [`error::recover`]; the document
+//! at `/openapi.json` is generated from the handlers' annotations ([`openapi::ApiDoc`]).
+
+pub mod auth;
+pub mod error;
+mod handlers;
+pub mod manager;
+pub mod openapi;
+mod pipelines;
+
+use auth::{CursorSigner, RateLimiter};
+use error::ApiError;
+use manager::Manager;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use warp::Filter;
+use warp::reply::Response;
+use weir_engine::Engine;
+use weir_store::{ADMIN_TENANT, Store};
+
+/// Settings of the API server.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest plugin upload, bytes.
+    pub max_plugin_bytes: u64,
+    /// Longest a plugin may take to compile.
+    pub compile_timeout: Duration,
+    /// Compilations one tenant may run at once; more are 429.
+    pub compiles_per_tenant: usize,
+    /// Uploads and swaps per tenant per minute (each a token bucket; 0 turns limits off).
+    pub rate_per_minute: f64,
+    /// Burst of uploads or swaps a tenant may make at once.
+    pub rate_burst: f64,
+    /// Largest JSON request body, bytes.
+    pub max_json_bytes: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_plugin_bytes: 16 << 20,
+            compile_timeout: Duration::from_secs(60),
+            compiles_per_tenant: 2,
+            rate_per_minute: 60.0,
+            rate_burst: 20.0,
+            max_json_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Everything a handler needs.
+pub struct AppState {
+    /// The database.
+    pub store: Arc<Store>,
+    /// Running pipelines.
+    pub manager: Manager,
+    /// Settings.
+    pub config: ApiConfig,
+    /// Upload and swap limits.
+    pub limiter: RateLimiter,
+    /// Signs result cursors.
+    pub cursors: CursorSigner,
+    compiles: Mutex<HashMap<i64, Arc<Semaphore>>>,
+    ready: AtomicBool,
+}
+
+impl AppState {
+    /// Builds the state. Makes sure an admin key exists: `admin_key` (for example from
+    /// `WEIR_ADMIN_KEY`) is stored if given; otherwise, on the first start only, a new one
+    /// is generated and returned so the caller can print it once.
+    pub async fn new(
+        store: Arc<Store>,
+        engine: Engine,
+        kafka: String,
+        config: ApiConfig,
+        admin_key: Option<String>,
+    ) -> Result<(Arc<AppState>, Option<String>), ApiError> {
+        let mut printed = None;
+        if let Some(k) = admin_key {
+            let h = auth::hash_key(&k);
+            if store.key_by_hash(&h).await?.is_none() {
+                store.insert_api_key(ADMIN_TENANT, &h, "admin").await?;
+            }
+        } else if !store.has_admin_key().await? {
+            let k = auth::new_key();
+            store
+                .insert_api_key(ADMIN_TENANT, &auth::hash_key(&k), "admin")
+                .await?;
+            printed = Some(k);
+        }
+        // Cursors are signed with a key derived from a secret only the server holds: the
+        // hashes of the admin keys, so cursors stay valid across restarts.
+        let secret = store.admin_secret().await?;
+        let state = Arc::new(AppState {
+            manager: Manager::new(store.clone(), engine, kafka, config.compile_timeout),
+            limiter: RateLimiter::new(config.rate_per_minute, config.rate_burst),
+            cursors: CursorSigner::new(secret.as_bytes()),
+            store,
+            config,
+            compiles: Mutex::default(),
+            ready: AtomicBool::new(true),
+        });
+        Ok((state, printed))
+    }
+
+    /// A permit to compile for `tenant`, or 429 when its compilations are all busy.
+    pub fn compile_permit(&self, tenant: i64) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let sem = manager::lock(&self.compiles)
+            .entry(tenant)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.config.compiles_per_tenant.max(1))))
+            .clone();
+        sem.try_acquire_owned()
+            .map_err(|_| ApiError::rate_limited("concurrent compilations", 1))
+    }
+
+    /// Restarts the pipelines whose status is `running` (after a server restart).
+    pub async fn resume(&self) {
+        let Ok(list) = self.store.pipelines_with_status("running").await else {
+            return;
+        };
+        for p in list {
+            let Ok(Some(t)) = self.store.tenant(p.tenant_id).await else {
+                continue;
+            };
+            match self.manager.start(t.id, &t.name, &p).await {
+                Ok(_) => tracing::info!("resumed pipeline {} of tenant {}", p.name, t.name),
+                Err(e) => tracing::warn!("could not resume pipeline {}: {}", p.name, e.message),
+            }
+        }
+    }
+
+    /// Marks the server not ready (shutting down).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// True while the server accepts work.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// Passes the state into a handler.
+fn with(state: Arc<AppState>) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// The `Authorization` header, if any.
+fn authz() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
+    warp::header::optional::<String>("authorization")
+        .or(warp::any().map(|| None))
+        .unify()
+}
+
+/// A JSON body of at most `limit` bytes, parsed by the handler (an empty body is `{}`).
+fn json_body(limit: u64) -> impl Filter<Extract = (bytes::Bytes,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and_then(move |len: Option<u64>| async move {
+            match len {
+                Some(n) if n > limit => Err(warp::reject::custom(ApiError::too_large(limit))),
+                _ => Ok(()),
+            }
+        })
+        .untuple_one()
+        .and(warp::body::bytes())
+        .and_then(move |b: bytes::Bytes| async move {
+            if b.len() as u64 > limit {
+                Err(warp::reject::custom(ApiError::too_large(limit)))
+            } else {
+                Ok(b)
+            }
+        })
+}
+
+type Reply = Result<Response, warp::Rejection>;
+
+/// Every route, with the one `recover`.
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
+    use handlers as h;
+    use pipelines as p;
+    use warp::{delete, get, path, post};
+    let s = || with(state.clone());
+    let jl = state.config.max_json_bytes;
+
+    let ops = path!("healthz")
+        .and(get())
+        .and(s())
+        .and_then(h::healthz)
+        .or(path!("readyz").and(get()).and(s()).and_then(h::readyz))
+        .unify()
+        .or(path!("metrics").and(get()).and(authz()).and(s()).and_then(h::metrics))
+        .unify()
+        .or(path!("openapi.json").and(get()).and_then(h::openapi))
+        .unify()
+        .boxed();
+
+    let tenants = path!("v1" / "tenants")
+        .and(post())
+        .and(authz())
+        .and(json_body(jl))
+        .and(s())
+        .and_then(h::create_tenant)
+        .or(path!("v1" / "tenants").and(get()).and(authz()).and(s()).and_then(h::list_tenants))
+        .unify()
+        .or(path!("v1" / "tenants" / i64 / "keys")
+            .and(post())
+            .and(authz())
+            .and(s())
+            .and_then(h::create_key))
+        .unify()
+        .or(path!("v1" / "whoami").and(get()).and(authz()).and(s()).and_then(h::whoami))
+        .unify()
+        .boxed();
+
+    let plugins = path!("v1" / "plugins")
+        .and(post())
+        .and(authz())
+        .and(warp::query::<h::UploadQuery>())
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .and(s())
+        .and_then(h::upload_plugin)
+        .or(path!("v1" / "plugins").and(get()).and(authz()).and(s()).and_then(h::list_plugins))
+        .unify()
+        .or(path!("v1" / "plugins" / i64)
+            .and(get())
+            .and(authz())
+            .and(s())
+            .and_then(h::get_plugin))
+        .unify()
+        .or(path!("v1" / "plugins" / i64 / "download")
+            .and(get())
+            .and(authz())
+            .and(s())
+            .and_then(h::download_plugin))
+        .unify()
+        .or(path!("v1" / "plugins" / i64 / "logs")
+            .and(get())
+            .and(authz())
+            .and(s())
+            .and_then(h::plugin_logs))
+        .unify()
+        .or(path!("v1" / "plugins" / i64)
+            .and(delete())
+            .and(authz())
+            .and(s())
+            .and_then(h::delete_plugin))
+        .unify()
+        .boxed();
+
+    let pipes = path!("v1" / "pipelines")
+        .and(post())
+        .and(authz())
+        .and(json_body(jl))
+        .and(s())
+        .and_then(p::create)
+        .or(path!("v1" / "pipelines").and(get()).and(authz()).and(s()).and_then(p::list))
+        .unify()
+        .or(path!("v1" / "pipelines" / i64).and(get()).and(authz()).and(s()).and_then(p::get))
+        .unify()
+        .or(path!("v1" / "pipelines" / i64)
+            .and(delete())
+            .and(authz())
+            .and(s())
+            .and_then(p::delete))
+        .unify()
+        .or(path!("v1" / "pipelines" / i64 / "start")
+            .and(post())
+            .and(authz())
+            .and(s())
+            .and_then(p::start))
+        .unify()
+        .or(path!("v1" / "pipelines" / i64 / "stop")
+            .and(post())
+            .and(authz())
+            .and(s())
+            .and_then(p::stop))
+        .unify()
+        .or(path!("v1" / "pipelines" / i64 / "deployments")
+            .and(get())
+            .and(authz())
+            .and(s())
+            .and_then(p::deployments))
+        .unify()
+        .or(path!("v1" / "pipelines" / i64 / "metrics")
+            .and(get())
+            .and(authz())
+            .and(s())
+            .and_then(p::metrics))
+        .unify()
+        .or(path!("v1" / "pipelines" / i64 / "predictions")
+            .and(get())
+            .and(authz())
+            .and(warp::query::<p::ResultQuery>())
+            .and(s())
+            .and_then(p::predictions))
+        .unify()
+        .or(path!("v1" / "pipelines" / i64 / "windows")
+            .and(get())
+            .and(authz())
+            .and(warp::query::<p::ResultQuery>())
+            .and(s())
+            .and_then(p::windows))
+        .unify()
+        .boxed();
+
+    let stage_ops = path!("v1" / "pipelines" / i64 / "stages" / String / String)
+        .and(post())
+        .and(authz())
+        .and(json_body(jl))
+        .and(s())
+        .and_then(p::stage_action)
+        .or(path!("v1" / "pipelines" / i64 / "stages" / String / String)
+            .and(delete())
+            .and(authz())
+            .and(s())
+            .and_then(p::stage_abort))
+        .unify()
+        .boxed();
+
+    ops.or(tenants)
+        .unify()
+        .or(plugins)
+        .unify()
+        .or(pipes)
+        .unify()
+        .or(stage_ops)
+        .unify()
+        .recover(error::recover)
+        .unify()
+        .with(warp::log("weir::api"))
+}
+
+/// Serves the API on `listener` until `shutdown` resolves; then stops the pipelines
+/// (they commit first) and returns.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(routes(state.clone()))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+    state.set_ready(false);
+    state.manager.shutdown().await;
+}
