@@ -2,6 +2,7 @@
 //! each extra test binary costs link time on a 2-core machine.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod api;
 mod common;
 mod hostile;
 mod pipeline;

@@ -19,11 +19,11 @@ mod query;
 mod tenancy;
 
 pub use migration::Migrator;
+/// sea-orm itself, so callers of [`Store::connection`] need no dependency of their own.
+pub use sea_orm;
 pub use tenancy::{
     ADMIN_TENANT, NewPlugin, PipelineRecord, PluginRecord, ResultFilter, TenantRecord,
 };
-/// sea-orm itself, so callers of [`Store::connection`] need no dependency of their own.
-pub use sea_orm;
 
 /// Errors of the store, by who is at fault: the caller's configuration (`BadUrl`, `BadName`),
 /// the external database (`Connect`, `Migrate`, `Db`) or a stale partition owner (`Fenced`).

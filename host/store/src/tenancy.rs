@@ -6,11 +6,13 @@
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, DbErr, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, SqlErr,
+    ColumnTrait, Condition, DbErr, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, SqlErr,
 };
 
-use crate::entity::{api_keys, deployments, pipelines, plugins, predictions, tenants, window_results};
+use crate::entity::{
+    api_keys, deployments, pipelines, plugins, predictions, tenants, window_results,
+};
 use crate::{Prediction, Store, StoreError, WindowResult, now_ms};
 
 /// Tenant id that owns the admin key.
@@ -275,7 +277,11 @@ impl Store {
     }
 
     /// A tenant's plugin by id.
-    pub async fn plugin(&self, tenant_id: i64, id: i64) -> Result<Option<PluginRecord>, StoreError> {
+    pub async fn plugin(
+        &self,
+        tenant_id: i64,
+        id: i64,
+    ) -> Result<Option<PluginRecord>, StoreError> {
         let row = plugin_meta()
             .filter(plugins::Column::TenantId.eq(tenant_id))
             .filter(plugins::Column::Id.eq(id))
@@ -436,7 +442,9 @@ impl Store {
             return Ok(false);
         }
         let n = deployments::Entity::find()
-            .filter(deployments::Column::Pipeline.is_in(pipelines_internal.iter().map(String::as_str)))
+            .filter(
+                deployments::Column::Pipeline.is_in(pipelines_internal.iter().map(String::as_str)),
+            )
             .filter(deployments::Column::PluginSha256.eq(sha256))
             .count(&self.db)
             .await?;

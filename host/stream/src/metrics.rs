@@ -17,8 +17,8 @@ use weir_engine::Slot;
 
 /// Upper bounds of the latency histogram buckets, seconds (Prometheus `le`).
 pub const LATENCY_BUCKETS: [f64; 14] = [
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0,
 ];
 
 /// A latency histogram with [`LATENCY_BUCKETS`].

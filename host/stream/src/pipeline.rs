@@ -722,9 +722,14 @@ impl Pipeline {
         let mut scored = Scored::default();
         let features = match self.extractor.as_mut() {
             Some(r) => {
-                let (v, plugin, f) = timed(&self.metrics, "extractor", Role::Serving, r, batch.len(), |i| {
-                    i.extract(batch)
-                })?;
+                let (v, plugin, f) = timed(
+                    &self.metrics,
+                    "extractor",
+                    Role::Serving,
+                    r,
+                    batch.len(),
+                    |i| i.extract(batch),
+                )?;
                 scored.extractor = Some((v, plugin));
                 f
             }
@@ -759,16 +764,28 @@ impl Pipeline {
                     };
                     if !off.is_empty() {
                         let f = select_rows(&features, &off);
-                        let (v, plugin, s) =
-                            run_model(&self.metrics, Role::Serving, main, &f, &sub_labels(&off), train)?;
+                        let (v, plugin, s) = run_model(
+                            &self.metrics,
+                            Role::Serving,
+                            main,
+                            &f,
+                            &sub_labels(&off),
+                            train,
+                        )?;
                         for (k, i) in off.iter().enumerate() {
                             scores[*i] = s[k];
                         }
                         scored.model = Some((v, plugin));
                     }
                     let f = select_rows(&features, &on);
-                    let (v, plugin, s) =
-                        run_model(&self.metrics, Role::Canary, canary, &f, &sub_labels(&on), train)?;
+                    let (v, plugin, s) = run_model(
+                        &self.metrics,
+                        Role::Canary,
+                        canary,
+                        &f,
+                        &sub_labels(&on),
+                        train,
+                    )?;
                     for (k, i) in on.iter().enumerate() {
                         scores[*i] = s[k];
                     }
@@ -794,9 +811,14 @@ impl Pipeline {
             if let Some(shadow) = self.shadow.as_mut() {
                 // A failing shadow must not touch the real output: its error is counted in
                 // its own metrics and the batch goes on.
-                if let Ok((v, plugin, s)) =
-                    run_model(&self.metrics, Role::Shadow, shadow, &features, labels, train)
-                {
+                if let Ok((v, plugin, s)) = run_model(
+                    &self.metrics,
+                    Role::Shadow,
+                    shadow,
+                    &features,
+                    labels,
+                    train,
+                ) {
                     scored.shadow = Some((v, plugin, s));
                 }
             }
@@ -1015,10 +1037,14 @@ impl Pipeline {
                     for f in chunk {
                         wb.push(&f.key, f.span.start, f.span.end, &f.new_rows, f.closing);
                     }
-                    let (v, _, o) =
-                        timed(&self.metrics, "window", Role::Serving, op, chunk.len(), |i| {
-                            i.on_window(&wb)
-                        })?;
+                    let (v, _, o) = timed(
+                        &self.metrics,
+                        "window",
+                        Role::Serving,
+                        op,
+                        chunk.len(),
+                        |i| i.on_window(&wb),
+                    )?;
                     let ends: HashMap<(&str, i64), i64> = chunk
                         .iter()
                         .map(|f| ((f.key.as_str(), f.span.start), f.span.end))

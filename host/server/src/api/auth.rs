@@ -57,7 +57,10 @@ pub fn hash_key(key: &str) -> String {
 /// Resolves an `Authorization` header to its caller; 401 for anything else.
 pub async fn authenticate(store: &Store, header: Option<&str>) -> Result<Caller, ApiError> {
     let key = header
-        .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .filter(|k| k.len() == 67 && k.starts_with("wk_"))
         .ok_or_else(ApiError::unauthorized)?;
@@ -161,7 +164,10 @@ impl CursorSigner {
             ipad[i] ^= k;
             opad[i] ^= k;
         }
-        let inner = Sha256::new().chain_update(ipad).chain_update(msg).finalize();
+        let inner = Sha256::new()
+            .chain_update(ipad)
+            .chain_update(msg)
+            .finalize();
         Sha256::new()
             .chain_update(opad)
             .chain_update(inner)
@@ -234,10 +240,17 @@ mod tests {
         assert!(s.open(&c, 9, 2, "predictions").is_err());
         assert!(s.open(&c, 1, 9, "predictions").is_err());
         assert!(s.open(&c, 1, 2, "windows").is_err());
-        assert!(CursorSigner::new(b"other").open(&c, 1, 2, "predictions").is_err());
+        assert!(
+            CursorSigner::new(b"other")
+                .open(&c, 1, 2, "predictions")
+                .is_err()
+        );
         let mut forged = c.into_bytes();
         forged[3] ^= 1;
-        assert!(s.open(&String::from_utf8_lossy(&forged), 1, 2, "predictions").is_err());
+        assert!(
+            s.open(&String::from_utf8_lossy(&forged), 1, 2, "predictions")
+                .is_err()
+        );
     }
 
     #[test]

@@ -140,9 +140,17 @@ pub async fn recover(r: Rejection) -> Result<Response, Infallible> {
     } else if r.is_not_found() {
         ApiError::not_found("no such route")
     } else if let Some(e) = r.find::<reject::PayloadTooLarge>() {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string())
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            e.to_string(),
+        )
     } else if let Some(e) = r.find::<reject::LengthRequired>() {
-        ApiError::new(StatusCode::LENGTH_REQUIRED, "length_required", e.to_string())
+        ApiError::new(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            e.to_string(),
+        )
     } else if let Some(e) = r.find::<reject::InvalidQuery>() {
         ApiError::bad_request(format!("invalid query string: {e}"))
     } else if let Some(e) = r.find::<reject::InvalidHeader>() {
@@ -156,7 +164,11 @@ pub async fn recover(r: Rejection) -> Result<Response, Infallible> {
             e.to_string(),
         )
     } else if let Some(e) = r.find::<reject::MethodNotAllowed>() {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", e.to_string())
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            e.to_string(),
+        )
     } else {
         ApiError::internal(format!("unhandled rejection: {r:?}"))
     };

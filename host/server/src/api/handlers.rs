@@ -28,7 +28,8 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
     } else {
         body
     };
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 /// The caller, or 401.
@@ -61,7 +62,12 @@ pub struct Health {
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "The server is alive", body = Health)))]
 pub async fn healthz(_state: Arc<AppState>) -> Reply {
-    Ok(json(StatusCode::OK, &Health { status: "ok".into() }))
+    Ok(json(
+        StatusCode::OK,
+        &Health {
+            status: "ok".into(),
+        },
+    ))
 }
 
 /// Readiness: the database answers and the server is not shutting down.
@@ -78,7 +84,12 @@ pub async fn readyz(state: Arc<AppState>) -> Reply {
         .ping()
         .await
         .map_err(|e| ApiError::unavailable(format!("database: {e}")))?;
-    Ok(json(StatusCode::OK, &Health { status: "ok".into() }))
+    Ok(json(
+        StatusCode::OK,
+        &Health {
+            status: "ok".into(),
+        },
+    ))
 }
 
 /// The OpenAPI document of this API.
@@ -89,7 +100,9 @@ pub async fn openapi() -> Reply {
 }
 
 fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Prometheus text: per pipeline (events in and out, late events, dead letters) and per
@@ -119,14 +132,26 @@ pub async fn metrics(authz: Option<String>, state: Arc<AppState>) -> Reply {
         ("weir_events_in_total", "Source records read."),
         ("weir_results_out_total", "Per-event results produced."),
         ("weir_windows_out_total", "Window results produced."),
-        ("weir_late_events_total", "Events too late for every window."),
-        ("weir_dead_letters_total", "Records sent to the dead-letter topic."),
+        (
+            "weir_late_events_total",
+            "Events too late for every window.",
+        ),
+        (
+            "weir_dead_letters_total",
+            "Records sent to the dead-letter topic.",
+        ),
     ];
     for (i, (name, help)) in counters.iter().enumerate() {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
         for r in &running {
             let st = lock(&r.progress).stats.clone();
-            let v = [st.records_in, st.results_out, st.windows_out, st.late, st.dead][i];
+            let v = [
+                st.records_in,
+                st.results_out,
+                st.windows_out,
+                st.late,
+                st.dead,
+            ][i];
             let t = names.get(&r.tenant).map_or("", String::as_str);
             let pipeline = r.spec.name.get_ref().split_once('.').map_or("", |x| x.1);
             let _ = writeln!(
@@ -138,13 +163,41 @@ pub async fn metrics(authz: Option<String>, state: Arc<AppState>) -> Reply {
         }
     }
     let stage_series = [
-        ("weir_stage_calls_total", "counter", "Calls into a stage's plugin."),
-        ("weir_stage_rows_total", "counter", "Rows handed to a stage's plugin."),
-        ("weir_stage_errors_total", "counter", "Failed calls (traps, limits, bad output)."),
-        ("weir_stage_fuel_total", "counter", "Fuel consumed by a stage's plugin."),
-        ("weir_model_labelled_total", "counter", "Labelled events a model version scored."),
-        ("weir_model_accuracy", "gauge", "Prequential accuracy of a model version."),
-        ("weir_model_log_loss", "gauge", "Mean prequential log-loss of a model version."),
+        (
+            "weir_stage_calls_total",
+            "counter",
+            "Calls into a stage's plugin.",
+        ),
+        (
+            "weir_stage_rows_total",
+            "counter",
+            "Rows handed to a stage's plugin.",
+        ),
+        (
+            "weir_stage_errors_total",
+            "counter",
+            "Failed calls (traps, limits, bad output).",
+        ),
+        (
+            "weir_stage_fuel_total",
+            "counter",
+            "Fuel consumed by a stage's plugin.",
+        ),
+        (
+            "weir_model_labelled_total",
+            "counter",
+            "Labelled events a model version scored.",
+        ),
+        (
+            "weir_model_accuracy",
+            "gauge",
+            "Prequential accuracy of a model version.",
+        ),
+        (
+            "weir_model_log_loss",
+            "gauge",
+            "Mean prequential log-loss of a model version.",
+        ),
     ];
     let all: Vec<_> = running
         .iter()
@@ -188,7 +241,10 @@ pub async fn metrics(authz: Option<String>, state: Arc<AppState>) -> Reply {
         }
     }
     let name = "weir_stage_latency_seconds";
-    let _ = writeln!(o, "# HELP {name} Latency of calls into a stage's plugin.\n# TYPE {name} histogram");
+    let _ = writeln!(
+        o,
+        "# HELP {name} Latency of calls into a stage's plugin.\n# TYPE {name} histogram"
+    );
     for (r, snap) in &all {
         for (k, s) in snap {
             let l = labels_of(r, k);
@@ -202,7 +258,8 @@ pub async fn metrics(authz: Option<String>, state: Arc<AppState>) -> Reply {
             let _ = writeln!(o, "{name}_count{{{l}}} {}", s.latency.count);
         }
     }
-    let mut r = warp::reply::with_header(o, "content-type", "text/plain; version=0.0.4").into_response();
+    let mut r =
+        warp::reply::with_header(o, "content-type", "text/plain; version=0.0.4").into_response();
     *r.status_mut() = StatusCode::OK;
     Ok(r)
 }
@@ -254,7 +311,11 @@ fn valid_tenant(name: &str) -> bool {
               (status = 403, description = "Not the admin key", body = ErrorBody),
               (status = 409, description = "The name is taken", body = ErrorBody),
               (status = 413, description = "Body too large", body = ErrorBody)))]
-pub async fn create_tenant(authz: Option<String>, body: bytes::Bytes, state: Arc<AppState>) -> Reply {
+pub async fn create_tenant(
+    authz: Option<String>,
+    body: bytes::Bytes,
+    state: Arc<AppState>,
+) -> Reply {
     admin(&state, authz).await?;
     let req: NewTenant = parse(&body)?;
     if !valid_tenant(&req.name) {
@@ -326,7 +387,13 @@ pub async fn create_key(id: i64, authz: Option<String>, state: Arc<AppState>) ->
     if !ok || id == weir_store::ADMIN_TENANT {
         return Err(ApiError::not_found(format!("tenant {id}")).into());
     }
-    Ok(json(StatusCode::CREATED, &KeyInfo { tenant_id: id, api_key: key }))
+    Ok(json(
+        StatusCode::CREATED,
+        &KeyInfo {
+            tenant_id: id,
+            api_key: key,
+        },
+    ))
 }
 
 /// Who the key belongs to.
@@ -418,7 +485,9 @@ pub fn valid_version(v: &str) -> bool {
     };
     let nums: Vec<&str> = core.split('.').collect();
     let num_ok = |n: &&str| {
-        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && (n.len() == 1 || !n.starts_with('0'))
+        !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && (n.len() == 1 || !n.starts_with('0'))
     };
     nums.len() == 3
         && nums.iter().all(num_ok)
@@ -473,7 +542,8 @@ pub async fn upload_plugin(
     let mut bytes = Vec::with_capacity(content_length.unwrap_or(0).min(limit) as usize);
     let mut hasher = Sha256::new();
     while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        let mut chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
         while bytes::Buf::has_remaining(&chunk) {
             let part = bytes::Buf::chunk(&chunk);
             if (bytes.len() + part.len()) as u64 > limit {
@@ -574,7 +644,10 @@ pub async fn download_plugin(id: i64, authz: Option<String>, state: Arc<AppState
         .ok_or_else(|| ApiError::not_found(format!("plugin {id}")))?;
     let mut r = Response::new(bytes.into());
     let h = r.headers_mut();
-    h.insert("content-type", warp::http::HeaderValue::from_static("application/wasm"));
+    h.insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("application/wasm"),
+    );
     if let Ok(v) = warp::http::HeaderValue::from_str(&format!("\"{}\"", p.sha256)) {
         h.insert("etag", v);
     }
@@ -611,7 +684,12 @@ pub async fn plugin_logs(id: i64, authz: Option<String>, state: Arc<AppState>) -
     let (tenant, _) = tenant(&state, authz).await?;
     let p = own_plugin(&state, tenant, id).await?;
     let mut out = Vec::new();
-    for r in state.manager.all().into_iter().filter(|r| r.tenant == tenant) {
+    for r in state
+        .manager
+        .all()
+        .into_iter()
+        .filter(|r| r.tenant == tenant)
+    {
         let plugins: std::collections::HashMap<_, _> = r
             .metrics
             .snapshot()
@@ -646,7 +724,12 @@ pub async fn plugin_logs(id: i64, authz: Option<String>, state: Arc<AppState>) -
 pub async fn delete_plugin(id: i64, authz: Option<String>, state: Arc<AppState>) -> Reply {
     let (tenant, _) = tenant(&state, authz).await?;
     let p = own_plugin(&state, tenant, id).await?;
-    for r in state.manager.all().into_iter().filter(|r| r.tenant == tenant && r.is_alive()) {
+    for r in state
+        .manager
+        .all()
+        .into_iter()
+        .filter(|r| r.tenant == tenant && r.is_alive())
+    {
         if r.serving_plugins().contains(&p.sha256) {
             return Err(ApiError::conflict(format!(
                 "{}@{} is deployed in running pipeline {}",
@@ -655,7 +738,12 @@ pub async fn delete_plugin(id: i64, authz: Option<String>, state: Arc<AppState>)
             .into());
         }
     }
-    for pl in state.store.pipelines(tenant).await.map_err(ApiError::from)? {
+    for pl in state
+        .store
+        .pipelines(tenant)
+        .await
+        .map_err(ApiError::from)?
+    {
         let Ok(spec) = super::manager::parse_spec(&pl.spec) else {
             continue;
         };
@@ -686,7 +774,16 @@ mod tests {
         for ok in ["0.1.0", "1.2.3", "10.0.0-rc.1", "2.0.0-beta-2"] {
             assert!(valid_version(ok), "{ok}");
         }
-        for bad in ["1", "1.2", "01.2.3", "1.2.3-", "1.2.3-a..b", "v1.2.3", "1.2.3.4", ""] {
+        for bad in [
+            "1",
+            "1.2",
+            "01.2.3",
+            "1.2.3-",
+            "1.2.3-a..b",
+            "v1.2.3",
+            "1.2.3.4",
+            "",
+        ] {
             assert!(!valid_version(bad), "{bad}");
         }
         assert!(valid_tenant("acme-2"));

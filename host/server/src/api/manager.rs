@@ -69,7 +69,8 @@ pub fn tenant_spec(text: &str, tenant: i64, tenant_name: &str) -> Result<Pipelin
     let ns = |t: &str| format!("{tenant_name}.{t}");
     let name = internal_name(tenant, spec.name.get_ref());
     spec.name = toml::Spanned::new(spec.name.span(), name);
-    spec.source.topic = toml::Spanned::new(spec.source.topic.span(), ns(spec.source.topic.get_ref()));
+    spec.source.topic =
+        toml::Spanned::new(spec.source.topic.span(), ns(spec.source.topic.get_ref()));
     let sink = &mut spec.sink;
     sink.shadow_topic = Some(ns(&sink.shadow_topic()));
     sink.topic = ns(&sink.topic);
@@ -188,7 +189,12 @@ pub struct Manager {
 
 impl Manager {
     /// A manager running pipelines over the broker at `kafka`.
-    pub fn new(store: Arc<Store>, engine: Engine, kafka: String, compile_timeout: Duration) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        engine: Engine,
+        kafka: String,
+        compile_timeout: Duration,
+    ) -> Self {
         Manager {
             store,
             engine,
@@ -294,13 +300,18 @@ impl Manager {
         let mut out = Vec::new();
         for (stage, s, kind) in stages(spec) {
             let last = history.iter().rev().find(|d| {
-                d.stage == stage && d.partition.is_none() && SERVING_ACTIONS.contains(&d.actor.as_str())
+                d.stage == stage
+                    && d.partition.is_none()
+                    && SERVING_ACTIONS.contains(&d.actor.as_str())
             });
             let reference = match last {
                 Some(d) => format!("sha256:{}", d.plugin_sha256),
                 None => s.plugin.get_ref().clone(),
             };
-            out.push((stage.clone(), self.resolve(tenant, &reference, kind, &stage).await?));
+            out.push((
+                stage.clone(),
+                self.resolve(tenant, &reference, kind, &stage).await?,
+            ));
         }
         Ok(out)
     }

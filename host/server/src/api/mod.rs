@@ -114,7 +114,10 @@ impl AppState {
     }
 
     /// A permit to compile for `tenant`, or 429 when its compilations are all busy.
-    pub fn compile_permit(&self, tenant: i64) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    pub fn compile_permit(
+        &self,
+        tenant: i64,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
         let sem = manager::lock(&self.compiles)
             .entry(tenant)
             .or_insert_with(|| Arc::new(Semaphore::new(self.config.compiles_per_tenant.max(1))))
@@ -151,7 +154,9 @@ impl AppState {
 }
 
 /// Passes the state into a handler.
-fn with(state: Arc<AppState>) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {
+fn with(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {
     warp::any().map(move || state.clone())
 }
 
@@ -163,7 +168,9 @@ fn authz() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clo
 }
 
 /// A JSON body of at most `limit` bytes, parsed by the handler (an empty body is `{}`).
-fn json_body(limit: u64) -> impl Filter<Extract = (bytes::Bytes,), Error = warp::Rejection> + Clone {
+fn json_body(
+    limit: u64,
+) -> impl Filter<Extract = (bytes::Bytes,), Error = warp::Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and_then(move |len: Option<u64>| async move {
             match len {
@@ -200,7 +207,11 @@ pub fn routes(
         .and_then(h::healthz)
         .or(path!("readyz").and(get()).and(s()).and_then(h::readyz))
         .unify()
-        .or(path!("metrics").and(get()).and(authz()).and(s()).and_then(h::metrics))
+        .or(path!("metrics")
+            .and(get())
+            .and(authz())
+            .and(s())
+            .and_then(h::metrics))
         .unify()
         .or(path!("openapi.json").and(get()).and_then(h::openapi))
         .unify()
@@ -212,7 +223,11 @@ pub fn routes(
         .and(json_body(jl))
         .and(s())
         .and_then(h::create_tenant)
-        .or(path!("v1" / "tenants").and(get()).and(authz()).and(s()).and_then(h::list_tenants))
+        .or(path!("v1" / "tenants")
+            .and(get())
+            .and(authz())
+            .and(s())
+            .and_then(h::list_tenants))
         .unify()
         .or(path!("v1" / "tenants" / i64 / "keys")
             .and(post())
@@ -220,7 +235,11 @@ pub fn routes(
             .and(s())
             .and_then(h::create_key))
         .unify()
-        .or(path!("v1" / "whoami").and(get()).and(authz()).and(s()).and_then(h::whoami))
+        .or(path!("v1" / "whoami")
+            .and(get())
+            .and(authz())
+            .and(s())
+            .and_then(h::whoami))
         .unify()
         .boxed();
 
@@ -232,7 +251,11 @@ pub fn routes(
         .and(warp::body::stream())
         .and(s())
         .and_then(h::upload_plugin)
-        .or(path!("v1" / "plugins").and(get()).and(authz()).and(s()).and_then(h::list_plugins))
+        .or(path!("v1" / "plugins")
+            .and(get())
+            .and(authz())
+            .and(s())
+            .and_then(h::list_plugins))
         .unify()
         .or(path!("v1" / "plugins" / i64)
             .and(get())
@@ -266,9 +289,17 @@ pub fn routes(
         .and(json_body(jl))
         .and(s())
         .and_then(p::create)
-        .or(path!("v1" / "pipelines").and(get()).and(authz()).and(s()).and_then(p::list))
+        .or(path!("v1" / "pipelines")
+            .and(get())
+            .and(authz())
+            .and(s())
+            .and_then(p::list))
         .unify()
-        .or(path!("v1" / "pipelines" / i64).and(get()).and(authz()).and(s()).and_then(p::get))
+        .or(path!("v1" / "pipelines" / i64)
+            .and(get())
+            .and(authz())
+            .and(s())
+            .and_then(p::get))
         .unify()
         .or(path!("v1" / "pipelines" / i64)
             .and(delete())

@@ -118,7 +118,12 @@ async fn own(state: &AppState, tenant: i64, id: i64) -> Result<PipelineRecord, A
         .ok_or_else(|| ApiError::not_found(format!("pipeline {id}")))
 }
 
-async fn info(state: &AppState, tenant: i64, tname: &str, p: PipelineRecord) -> Result<PipelineInfo, ApiError> {
+async fn info(
+    state: &AppState,
+    tenant: i64,
+    tname: &str,
+    p: PipelineRecord,
+) -> Result<PipelineInfo, ApiError> {
     let spec = super::manager::tenant_spec(&p.spec, tenant, tname)?;
     let running = state.manager.get(p.id).filter(|r| r.tenant == tenant);
     let mut stage_list = Vec::new();
@@ -129,7 +134,10 @@ async fn info(state: &AppState, tenant: i64, tname: &str, p: PipelineRecord) -> 
             let rec = r.plugin_of(&cur.version.0);
             stage_list.push(StageInfo {
                 stage,
-                plugin: rec.as_ref().map(|x| format!("{}@{}", x.name, x.version)).unwrap_or_default(),
+                plugin: rec
+                    .as_ref()
+                    .map(|x| format!("{}@{}", x.name, x.version))
+                    .unwrap_or_default(),
                 sha256: cur.plugin.id().0.clone(),
                 version: Some(cur.version.0.clone()),
                 history: slot.history().iter().map(|d| d.version.0.clone()).collect(),
@@ -204,9 +212,16 @@ pub async fn create(authz: Option<String>, body: bytes::Bytes, state: Arc<AppSta
         .into());
     }
     for (stage, s, kind) in stages(&spec) {
-        state.manager.resolve(tenant, s.plugin.get_ref(), kind, &stage).await?;
+        state
+            .manager
+            .resolve(tenant, s.plugin.get_ref(), kind, &stage)
+            .await?;
         if s.train && kind != weir_engine::PluginKind::Model {
-            return Err(ApiError::unprocessable("invalid_spec", format!("stage `{stage}`: only a model trains")).into());
+            return Err(ApiError::unprocessable(
+                "invalid_spec",
+                format!("stage `{stage}`: only a model trains"),
+            )
+            .into());
         }
     }
     let rec = state
@@ -225,7 +240,12 @@ pub async fn create(authz: Option<String>, body: bytes::Bytes, state: Arc<AppSta
 pub async fn list(authz: Option<String>, state: Arc<AppState>) -> Reply {
     let (tenant, tname) = tenant(&state, authz).await?;
     let mut out = Vec::new();
-    for p in state.store.pipelines(tenant).await.map_err(ApiError::from)? {
+    for p in state
+        .store
+        .pipelines(tenant)
+        .await
+        .map_err(ApiError::from)?
+    {
         out.push(info(&state, tenant, &tname, p).await?);
     }
     Ok(json(StatusCode::OK, &out))
@@ -240,7 +260,10 @@ pub async fn list(authz: Option<String>, state: Arc<AppState>) -> Reply {
 pub async fn get(id: i64, authz: Option<String>, state: Arc<AppState>) -> Reply {
     let (tenant, tname) = tenant(&state, authz).await?;
     let p = own(&state, tenant, id).await?;
-    Ok(json(StatusCode::OK, &info(&state, tenant, &tname, p).await?))
+    Ok(json(
+        StatusCode::OK,
+        &info(&state, tenant, &tname, p).await?,
+    ))
 }
 
 /// Starts a pipeline: it resumes from its stored positions and state.
@@ -256,7 +279,10 @@ pub async fn start(id: i64, authz: Option<String>, state: Arc<AppState>) -> Repl
     let p = own(&state, tenant, id).await?;
     state.manager.start(tenant, &tname, &p).await?;
     let p = own(&state, tenant, id).await?;
-    Ok(json(StatusCode::OK, &info(&state, tenant, &tname, p).await?))
+    Ok(json(
+        StatusCode::OK,
+        &info(&state, tenant, &tname, p).await?,
+    ))
 }
 
 /// Stops a pipeline (it commits its last checkpoint first).
@@ -270,7 +296,10 @@ pub async fn stop(id: i64, authz: Option<String>, state: Arc<AppState>) -> Reply
     own(&state, tenant, id).await?;
     state.manager.stop(tenant, id).await?;
     let p = own(&state, tenant, id).await?;
-    Ok(json(StatusCode::OK, &info(&state, tenant, &tname, p).await?))
+    Ok(json(
+        StatusCode::OK,
+        &info(&state, tenant, &tname, p).await?,
+    ))
 }
 
 /// Deletes a pipeline and all its data (results, state, checkpoints, history); it is
@@ -289,7 +318,11 @@ pub async fn delete(id: i64, authz: Option<String>, state: Arc<AppState>) -> Rep
         .reset_pipeline(&internal_name(tenant, &p.name))
         .await
         .map_err(ApiError::from)?;
-    state.store.delete_pipeline(tenant, id).await.map_err(ApiError::from)?;
+    state
+        .store
+        .delete_pipeline(tenant, id)
+        .await
+        .map_err(ApiError::from)?;
     Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
 }
 
@@ -489,25 +522,39 @@ pub async fn stage_action(
     }
     let req: StageRequest = parse(&body)?;
     let spec = super::manager::tenant_spec(&p.spec, tenant, &tname)?;
-    let Some((_, stage_spec, kind)) = stages(&spec).into_iter().find(|(s, _, _)| *s == stage) else {
+    let Some((_, stage_spec, kind)) = stages(&spec).into_iter().find(|(s, _, _)| *s == stage)
+    else {
         return Err(ApiError::not_found(format!("pipeline {id} has no stage `{stage}`")).into());
     };
     state.limiter.check(tenant, "swaps")?;
     let internal = internal_name(tenant, &p.name);
-    let running = state.manager.get(id).filter(|r| r.tenant == tenant && r.is_alive());
+    let running = state
+        .manager
+        .get(id)
+        .filter(|r| r.tenant == tenant && r.is_alive());
     let need_plugin = || {
         req.plugin
             .clone()
             .ok_or_else(|| ApiError::bad_request(format!("`{action}` needs `plugin`")))
     };
     if matches!(action.as_str(), "canary" | "shadow" | "promote") && stage != "model" {
-        return Err(ApiError::unprocessable("model_only", format!("`{action}` applies to the model stage")).into());
+        return Err(ApiError::unprocessable(
+            "model_only",
+            format!("`{action}` applies to the model stage"),
+        )
+        .into());
     }
     let outcome = match (action.as_str(), running) {
         ("deploy", None) => {
-            let rec = state.manager.resolve(tenant, &need_plugin()?, kind, &stage).await?;
+            let rec = state
+                .manager
+                .resolve(tenant, &need_plugin()?, kind, &stage)
+                .await?;
             let d = state.manager.deployment(tenant, &rec, stage_spec).await?;
-            let dep = state.manager.record(&internal, &stage, &rec, &d.version.0, "api/deploy").await?;
+            let dep = state
+                .manager
+                .record(&internal, &stage, &rec, &d.version.0, "api/deploy")
+                .await?;
             StageOutcome {
                 action,
                 stage,
@@ -525,14 +572,28 @@ pub async fn stage_action(
             .into());
         }
         ("deploy" | "swap", Some(r)) => {
-            let rec = state.manager.resolve(tenant, &need_plugin()?, kind, &stage).await?;
+            let rec = state
+                .manager
+                .resolve(tenant, &need_plugin()?, kind, &stage)
+                .await?;
             let d = state.manager.deployment(tenant, &rec, stage_spec).await?;
             lock(&r.versions).insert(d.version.0.clone(), rec.clone());
-            let slot = r.slot(&stage).ok_or_else(|| ApiError::not_found(format!("stage `{stage}`")))?;
+            let slot = r
+                .slot(&stage)
+                .ok_or_else(|| ApiError::not_found(format!("stage `{stage}`")))?;
             let prev = slot
                 .swap(d.clone())
                 .map_err(|e| ApiError::unprocessable("wrong_kind", e.to_string()))?;
-            let dep = state.manager.record(&internal, &stage, &rec, &d.version.0, &format!("api/{action}")).await?;
+            let dep = state
+                .manager
+                .record(
+                    &internal,
+                    &stage,
+                    &rec,
+                    &d.version.0,
+                    &format!("api/{action}"),
+                )
+                .await?;
             StageOutcome {
                 action,
                 stage,
@@ -544,7 +605,9 @@ pub async fn stage_action(
             }
         }
         ("rollback", Some(r)) => {
-            let slot = r.slot(&stage).ok_or_else(|| ApiError::not_found(format!("stage `{stage}`")))?;
+            let slot = r
+                .slot(&stage)
+                .ok_or_else(|| ApiError::not_found(format!("stage `{stage}`")))?;
             let prev = slot.current();
             let to = match &req.version {
                 Some(v) => slot.rollback_to(&VersionId(v.clone())),
@@ -554,7 +617,10 @@ pub async fn stage_action(
             let rec = r
                 .plugin_of(&to.version.0)
                 .ok_or_else(|| ApiError::internal("a rolled-back version has no plugin record"))?;
-            let dep = state.manager.record(&internal, &stage, &rec, &to.version.0, "api/rollback").await?;
+            let dep = state
+                .manager
+                .record(&internal, &stage, &rec, &to.version.0, "api/rollback")
+                .await?;
             StageOutcome {
                 action,
                 stage,
@@ -566,7 +632,10 @@ pub async fn stage_action(
             }
         }
         ("canary" | "shadow", Some(r)) => {
-            let rec = state.manager.resolve(tenant, &need_plugin()?, kind, &stage).await?;
+            let rec = state
+                .manager
+                .resolve(tenant, &need_plugin()?, kind, &stage)
+                .await?;
             let percent = if action == "canary" {
                 let p = req
                     .percent
@@ -588,7 +657,10 @@ pub async fn stage_action(
                 percent,
             };
             let previous = if action == "canary" {
-                v.canary = Some(Canary { slot, percent: percent.unwrap_or(0.0) });
+                v.canary = Some(Canary {
+                    slot,
+                    percent: percent.unwrap_or(0.0),
+                });
                 lock(&r.canary).replace(info)
             } else {
                 v.shadow = Some(slot);
@@ -599,7 +671,10 @@ pub async fn stage_action(
                 Some(p) => format!("api/canary {p}%"),
                 None => "api/shadow".into(),
             };
-            let dep = state.manager.record(&internal, &stage, &rec, &d.version.0, &label).await?;
+            let dep = state
+                .manager
+                .record(&internal, &stage, &rec, &d.version.0, &label)
+                .await?;
             StageOutcome {
                 action,
                 stage,
@@ -616,14 +691,22 @@ pub async fn stage_action(
                 Some("canary") => "canary",
                 Some("shadow") => "shadow",
                 Some(other) => {
-                    return Err(ApiError::bad_request(format!("`from` is canary or shadow, not `{other}`")).into());
+                    return Err(ApiError::bad_request(format!(
+                        "`from` is canary or shadow, not `{other}`"
+                    ))
+                    .into());
                 }
                 None => match (v.canary.is_some(), v.shadow.is_some()) {
                     (true, false) => "canary",
                     (false, true) => "shadow",
-                    (false, false) => return Err(ApiError::conflict("no canary or shadow to promote").into()),
+                    (false, false) => {
+                        return Err(ApiError::conflict("no canary or shadow to promote").into());
+                    }
                     (true, true) => {
-                        return Err(ApiError::bad_request("both a canary and a shadow run: say `from`").into());
+                        return Err(ApiError::bad_request(
+                            "both a canary and a shadow run: say `from`",
+                        )
+                        .into());
                     }
                 },
             };
@@ -633,7 +716,9 @@ pub async fn stage_action(
                 v.shadow.as_ref().map(|s| s.current())
             }
             .ok_or_else(|| ApiError::conflict(format!("no {from} to promote")))?;
-            let slot = r.slot(&stage).ok_or_else(|| ApiError::not_found(format!("stage `{stage}`")))?;
+            let slot = r
+                .slot(&stage)
+                .ok_or_else(|| ApiError::not_found(format!("stage `{stage}`")))?;
             let prev = slot
                 .swap(candidate.clone())
                 .map_err(|e| ApiError::unprocessable("wrong_kind", e.to_string()))?;
@@ -649,7 +734,10 @@ pub async fn stage_action(
             let rec = r
                 .plugin_of(&candidate.version.0)
                 .ok_or_else(|| ApiError::internal("a promoted version has no plugin record"))?;
-            let dep = state.manager.record(&internal, &stage, &rec, &candidate.version.0, "api/promote").await?;
+            let dep = state
+                .manager
+                .record(&internal, &stage, &rec, &candidate.version.0, "api/promote")
+                .await?;
             StageOutcome {
                 action,
                 stage,
@@ -667,10 +755,10 @@ pub async fn stage_action(
 
 /// Ends a canary or shadow without promoting it: `DELETE .../stages/model/canary` or
 /// `.../shadow`.
-#[utoipa::path(delete, path = "/v1/pipelines/{id}/stages/{stage}/{variant}", tag = "deployments", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/v1/pipelines/{id}/stages/{stage}/{action}", tag = "deployments", security(("bearer" = [])),
     params(("id" = i64, Path, description = "Pipeline id"),
            ("stage" = String, Path, description = "model"),
-           ("variant" = String, Path, description = "canary or shadow")),
+           ("action" = String, Path, description = "canary or shadow: the variant to end")),
     responses((status = 204, description = "Ended"),
               (status = 401, description = "No valid key", body = ErrorBody),
               (status = 404, description = "No such pipeline, stage, or variant running", body = ErrorBody)))]
@@ -800,7 +888,12 @@ fn filter_of(q: &ResultQuery) -> Result<ResultFilter, ApiError> {
               (status = 400, description = "Bad query or cursor", body = ErrorBody),
               (status = 401, description = "No valid key", body = ErrorBody),
               (status = 404, description = "No such pipeline", body = ErrorBody)))]
-pub async fn predictions(id: i64, authz: Option<String>, q: ResultQuery, state: Arc<AppState>) -> Reply {
+pub async fn predictions(
+    id: i64,
+    authz: Option<String>,
+    q: ResultQuery,
+    state: Arc<AppState>,
+) -> Reply {
     let (tenant, _) = tenant(&state, authz).await?;
     let p = own(&state, tenant, id).await?;
     let filter = filter_of(&q)?;
@@ -837,7 +930,13 @@ pub async fn predictions(id: i64, authz: Option<String>, q: ResultQuery, state: 
             output: serde_json::from_str(&r.output).unwrap_or(serde_json::Value::Null),
         })
         .collect();
-    Ok(json(StatusCode::OK, &PredictionPage { items, next: next.flatten() }))
+    Ok(json(
+        StatusCode::OK,
+        &PredictionPage {
+            items,
+            next: next.flatten(),
+        },
+    ))
 }
 
 /// Window results by key and window-start range, paged.
@@ -847,7 +946,12 @@ pub async fn predictions(id: i64, authz: Option<String>, q: ResultQuery, state: 
               (status = 400, description = "Bad query or cursor", body = ErrorBody),
               (status = 401, description = "No valid key", body = ErrorBody),
               (status = 404, description = "No such pipeline", body = ErrorBody)))]
-pub async fn windows(id: i64, authz: Option<String>, q: ResultQuery, state: Arc<AppState>) -> Reply {
+pub async fn windows(
+    id: i64,
+    authz: Option<String>,
+    q: ResultQuery,
+    state: Arc<AppState>,
+) -> Reply {
     let (tenant, _) = tenant(&state, authz).await?;
     let p = own(&state, tenant, id).await?;
     let filter = filter_of(&q)?;
@@ -881,5 +985,11 @@ pub async fn windows(id: i64, authz: Option<String>, q: ResultQuery, state: Arc<
             output: serde_json::from_str(&r.output).unwrap_or(serde_json::Value::Null),
         })
         .collect();
-    Ok(json(StatusCode::OK, &WindowPage { items, next: next.flatten() }))
+    Ok(json(
+        StatusCode::OK,
+        &WindowPage {
+            items,
+            next: next.flatten(),
+        },
+    ))
 }

@@ -1,0 +1,1170 @@
+//! The HTTP API, in-process through `warp::test`: every route's success and error answers
+//! (400, 401, 404, 409, 413, 422, 429), a tenant-isolation matrix, and a live pipeline over
+//! the embedded broker driven through swaps, rollback, canary, shadow and promote.
+
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weir_server::api::{self, ApiConfig, AppState};
+use weir_server::kafka::{EmbeddedBroker, Producer};
+use weir_store::Store;
+
+const ADMIN: &str = "wk_00000000000000000000000000000000000000000000000000000000000000ad";
+
+struct Api {
+    state: Arc<AppState>,
+    _broker: Option<EmbeddedBroker>,
+}
+
+struct Resp {
+    status: u16,
+    body: Value,
+    raw: Vec<u8>,
+    headers: warp::http::HeaderMap,
+}
+
+impl Api {
+    async fn new(config: ApiConfig, broker: bool) -> Api {
+        let store = Arc::new(Store::connect("sqlite::memory:").await.unwrap());
+        let b = broker.then(|| EmbeddedBroker::start().unwrap());
+        let kafka = b.as_ref().map_or("127.0.0.1:1".into(), |b| b.bootstrap());
+        let (state, printed) = AppState::new(
+            store,
+            crate::common::engine(),
+            kafka,
+            config,
+            Some(ADMIN.into()),
+        )
+        .await
+        .unwrap();
+        assert!(printed.is_none(), "a given admin key is not printed");
+        Api { state, _broker: b }
+    }
+
+    fn bootstrap(&self) -> String {
+        self._broker.as_ref().unwrap().bootstrap()
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Resp {
+        let mut r = warp::test::request().method(method).path(path);
+        if let Some(k) = key {
+            r = r.header("authorization", format!("Bearer {k}"));
+        }
+        if let Some(b) = body {
+            r = r.header("content-length", b.len().to_string()).body(b);
+        }
+        let res = r.reply(&api::routes(self.state.clone())).await;
+        let raw = res.body().to_vec();
+        Resp {
+            status: res.status().as_u16(),
+            body: serde_json::from_slice(&raw).unwrap_or(Value::Null),
+            raw,
+            headers: res.headers().clone(),
+        }
+    }
+
+    async fn get(&self, path: &str, key: &str) -> Resp {
+        self.call("GET", path, Some(key), None).await
+    }
+
+    async fn post(&self, path: &str, key: &str, body: Value) -> Resp {
+        self.call("POST", path, Some(key), Some(body.to_string().into_bytes()))
+            .await
+    }
+
+    /// Creates a tenant; returns its id and key.
+    async fn tenant(&self, name: &str) -> (i64, String) {
+        let r = self
+            .post("/v1/tenants", ADMIN, json!({ "name": name }))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        (
+            r.body["id"].as_i64().unwrap(),
+            r.body["api_key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn upload(&self, key: &str, name: &str, version: &str, bytes: &[u8]) -> Resp {
+        self.call(
+            "POST",
+            &format!("/v1/plugins?name={name}&version={version}"),
+            Some(key),
+            Some(bytes.to_vec()),
+        )
+        .await
+    }
+}
+
+fn plugin(name: &str) -> Vec<u8> {
+    let path = match name {
+        "standardize" => weir_guests::plugins::STANDARDIZE,
+        "logistic" => weir_guests::plugins::LOGISTIC,
+        _ => weir_guests::plugins::WINDOW_STATS,
+    };
+    weir_guests::read(path).unwrap()
+}
+
+/// The same component with a custom section appended: a distinct plugin (another sha256,
+/// so another version) that behaves identically.
+fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
+    let mut payload = vec![tag.len() as u8];
+    payload.extend_from_slice(tag.as_bytes());
+    payload.extend_from_slice(b"weir test variant");
+    let mut out = bytes.to_vec();
+    out.push(0);
+    out.push(payload.len() as u8);
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn err_code(r: &Resp) -> &str {
+    r.body["code"].as_str().unwrap_or("")
+}
+
+const SPEC: &str = r#"
+name = "scores"
+
+[source]
+topic = "events"
+inputs_field = "x"
+input_dims = 8
+
+[watermark]
+idle_timeout_ms = 1000
+
+[extractor]
+plugin = "standardize@1.0.0"
+config = { mean = [0.835525, -2.002768, 0.501294, 5.006266, -0.000425, 10.000836, -1.004835, 2.985891], std = [1.90274, 0.998788, 1.998198, 2.993294, 0.499558, 3.976339, 0.997564, 2.004694] }
+
+[model]
+plugin = "logistic@1.0.0"
+config = { coef = [1.521876, -0.802983, 0.602322, -0.009225, 1.000721, -0.483541, 0.883641, 0.297362, 0.667308], intercept = -0.909968 }
+
+[sink]
+topic = "scores"
+dead_letter_topic = "dead"
+"#;
+
+/// Every route of the API (method, path with ids 1), as the router and the OpenAPI
+/// document must both know them.
+const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/metrics"),
+    ("POST", "/v1/tenants"),
+    ("GET", "/v1/tenants"),
+    ("POST", "/v1/tenants/1/keys"),
+    ("GET", "/v1/whoami"),
+    ("POST", "/v1/plugins?name=a&version=1.0.0"),
+    ("GET", "/v1/plugins"),
+    ("GET", "/v1/plugins/1"),
+    ("GET", "/v1/plugins/1/download"),
+    ("GET", "/v1/plugins/1/logs"),
+    ("DELETE", "/v1/plugins/1"),
+    ("POST", "/v1/pipelines"),
+    ("GET", "/v1/pipelines"),
+    ("GET", "/v1/pipelines/1"),
+    ("DELETE", "/v1/pipelines/1"),
+    ("POST", "/v1/pipelines/1/start"),
+    ("POST", "/v1/pipelines/1/stop"),
+    ("GET", "/v1/pipelines/1/deployments"),
+    ("GET", "/v1/pipelines/1/metrics"),
+    ("GET", "/v1/pipelines/1/predictions"),
+    ("GET", "/v1/pipelines/1/windows"),
+    ("POST", "/v1/pipelines/1/stages/model/swap"),
+    ("DELETE", "/v1/pipelines/1/stages/model/canary"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_protected_route_needs_a_valid_key() {
+    let api = Api::new(ApiConfig::default(), false).await;
+    for (method, path) in ROUTES {
+        for key in [
+            None,
+            Some("wk_nope"),
+            Some(&*format!("wk_{}", "ab".repeat(32))),
+        ] {
+            let r = api.call(method, path, key, None).await;
+            assert_eq!(r.status, 401, "{method} {path} with {key:?}: {}", r.body);
+            assert_eq!(err_code(&r), "unauthorized");
+        }
+    }
+    // Open routes.
+    assert_eq!(api.call("GET", "/healthz", None, None).await.status, 200);
+    assert_eq!(api.call("GET", "/readyz", None, None).await.status, 200);
+    let r = api.call("GET", "/nope", None, None).await;
+    assert_eq!((r.status, err_code(&r)), (404, "not_found"));
+    let r = api.call("PUT", "/v1/plugins", Some(ADMIN), None).await;
+    assert_eq!(r.status, 405, "{}", r.body);
+    assert_eq!(err_code(&r), "method_not_allowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_and_keys() {
+    let api = Api::new(ApiConfig::default(), false).await;
+    let (id, key) = api.tenant("acme").await;
+    assert_eq!(key.len(), 67);
+    let r = api
+        .post("/v1/tenants", ADMIN, json!({"name": "acme"}))
+        .await;
+    assert_eq!((r.status, err_code(&r)), (409, "conflict"));
+    for bad in [
+        json!({"name": "Acme"}),
+        json!({"name": ""}),
+        json!({"nom": "x"}),
+    ] {
+        let r = api.post("/v1/tenants", ADMIN, bad.clone()).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+    let r = api
+        .call(
+            "POST",
+            "/v1/tenants",
+            Some(ADMIN),
+            Some(b"{not json".to_vec()),
+        )
+        .await;
+    assert_eq!((r.status, err_code(&r)), (400, "bad_request"));
+    let r = api.post("/v1/tenants", &key, json!({"name": "evil"})).await;
+    assert_eq!((r.status, err_code(&r)), (403, "admin_only"));
+    let r = api.get("/v1/tenants", ADMIN).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body[0]["name"], "acme");
+    assert!(r.body[0].get("api_key").is_none(), "keys are never listed");
+    let r = api.get("/v1/whoami", &key).await;
+    assert_eq!(
+        r.body,
+        json!({"role": "tenant", "tenant_id": id, "tenant": "acme"})
+    );
+    let r = api
+        .call("POST", &format!("/v1/tenants/{id}/keys"), Some(ADMIN), None)
+        .await;
+    assert_eq!(r.status, 201);
+    let key2 = r.body["api_key"].as_str().unwrap().to_owned();
+    assert_ne!(key2, key);
+    assert_eq!(api.get("/v1/whoami", &key2).await.body["tenant"], "acme");
+    let r = api
+        .call("POST", "/v1/tenants/999/keys", Some(ADMIN), None)
+        .await;
+    assert_eq!(r.status, 404);
+    // The admin key owns nothing.
+    let r = api.get("/v1/plugins", ADMIN).await;
+    assert_eq!((r.status, err_code(&r)), (403, "tenant_only"));
+    // Oversized JSON bodies are refused before they are read.
+    let big = vec![b' '; (1 << 20) + 1];
+    let r = api
+        .call("POST", "/v1/tenants", Some(ADMIN), Some(big))
+        .await;
+    assert_eq!((r.status, err_code(&r)), (413, "payload_too_large"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_upload_list_download_delete() {
+    let api = Api::new(
+        ApiConfig {
+            max_plugin_bytes: 8 << 20,
+            ..ApiConfig::default()
+        },
+        false,
+    )
+    .await;
+    let (_, key) = api.tenant("acme").await;
+    let bytes = plugin("logistic");
+    let r = api.upload(&key, "logistic", "1.0.0", &bytes).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_i64().unwrap();
+    let sha = weir_engine::PluginId::of(&bytes).0;
+    assert_eq!(r.body["sha256"], sha.as_str());
+    assert_eq!(r.body["kind"], "model");
+    assert_eq!(r.body["size"], bytes.len() as i64);
+    assert!(r.body["details"]["compile_ms"].as_f64().is_some());
+
+    let r = api.upload(&key, "logistic", "1.0.0", &bytes).await;
+    assert_eq!((r.status, err_code(&r)), (409, "conflict"));
+    for (name, version) in [
+        ("logistic", "1.0"),
+        ("logistic", "01.0.0"),
+        ("-x", "1.0.0"),
+        ("a%2Fb", "1.0.0"),
+    ] {
+        let r = api.upload(&key, name, version, &bytes).await;
+        assert_eq!(r.status, 400, "{name}@{version}: {}", r.body);
+    }
+    let r = api
+        .call(
+            "POST",
+            "/v1/plugins?name=x",
+            Some(&key),
+            Some(bytes.clone()),
+        )
+        .await;
+    assert_eq!(r.status, 400, "a missing version: {}", r.body);
+    let r = api.upload(&key, "junk", "1.0.0", b"\0asm not really").await;
+    assert_eq!((r.status, err_code(&r)), (422, "invalid_plugin"));
+    assert!(r.body["message"].as_str().unwrap().len() > 10, "{}", r.body);
+    let core = wat::parse_str("(module)").unwrap();
+    let r = api.upload(&key, "core", "1.0.0", &core).await;
+    assert_eq!(
+        (r.status, err_code(&r)),
+        (422, "invalid_plugin"),
+        "{}",
+        r.body
+    );
+    let r = api
+        .upload(&key, "huge", "1.0.0", &vec![0u8; (8 << 20) + 1])
+        .await;
+    assert_eq!((r.status, err_code(&r)), (413, "payload_too_large"));
+
+    let r = api.get("/v1/plugins", &key).await;
+    assert_eq!(r.body.as_array().unwrap().len(), 1);
+    let r = api.get(&format!("/v1/plugins/{id}"), &key).await;
+    assert_eq!(r.body["name"], "logistic");
+    let r = api.get(&format!("/v1/plugins/{id}/download"), &key).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.raw, bytes);
+    assert_eq!(r.headers["content-type"], "application/wasm");
+    let r = api.get(&format!("/v1/plugins/{id}/logs"), &key).await;
+    assert_eq!((r.status, r.body.clone()), (200, json!([])));
+    let r = api.get("/v1/plugins/999", &key).await;
+    assert_eq!((r.status, err_code(&r)), (404, "not_found"));
+
+    // Refused while a pipeline names it; allowed once the pipeline is gone.
+    api.upload(&key, "standardize", "1.0.0", &plugin("standardize"))
+        .await;
+    let r = api
+        .post("/v1/pipelines", &key, json!({ "spec": SPEC }))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let pid = r.body["id"].as_i64().unwrap();
+    let r = api
+        .call("DELETE", &format!("/v1/plugins/{id}"), Some(&key), None)
+        .await;
+    assert_eq!((r.status, err_code(&r)), (409, "conflict"), "{}", r.body);
+    let r = api
+        .call("DELETE", &format!("/v1/pipelines/{pid}"), Some(&key), None)
+        .await;
+    assert_eq!(r.status, 204);
+    let r = api
+        .call("DELETE", &format!("/v1/plugins/{id}"), Some(&key), None)
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        api.get(&format!("/v1/plugins/{id}"), &key).await.status,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_and_swaps_are_rate_limited() {
+    let api = Api::new(
+        ApiConfig {
+            rate_per_minute: 6.0,
+            rate_burst: 2.0,
+            ..ApiConfig::default()
+        },
+        false,
+    )
+    .await;
+    let (_, key) = api.tenant("acme").await;
+    let (_, other) = api.tenant("other").await;
+    let bytes = plugin("standardize");
+    assert_eq!(api.upload(&key, "s", "1.0.0", &bytes).await.status, 201);
+    assert_eq!(api.upload(&key, "s", "1.0.1", &bytes).await.status, 201);
+    let r = api.upload(&key, "s", "1.0.2", &bytes).await;
+    assert_eq!((r.status, err_code(&r)), (429, "rate_limited"));
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=10).contains(&retry), "Retry-After {retry}");
+    // Another tenant has its own budget.
+    assert_eq!(api.upload(&other, "s", "1.0.0", &bytes).await.status, 201);
+    // Swaps have theirs.
+    api.upload(&other, "logistic", "1.0.0", &plugin("logistic"))
+        .await;
+    let spec = SPEC.replace("standardize@1.0.0", "s@1.0.0");
+    let pid = api
+        .post("/v1/pipelines", &other, json!({ "spec": spec }))
+        .await
+        .body["id"]
+        .as_i64()
+        .unwrap();
+    let path = format!("/v1/pipelines/{pid}/stages/model/deploy");
+    for _ in 0..2 {
+        let r = api
+            .post(&path, &other, json!({"plugin": "logistic@1.0.0"}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let r = api
+        .post(&path, &other, json!({"plugin": "logistic@1.0.0"}))
+        .await;
+    assert_eq!((r.status, err_code(&r)), (429, "rate_limited"));
+    assert!(r.headers.contains_key("retry-after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_specs_are_validated() {
+    let api = Api::new(ApiConfig::default(), false).await;
+    let (_, key) = api.tenant("acme").await;
+    let r = api
+        .post("/v1/pipelines", &key, json!({ "spec": SPEC }))
+        .await;
+    assert_eq!(
+        (r.status, err_code(&r)),
+        (422, "unknown_plugin"),
+        "{}",
+        r.body
+    );
+    api.upload(&key, "standardize", "1.0.0", &plugin("standardize"))
+        .await;
+    api.upload(&key, "logistic", "1.0.0", &plugin("logistic"))
+        .await;
+    let wrong = SPEC.replace(
+        "plugin = \"logistic@1.0.0\"",
+        "plugin = \"standardize@1.0.0\"",
+    );
+    let r = api
+        .post("/v1/pipelines", &key, json!({ "spec": wrong }))
+        .await;
+    assert_eq!((r.status, err_code(&r)), (422, "wrong_kind"), "{}", r.body);
+    let r = api
+        .post(
+            "/v1/pipelines",
+            &key,
+            json!({ "spec": "name = \"x\"\n[source]\ntopic = 3\n" }),
+        )
+        .await;
+    assert_eq!((r.status, err_code(&r)), (422, "invalid_spec"));
+    assert!(
+        r.body["message"].as_str().unwrap().contains("line"),
+        "{}",
+        r.body
+    );
+    let r = api.post("/v1/pipelines", &key, json!({ "nope": 1 })).await;
+    assert_eq!(r.status, 400);
+    let r = api
+        .post("/v1/pipelines", &key, json!({ "spec": SPEC }))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_i64().unwrap();
+    assert_eq!(r.body["status"], "created");
+    assert_eq!(r.body["source_topic"], "acme.events");
+    assert_eq!(r.body["stages"][1]["plugin"], "logistic@1.0.0");
+    let r = api
+        .post("/v1/pipelines", &key, json!({ "spec": SPEC }))
+        .await;
+    assert_eq!(r.status, 409);
+    let r = api.get("/v1/pipelines", &key).await;
+    assert_eq!(r.body.as_array().unwrap().len(), 1);
+    // Hot-swap actions need it running; deploy applies at the next start.
+    let r = api
+        .post(
+            &format!("/v1/pipelines/{id}/stages/model/swap"),
+            &key,
+            json!({"plugin": "logistic"}),
+        )
+        .await;
+    assert_eq!((r.status, err_code(&r)), (409, "conflict"));
+    let r = api
+        .post(
+            &format!("/v1/pipelines/{id}/stages/model/teleport"),
+            &key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = api
+        .post(
+            &format!("/v1/pipelines/{id}/stages/nope/deploy"),
+            &key,
+            json!({"plugin": "logistic"}),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = api
+        .post(
+            &format!("/v1/pipelines/{id}/stages/model/deploy"),
+            &key,
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = api
+        .post(
+            &format!("/v1/pipelines/{id}/stages/model/deploy"),
+            &key,
+            json!({"plugin": "nope"}),
+        )
+        .await;
+    assert_eq!((r.status, err_code(&r)), (422, "unknown_plugin"));
+    let r = api
+        .post(
+            &format!("/v1/pipelines/{id}/stages/extractor/canary"),
+            &key,
+            json!({"plugin": "standardize"}),
+        )
+        .await;
+    assert_eq!((r.status, err_code(&r)), (422, "model_only"));
+    let r = api
+        .get(&format!("/v1/pipelines/{id}/predictions?limit=0"), &key)
+        .await;
+    assert_eq!(r.status, 400);
+    let r = api
+        .get(
+            &format!("/v1/pipelines/{id}/predictions?cursor=garbage"),
+            &key,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["message"].as_str()),
+        (400, Some("invalid cursor"))
+    );
+    let r = api
+        .get(&format!("/v1/pipelines/{id}/predictions?from=abc"), &key)
+        .await;
+    assert_eq!(r.status, 400);
+    let r = api.get(&format!("/v1/pipelines/{id}/windows"), &key).await;
+    assert_eq!(
+        (r.status, r.body.clone()),
+        (200, json!({"items": [], "next": null}))
+    );
+    let r = api.get(&format!("/v1/pipelines/{id}/metrics"), &key).await;
+    assert_eq!((r.status, r.body.clone()), (200, json!([])));
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/pipelines/{id}/stop"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (200, Some("stopped"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_cannot_see_or_touch_each_other() {
+    let api = Api::new(ApiConfig::default(), false).await;
+    let (_, a) = api.tenant("alpha").await;
+    let (_, b) = api.tenant("beta").await;
+    for k in [&a, &b] {
+        api.upload(k, "standardize", "1.0.0", &plugin("standardize"))
+            .await;
+        assert_eq!(
+            api.upload(k, "logistic", "1.0.0", &plugin("logistic"))
+                .await
+                .status,
+            201
+        );
+    }
+    // B has a plugin A does not have (by name and by sha256).
+    let b_only = variant(&plugin("logistic"), "beta");
+    let r = api.upload(&b, "secret-model", "1.0.0", &b_only).await;
+    let b_plugin = r.body["id"].as_i64().unwrap();
+    let b_sha = r.body["sha256"].as_str().unwrap().to_owned();
+    let b_pipe = api
+        .post("/v1/pipelines", &b, json!({"spec": SPEC}))
+        .await
+        .body["id"]
+        .as_i64()
+        .unwrap();
+    let a_pipe = api
+        .post("/v1/pipelines", &a, json!({"spec": SPEC}))
+        .await
+        .body["id"]
+        .as_i64()
+        .unwrap();
+    // A cursor B legitimately holds, forged into existence by the server's signer.
+    let b_tenant = api.get("/v1/whoami", &b).await.body["tenant_id"]
+        .as_i64()
+        .unwrap();
+    let b_cursor = api.state.cursors.sign(&api::auth::CursorBody {
+        t: b_tenant,
+        p: b_pipe,
+        k: "predictions".into(),
+        po: Some((0, 10)),
+        kw: None,
+    });
+    let before_plugins = api.get("/v1/plugins", &b).await.body;
+    let before_pipe = api.get(&format!("/v1/pipelines/{b_pipe}"), &b).await.body;
+    let before_deps = api
+        .get(&format!("/v1/pipelines/{b_pipe}/deployments"), &b)
+        .await
+        .body;
+
+    let p = b_plugin;
+    let q = b_pipe;
+    let matrix: Vec<(&str, String, Option<Value>)> = vec![
+        ("GET", format!("/v1/plugins/{p}"), None),
+        ("GET", format!("/v1/plugins/{p}/download"), None),
+        ("GET", format!("/v1/plugins/{p}/logs"), None),
+        ("DELETE", format!("/v1/plugins/{p}"), None),
+        ("GET", format!("/v1/pipelines/{q}"), None),
+        ("POST", format!("/v1/pipelines/{q}/start"), None),
+        ("POST", format!("/v1/pipelines/{q}/stop"), None),
+        ("GET", format!("/v1/pipelines/{q}/deployments"), None),
+        ("GET", format!("/v1/pipelines/{q}/metrics"), None),
+        ("GET", format!("/v1/pipelines/{q}/predictions"), None),
+        ("GET", format!("/v1/pipelines/{q}/windows"), None),
+        (
+            "GET",
+            format!("/v1/pipelines/{q}/predictions?cursor={b_cursor}"),
+            None,
+        ),
+        (
+            "POST",
+            format!("/v1/pipelines/{q}/stages/model/deploy"),
+            Some(json!({"plugin": "logistic@1.0.0"})),
+        ),
+        (
+            "POST",
+            format!("/v1/pipelines/{q}/stages/model/swap"),
+            Some(json!({"plugin": "logistic@1.0.0"})),
+        ),
+        (
+            "POST",
+            format!("/v1/pipelines/{q}/stages/model/rollback"),
+            Some(json!({})),
+        ),
+        (
+            "POST",
+            format!("/v1/pipelines/{q}/stages/model/canary"),
+            Some(json!({"plugin": "logistic", "percent": 20})),
+        ),
+        (
+            "POST",
+            format!("/v1/pipelines/{q}/stages/model/shadow"),
+            Some(json!({"plugin": "logistic"})),
+        ),
+        (
+            "POST",
+            format!("/v1/pipelines/{q}/stages/model/promote"),
+            Some(json!({})),
+        ),
+        (
+            "DELETE",
+            format!("/v1/pipelines/{q}/stages/model/canary"),
+            None,
+        ),
+        ("DELETE", format!("/v1/pipelines/{q}"), None),
+    ];
+    for (method, path, body) in &matrix {
+        let r = api
+            .call(
+                method,
+                path,
+                Some(&a),
+                body.as_ref().map(|b| b.to_string().into_bytes()),
+            )
+            .await;
+        assert_eq!(
+            (r.status, err_code(&r)),
+            (404, "not_found"),
+            "A: {method} {path}: {}",
+            r.body
+        );
+    }
+    // B's plugin, by sha256 or by name, into A's own pipeline: unknown to A.
+    for reference in [
+        format!("sha256:{b_sha}"),
+        "secret-model".into(),
+        "secret-model@1.0.0".into(),
+    ] {
+        let r = api
+            .post(
+                &format!("/v1/pipelines/{a_pipe}/stages/model/deploy"),
+                &a,
+                json!({"plugin": reference}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, err_code(&r)),
+            (422, "unknown_plugin"),
+            "{reference}: {}",
+            r.body
+        );
+    }
+    // B's spec naming B's plugin cannot be created by A either.
+    let spec = SPEC
+        .replace("logistic@1.0.0", &format!("sha256:{b_sha}"))
+        .replace("scores\"\n\n[source]", "stolen\"\n\n[source]");
+    let r = api.post("/v1/pipelines", &a, json!({"spec": spec})).await;
+    assert_eq!(
+        (r.status, err_code(&r)),
+        (422, "unknown_plugin"),
+        "{}",
+        r.body
+    );
+    // B's cursor on A's own pipeline.
+    let r = api
+        .get(
+            &format!("/v1/pipelines/{a_pipe}/predictions?cursor={b_cursor}"),
+            &a,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["message"].as_str()),
+        (400, Some("invalid cursor"))
+    );
+    // Listings show only one's own.
+    let list = api.get("/v1/plugins", &a).await.body;
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["sha256"] != b_sha.as_str())
+    );
+    assert_eq!(
+        api.get("/v1/pipelines", &a)
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // B's data is unchanged.
+    assert_eq!(api.get("/v1/plugins", &b).await.body, before_plugins);
+    assert_eq!(
+        api.get(&format!("/v1/pipelines/{b_pipe}"), &b).await.body,
+        before_pipe
+    );
+    assert_eq!(
+        api.get(&format!("/v1/pipelines/{b_pipe}/deployments"), &b)
+            .await
+            .body,
+        before_deps
+    );
+    let r = api
+        .get(&format!("/v1/plugins/{b_plugin}/download"), &b)
+        .await;
+    assert_eq!(r.raw, b_only);
+    // And B still uses its own cursor.
+    let r = api
+        .get(
+            &format!("/v1/pipelines/{b_pipe}/predictions?cursor={b_cursor}"),
+            &b,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_matches_the_routes() {
+    let api = Api::new(ApiConfig::default(), false).await;
+    let r = api.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(r.status, 200);
+    let doc = r.body;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    let documented: BTreeSet<(String, String)> = paths
+        .iter()
+        .flat_map(|(p, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.to_uppercase(), p.clone()))
+        })
+        .collect();
+    // Every route the router serves is documented, with its ids as templates...
+    let template = |path: &str| -> String {
+        let path = path.split('?').next().unwrap();
+        let parts: Vec<&str> = path.split('/').collect();
+        let mut out = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            out.push(match (i, *part) {
+                (_, "1")
+                    if parts[i - 1] == "tenants"
+                        || parts[i - 1] == "plugins"
+                        || parts[i - 1] == "pipelines" =>
+                {
+                    "{id}".to_owned()
+                }
+                (_, "model") => "{stage}".to_owned(),
+                (_, "swap") => "{action}".to_owned(),
+                (_, "canary") => "{action}".to_owned(),
+                (_, p) => p.to_owned(),
+            });
+        }
+        out.join("/")
+    };
+    let mut served: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), template(p)))
+        .collect();
+    for open in ["/healthz", "/readyz", "/openapi.json"] {
+        served.insert(("GET".into(), open.into()));
+    }
+    assert_eq!(documented, served);
+    // ...and every documented operation answers on the router (never "no such route").
+    for (method, path) in &documented {
+        let concrete = path
+            .replace("{id}", "1")
+            .replace("{stage}", "model")
+            .replace(
+                "{action}",
+                if method == "DELETE" { "canary" } else { "swap" },
+            );
+        let r = api.call(method, &concrete, Some(ADMIN), None).await;
+        assert_ne!(r.body["message"], "no such route", "{method} {path}");
+        assert_ne!(r.status, 405, "{method} {path}");
+        assert!(r.status < 500, "{method} {path}: {}", r.body);
+    }
+    // Errors are described with the shared schema.
+    assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+/// Waits until `f` returns `Some`, or panics after `secs`.
+async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
+    secs: u64,
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads every prediction of a pipeline through the paged API.
+async fn all_predictions(api: &Api, key: &str, pipe: i64) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/pipelines/{pipe}/predictions?limit=1000&cursor={c}"),
+            None => format!("/v1/pipelines/{pipe}/predictions?limit=1000"),
+        };
+        let r = api.get(&path, key).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        out.extend(r.body["items"].as_array().unwrap().iter().cloned());
+        match r.body["next"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_pipeline_swap_rollback_canary_shadow_promote() {
+    let api = Api::new(ApiConfig::default(), true).await;
+    let (_, key) = api.tenant("acme").await;
+    api.upload(&key, "standardize", "1.0.0", &plugin("standardize"))
+        .await;
+    let v1 = api
+        .upload(&key, "logistic", "1.0.0", &plugin("logistic"))
+        .await
+        .body;
+    let v2 = api
+        .upload(
+            &key,
+            "logistic",
+            "2.0.0",
+            &variant(&plugin("logistic"), "v2"),
+        )
+        .await
+        .body;
+    let _v3 = api
+        .upload(
+            &key,
+            "logistic",
+            "3.0.0",
+            &variant(&plugin("logistic"), "v3"),
+        )
+        .await
+        .body;
+    assert_ne!(v1["sha256"], v2["sha256"]);
+    let pipe = api
+        .post("/v1/pipelines", &key, json!({"spec": SPEC}))
+        .await
+        .body["id"]
+        .as_i64()
+        .unwrap();
+    for topic in [
+        "acme.events",
+        "acme.scores",
+        "acme.dead",
+        "acme.scores.shadow",
+    ] {
+        api._broker
+            .as_ref()
+            .unwrap()
+            .create_topic(topic, 1)
+            .unwrap();
+    }
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/pipelines/{pipe}/start"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (200, Some("running")),
+        "{}",
+        r.body
+    );
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/pipelines/{pipe}/start"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 409);
+
+    let mut producer = Producer::new(&api.bootstrap()).unwrap();
+    let events: Vec<_> = weir_workload::Generator::new(12_000, 7).collect();
+    let mut sent = 0usize;
+    let mut send = |n: usize, producer: &mut Producer| {
+        for e in &events[sent..sent + n] {
+            producer
+                .send(
+                    "acme.events",
+                    &e.key,
+                    weir_workload::to_json_line(e).as_bytes(),
+                )
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        sent += n;
+        sent
+    };
+    let stage = |action: &str| format!("/v1/pipelines/{pipe}/stages/model/{action}");
+    let done = |n: usize| {
+        let api = &api;
+        let key = key.clone();
+        move || {
+            let key = key.clone();
+            async move {
+                let r = api.get(&format!("/v1/pipelines/{pipe}"), &key).await;
+                let c = r.body["counters"]["results_out"].as_u64().unwrap_or(0);
+                (c >= n as u64).then_some(())
+            }
+        }
+    };
+    // Phase 1: v1.
+    let n = send(2000, &mut producer);
+    wait_for(60, "phase 1", done(n)).await;
+    // Phase 2: swap to v2.
+    let r = api
+        .post(&stage("swap"), &key, json!({"plugin": "logistic@2.0.0"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ver2 = r.body["version"].as_str().unwrap().to_owned();
+    let ver1 = r.body["previous"].as_str().unwrap().to_owned();
+    let n = send(2000, &mut producer);
+    wait_for(60, "phase 2", done(n)).await;
+    // Phase 3: roll back to v1.
+    let r = api.post(&stage("rollback"), &key, json!({})).await;
+    assert_eq!(
+        (r.status, r.body["version"].as_str()),
+        (200, Some(&*ver1)),
+        "{}",
+        r.body
+    );
+    let n = send(2000, &mut producer);
+    wait_for(60, "phase 3", done(n)).await;
+    // Phase 4: canary v3 at 20%.
+    let r = api
+        .post(
+            &stage("canary"),
+            &key,
+            json!({"plugin": "logistic@3.0.0", "percent": 20}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ver3 = r.body["version"].as_str().unwrap().to_owned();
+    let n = send(2000, &mut producer);
+    wait_for(60, "phase 4", done(n)).await;
+    // Phase 5: shadow v2 too, then promote the canary.
+    let r = api
+        .post(&stage("shadow"), &key, json!({"plugin": "logistic@2.0.0"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let n = send(2000, &mut producer);
+    wait_for(60, "phase 5", done(n)).await;
+    let r = api.get(&format!("/v1/pipelines/{pipe}"), &key).await;
+    assert_eq!(r.body["canary"]["percent"], 20.0);
+    assert_eq!(r.body["shadow"]["plugin"], "logistic@2.0.0");
+    let r = api.post(&stage("promote"), &key, json!({})).await;
+    assert_eq!(
+        (r.status, err_code(&r)),
+        (400, "bad_request"),
+        "both run: say which"
+    );
+    let r = api
+        .post(&stage("promote"), &key, json!({"from": "canary"}))
+        .await;
+    assert_eq!(
+        (r.status, r.body["version"].as_str()),
+        (200, Some(&*ver3)),
+        "{}",
+        r.body
+    );
+    let m = api
+        .get(&format!("/v1/pipelines/{pipe}/metrics"), &key)
+        .await
+        .body;
+    let roles: BTreeSet<(String, String)> = m
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["stage"] == "model")
+        .map(|x| {
+            (
+                x["role"].as_str().unwrap().to_owned(),
+                x["version"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        roles.contains(&("shadow".into(), ver2.clone())),
+        "{roles:?}"
+    );
+    assert!(
+        roles.contains(&("canary".into(), ver3.clone())),
+        "{roles:?}"
+    );
+    let r = api.call("DELETE", &stage("shadow"), Some(&key), None).await;
+    assert_eq!(r.status, 204);
+    let r = api.call("DELETE", &stage("shadow"), Some(&key), None).await;
+    assert_eq!(r.status, 404);
+    // Phase 6: v3 serves everything.
+    let n = send(2000, &mut producer);
+    wait_for(60, "phase 6", done(n)).await;
+    // Prometheus text has the pipeline's series, labelled by tenant, pipeline and version.
+    let r = api.call("GET", "/metrics", Some(&key), None).await;
+    let text = String::from_utf8(r.raw).unwrap();
+    assert!(
+        text.contains("weir_events_in_total{tenant=\"acme\",pipeline=\"scores\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "role=\"shadow\",version=\"{ver2}\",plugin=\"logistic@2.0.0\""
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("weir_stage_latency_seconds_bucket{"),
+        "{text}"
+    );
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/pipelines/{pipe}/stop"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (200, Some("stopped"))
+    );
+
+    // Every event has exactly one stored prediction, made by the version of its phase.
+    let preds = all_predictions(&api, &key, pipe).await;
+    let mut seen: BTreeMap<(i64, i64), Value> = BTreeMap::new();
+    for p in &preds {
+        let id = (
+            p["partition"].as_i64().unwrap(),
+            p["offset"].as_i64().unwrap(),
+        );
+        assert!(seen.insert(id, p.clone()).is_none(), "duplicate {id:?}");
+    }
+    assert_eq!(seen.len(), events.len(), "every event has a prediction");
+    let mut versions_by_phase: Vec<BTreeMap<String, usize>> = vec![BTreeMap::new(); 6];
+    let mut key_versions_in_canary: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    // The topic has 1 partition by default (auto-created), so offset = send order.
+    for ((_, offset), p) in &seen {
+        let phase = (*offset as usize) / 2000;
+        let v = p["model_version"].as_str().unwrap().to_owned();
+        assert_eq!(
+            p["output"]["model_version"],
+            v.as_str(),
+            "the output names its version"
+        );
+        *versions_by_phase[phase].entry(v.clone()).or_default() += 1;
+        if phase == 3 || phase == 4 {
+            key_versions_in_canary
+                .entry(p["key"].as_str().unwrap().to_owned())
+                .or_default()
+                .insert(v);
+        }
+    }
+    assert_eq!(versions_by_phase[0].keys().collect::<Vec<_>>(), [&ver1]);
+    assert_eq!(versions_by_phase[1].keys().collect::<Vec<_>>(), [&ver2]);
+    assert_eq!(versions_by_phase[2].keys().collect::<Vec<_>>(), [&ver1]);
+    assert_eq!(versions_by_phase[5].keys().collect::<Vec<_>>(), [&ver3]);
+    for phase in [3, 4] {
+        let on_canary = versions_by_phase[phase].get(&ver3).copied().unwrap_or(0) as f64 / 2000.0;
+        assert!(
+            (0.10..0.30).contains(&on_canary),
+            "phase {phase}: canary share {on_canary}"
+        );
+    }
+    assert!(
+        key_versions_in_canary.values().all(|v| v.len() == 1),
+        "a key always sees one version during a canary"
+    );
+    // The deployment history names every action, and where each version took effect.
+    let deps = api
+        .get(&format!("/v1/pipelines/{pipe}/deployments"), &key)
+        .await
+        .body;
+    let actions: Vec<&str> = deps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["partition"].is_null())
+        .map(|d| d["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "api/swap",
+            "api/rollback",
+            "api/canary 20%",
+            "api/shadow",
+            "api/promote"
+        ]
+    );
+    let took_effect: Vec<(String, i64)> = deps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["stage"] == "model" && !d["partition"].is_null())
+        .map(|d| {
+            (
+                d["version"].as_str().unwrap().to_owned(),
+                d["offset"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        took_effect,
+        [
+            (ver1.clone(), 0),
+            (ver2.clone(), 2000),
+            (ver1.clone(), 4000),
+            (ver3.clone(), 10_000)
+        ]
+    );
+}
