@@ -3,7 +3,9 @@
 mod bench;
 mod bench_pipeline;
 mod bench_sink;
+mod cli;
 mod cmd_run;
+mod cmd_serve;
 mod up;
 
 use weir_server::kafka;
@@ -21,6 +23,8 @@ use std::path::PathBuf;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    client: cli::ClientArgs,
 }
 
 #[derive(Subcommand)]
@@ -30,6 +34,63 @@ enum Command {
     /// Run a pipeline spec over Kafka with its results, state and positions in a database
     /// (effectively once; restarts resume from the database).
     Run(cmd_run::RunArgs),
+    /// Serve the HTTP API (tenants, plugins, pipelines, deployments, results) and run the
+    /// pipelines created through it.
+    Serve(cmd_serve::ServeArgs),
+    /// Manage tenants and their keys (admin key).
+    #[command(subcommand)]
+    Tenant(cli::TenantCmd),
+    /// Create, build, upload and manage plugins.
+    #[command(subcommand)]
+    Plugin(cli::PluginCmd),
+    /// Create, start, stop and inspect pipelines.
+    #[command(subcommand)]
+    Pipeline(cli::PipelineCmd),
+    /// Deploy a plugin to a stage (hot-swapped when running, applied at start otherwise).
+    Deploy(cli::StageArgs),
+    /// Hot-swap a stage to a plugin (the pipeline must run).
+    Swap(cli::StageArgs),
+    /// Roll a stage back to the previous version, or to `--version`.
+    Rollback {
+        /// Pipeline id or name.
+        pipeline: String,
+        /// The stage.
+        #[arg(long, default_value = "model")]
+        stage: String,
+        /// The version id to return to.
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Run a canary: the plugin serves a share of keys, chosen by a hash of the key.
+    Canary {
+        #[command(flatten)]
+        stage: cli::StageArgs,
+        /// Share of keys, percent.
+        #[arg(long)]
+        percent: f64,
+    },
+    /// Run a shadow: the plugin scores the same events beside the serving version; its
+    /// scores go to the shadow topic only.
+    Shadow(cli::StageArgs),
+    /// Make the canary or shadow the serving version.
+    Promote {
+        /// Pipeline id or name.
+        pipeline: String,
+        /// `canary` or `shadow` (default: whichever runs).
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Print a pipeline's stored predictions, following new ones.
+    Tail {
+        /// Pipeline id or name.
+        pipeline: String,
+        /// Stop after this many.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Only this key.
+        #[arg(long)]
+        key: Option<String>,
+    },
     /// Validate a plugin and print what it is (kind, WIT version, imports, compile time).
     Inspect {
         /// The component (.wasm).
@@ -68,7 +129,45 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let c = &cli.client;
+    match cli.command {
+        Command::Serve(args) => cmd_serve::run(args),
+        Command::Tenant(cmd) => cli::tenant(c, cmd),
+        Command::Plugin(cmd) => cli::plugin(c, cmd),
+        Command::Pipeline(cmd) => cli::pipeline(c, cmd),
+        Command::Deploy(a) => cli::stage(c, "deploy", &a, serde_json::json!({})),
+        Command::Swap(a) => cli::stage(c, "swap", &a, serde_json::json!({})),
+        Command::Rollback {
+            pipeline,
+            stage,
+            version,
+        } => cli::stage_plain(
+            c,
+            "rollback",
+            &pipeline,
+            &stage,
+            serde_json::json!({ "version": version }),
+        ),
+        Command::Canary { stage, percent } => cli::stage(
+            c,
+            "canary",
+            &stage,
+            serde_json::json!({ "percent": percent }),
+        ),
+        Command::Shadow(a) => cli::stage(c, "shadow", &a, serde_json::json!({})),
+        Command::Promote { pipeline, from } => cli::stage_plain(
+            c,
+            "promote",
+            &pipeline,
+            "model",
+            serde_json::json!({ "from": from }),
+        ),
+        Command::Tail {
+            pipeline,
+            limit,
+            key,
+        } => cli::tail(c, &pipeline, limit, key),
         Command::Up(args) => up::run(args),
         Command::Run(args) => cmd_run::run(args),
         Command::Inspect { plugin } => inspect(&plugin),

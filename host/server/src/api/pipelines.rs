@@ -838,8 +838,9 @@ pub struct PredictionRow {
 pub struct PredictionPage {
     /// Rows, in (partition, offset) order.
     pub items: Vec<PredictionRow>,
-    /// Cursor of the next page (absent on the last page). Opaque, and valid only for this
-    /// tenant and pipeline.
+    /// Cursor just after this page's last row (absent when the page is empty): follow it
+    /// until a page comes back empty, or keep it to poll for new rows. Opaque, and valid
+    /// only for this tenant and pipeline.
     pub next: Option<String>,
 }
 
@@ -864,7 +865,7 @@ pub struct WindowRow {
 pub struct WindowPage {
     /// Rows, in (key, window start) order.
     pub items: Vec<WindowRow>,
-    /// Cursor of the next page (absent on the last page).
+    /// Cursor just after this page's last row (absent when the page is empty).
     pub next: Option<String>,
 }
 
@@ -906,15 +907,13 @@ pub async fn predictions(
         .predictions_page(&internal_name(tenant, &p.name), &filter, after)
         .await
         .map_err(ApiError::from)?;
-    let next = (rows.len() as u64 == filter.limit).then(|| {
-        rows.last().map(|r| {
-            state.cursors.sign(&CursorBody {
-                t: tenant,
-                p: id,
-                k: "predictions".into(),
-                po: Some((r.partition, r.offset)),
-                kw: None,
-            })
+    let next = rows.last().map(|r| {
+        state.cursors.sign(&CursorBody {
+            t: tenant,
+            p: id,
+            k: "predictions".into(),
+            po: Some((r.partition, r.offset)),
+            kw: None,
         })
     });
     let items = rows
@@ -930,13 +929,7 @@ pub async fn predictions(
             output: serde_json::from_str(&r.output).unwrap_or(serde_json::Value::Null),
         })
         .collect();
-    Ok(json(
-        StatusCode::OK,
-        &PredictionPage {
-            items,
-            next: next.flatten(),
-        },
-    ))
+    Ok(json(StatusCode::OK, &PredictionPage { items, next }))
 }
 
 /// Window results by key and window-start range, paged.
@@ -964,15 +957,13 @@ pub async fn windows(
         .window_results_page(&internal_name(tenant, &p.name), &filter, after)
         .await
         .map_err(ApiError::from)?;
-    let next = (rows.len() as u64 == filter.limit).then(|| {
-        rows.last().map(|r| {
-            state.cursors.sign(&CursorBody {
-                t: tenant,
-                p: id,
-                k: "windows".into(),
-                po: None,
-                kw: Some((r.key.clone(), r.window_start)),
-            })
+    let next = rows.last().map(|r| {
+        state.cursors.sign(&CursorBody {
+            t: tenant,
+            p: id,
+            k: "windows".into(),
+            po: None,
+            kw: Some((r.key.clone(), r.window_start)),
         })
     });
     let items = rows
@@ -985,11 +976,5 @@ pub async fn windows(
             output: serde_json::from_str(&r.output).unwrap_or(serde_json::Value::Null),
         })
         .collect();
-    Ok(json(
-        StatusCode::OK,
-        &WindowPage {
-            items,
-            next: next.flatten(),
-        },
-    ))
+    Ok(json(StatusCode::OK, &WindowPage { items, next }))
 }

@@ -1,0 +1,109 @@
+//! `weir serve`: the HTTP API, with the pipelines it runs, over a Kafka broker (the embedded
+//! one unless `--kafka` names another) and a database.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use weir_server::api::{self, ApiConfig, AppState};
+use weir_server::kafka::EmbeddedBroker;
+
+/// Arguments of `weir serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Database: `sqlite://weir.db` or `mysql://user:password@host:port/database`.
+    #[arg(long, default_value = "sqlite://weir.db")]
+    db: String,
+    /// Kafka bootstrap servers; without it, an embedded broker starts in-process.
+    #[arg(long)]
+    kafka: Option<String>,
+    /// Directory for compiled plugin artifacts (faster restarts).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Largest plugin upload, MiB.
+    #[arg(long, default_value_t = 16)]
+    max_plugin_mib: u64,
+    /// Uploads and swaps per tenant per minute (0: unlimited).
+    #[arg(long, default_value_t = 60.0)]
+    rate_per_minute: f64,
+    /// Burst of uploads or swaps a tenant may make at once.
+    #[arg(long, default_value_t = 20.0)]
+    rate_burst: f64,
+}
+
+/// Runs the server until Ctrl-C or SIGTERM.
+pub fn run(args: ServeArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let broker = match &args.kafka {
+        Some(_) => None,
+        None => Some(EmbeddedBroker::start()?),
+    };
+    let kafka = match (&args.kafka, &broker) {
+        (Some(k), _) => k.clone(),
+        (None, Some(b)) => b.bootstrap(),
+        (None, None) => unreachable!("a broker was started"),
+    };
+    let store = Arc::new(
+        weir_store::Store::connect(&args.db)
+            .await
+            .with_context(|| format!("opening the database {}", args.db))?,
+    );
+    let engine = weir_engine::Engine::new(weir_engine::EngineOptions {
+        cache_dir: args.cache_dir.clone(),
+        ..Default::default()
+    })?;
+    let config = ApiConfig {
+        max_plugin_bytes: args.max_plugin_mib << 20,
+        rate_per_minute: args.rate_per_minute,
+        rate_burst: args.rate_burst,
+        ..ApiConfig::default()
+    };
+    let admin = std::env::var("WEIR_ADMIN_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    if let Some(k) = &admin
+        && !(k.len() == 67 && k.starts_with("wk_") && k[3..].bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        anyhow::bail!(
+            "WEIR_ADMIN_KEY must be `wk_` and 64 hex digits (for example from `openssl rand -hex 32`)"
+        );
+    }
+    let (state, printed) = AppState::new(store, engine, kafka.clone(), config, admin)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    if let Some(k) = printed {
+        println!("admin key (printed once, stored hashed; set WEIR_ADMIN_KEY to choose it): {k}");
+    }
+    state.resume().await;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!("kafka {kafka}");
+    println!("listening on http://{addr}");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("shutting down: stopping pipelines (they commit first)");
+    };
+    api::serve(state, listener, shutdown).await;
+    drop(broker);
+    Ok(())
+}
