@@ -85,11 +85,14 @@ pub async fn authenticate(store: &Store, header: Option<&str>) -> Result<Caller,
     })
 }
 
+/// A bucket's tokens and when they were last counted, per (tenant, action).
+type Buckets = HashMap<(i64, &'static str), (f64, Instant)>;
+
 /// Token buckets per (tenant, action): `burst` tokens, refilled at `per_minute`.
 pub struct RateLimiter {
     per_minute: f64,
     burst: f64,
-    buckets: Mutex<HashMap<(i64, &'static str), (f64, Instant)>>,
+    buckets: Mutex<Buckets>,
 }
 
 impl RateLimiter {
