@@ -13,7 +13,7 @@ use weir_workload::{Event, Generator, Models};
 /// Options of `weir bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: `engine`, `pipeline` or `sink`.
+    /// Which benchmark: `engine`, `pipeline`, `sink` or `swap`.
     name: String,
     /// Read events from this JSON Lines file (the shared generator's format) instead of
     /// generating them.
@@ -39,6 +39,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             crate::bench_pipeline::run(args.n.unwrap_or(1_000_000), events, args.runs.min(3))
         }
         "sink" => crate::bench_sink::run(args.n.unwrap_or(200_000), 200_000),
+        "swap" => crate::bench_swap::run(args.n.unwrap_or(200_000), 100),
         // For profilers: job 1's extract stage in a loop, nothing else.
         "extract-loop" => {
             let events = load_events(&args)?;
@@ -51,7 +52,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             );
             Ok(())
         }
-        other => bail!("unknown benchmark `{other}` (available: engine, pipeline, sink)"),
+        other => bail!("unknown benchmark `{other}` (available: engine, pipeline, sink, swap)"),
     }
 }
 

@@ -508,11 +508,15 @@ impl Client {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
-        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
-        let req = self
-            .request(method, path)
-            .header("content-type", "application/json")
-            .body(bytes)?;
+        let mut req = self.request(method, path);
+        let bytes = match body {
+            Some(b) => {
+                req = req.header("content-type", "application/json");
+                b.to_string().into_bytes()
+            }
+            None => Vec::new(),
+        };
+        let req = req.body(bytes)?;
         self.finish(self.agent.run(req))
     }
 

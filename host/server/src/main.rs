@@ -3,6 +3,7 @@
 mod bench;
 mod bench_pipeline;
 mod bench_sink;
+mod bench_swap;
 mod cli;
 mod cmd_run;
 mod cmd_serve;
@@ -87,16 +88,16 @@ enum Command {
         /// Stop after this many.
         #[arg(long)]
         limit: Option<u64>,
-        /// Only this key.
+        /// Only the records with this key.
         #[arg(long)]
-        key: Option<String>,
+        record_key: Option<String>,
     },
     /// Validate a plugin and print what it is (kind, WIT version, imports, compile time).
     Inspect {
         /// The component (.wasm).
         plugin: PathBuf,
     },
-    /// Run a named benchmark (`engine`, `pipeline`, `sink`). Its last line is `key=value` pairs.
+    /// Run a named benchmark (`engine`, `pipeline`, `sink`, `swap`). Its last line is `key=value` pairs.
     Bench(bench::BenchArgs),
     /// Run only the embedded Kafka broker (librdkafka's mock cluster) until Ctrl-C.
     Broker {
@@ -166,8 +167,8 @@ fn main() -> Result<()> {
         Command::Tail {
             pipeline,
             limit,
-            key,
-        } => cli::tail(c, &pipeline, limit, key),
+            record_key,
+        } => cli::tail(c, &pipeline, limit, record_key),
         Command::Up(args) => up::run(args),
         Command::Run(args) => cmd_run::run(args),
         Command::Inspect { plugin } => inspect(&plugin),

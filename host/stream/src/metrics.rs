@@ -175,6 +175,17 @@ pub struct CapturedLog {
 pub struct PipelineMetrics {
     stages: Mutex<BTreeMap<StageKey, StageStats>>,
     logs: Mutex<BTreeMap<StageKey, std::collections::VecDeque<CapturedLog>>>,
+    switches: Mutex<SwitchPauses>,
+}
+
+/// How long the worker paused to move a stage to a new version (instantiating it and
+/// carrying its state over), between two batches.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SwitchPauses {
+    /// Every pause, as a histogram.
+    pub histogram: Histogram,
+    /// The most recent pauses (at most 10,000), oldest first.
+    pub recent: std::collections::VecDeque<Duration>,
 }
 
 impl PipelineMetrics {
@@ -225,6 +236,24 @@ impl PipelineMetrics {
             ..StageStats::default()
         });
         f(e)
+    }
+
+    /// Records a version switch's pause.
+    pub fn record_switch(&self, pause: Duration) {
+        let mut s = self.switches.lock().unwrap_or_else(|p| p.into_inner());
+        s.histogram.observe(pause);
+        if s.recent.len() == 10_000 {
+            s.recent.pop_front();
+        }
+        s.recent.push_back(pause);
+    }
+
+    /// The switch pauses so far.
+    pub fn switch_pauses(&self) -> SwitchPauses {
+        self.switches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A copy of every entry, ordered by stage, role and version.

@@ -1105,6 +1105,12 @@ fn timed<R>(
     rows: usize,
     f: impl FnOnce(&mut Instance) -> weir_engine::Result<R>,
 ) -> weir_engine::Result<(VersionId, String, R)> {
+    let switches = runner.switches();
+    let switching = Instant::now();
+    runner.instance()?;
+    if runner.switches() != switches {
+        metrics.record_switch(switching.elapsed());
+    }
     let inst = runner.instance()?;
     let version = inst.deployment().version.clone();
     let plugin = inst.deployment().plugin.id().0.clone();

@@ -258,6 +258,25 @@ pub async fn metrics(authz: Option<String>, state: Arc<AppState>) -> Reply {
             let _ = writeln!(o, "{name}_count{{{l}}} {}", s.latency.count);
         }
     }
+    let name = "weir_swap_pause_seconds";
+    let _ = writeln!(
+        o,
+        "# HELP {name} Pause of a worker moving a stage to a new version.\n# TYPE {name} histogram"
+    );
+    for r in &running {
+        let t = names.get(&r.tenant).map_or("", String::as_str);
+        let pipeline = r.spec.name.get_ref().split_once('.').map_or("", |x| x.1);
+        let l = format!("tenant=\"{}\",pipeline=\"{}\"", label(t), label(pipeline));
+        let h = r.metrics.switch_pauses().histogram;
+        let mut cum = 0;
+        for (b, c) in LATENCY_BUCKETS.iter().zip(h.counts.iter()) {
+            cum += c;
+            let _ = writeln!(o, "{name}_bucket{{{l},le=\"{b}\"}} {cum}");
+        }
+        let _ = writeln!(o, "{name}_bucket{{{l},le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(o, "{name}_sum{{{l}}} {}", h.sum);
+        let _ = writeln!(o, "{name}_count{{{l}}} {}", h.count);
+    }
     let mut r =
         warp::reply::with_header(o, "content-type", "text/plain; version=0.0.4").into_response();
     *r.status_mut() = StatusCode::OK;

@@ -3,5 +3,6 @@
 //! restarted, against MariaDB and SQLite.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cli;
 mod crash;
 mod support;
