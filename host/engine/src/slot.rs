@@ -58,6 +58,9 @@ pub struct Slot {
     current: ArcSwap<Deployment>,
     history: Mutex<Vec<Arc<Deployment>>>,
     swaps: AtomicU64,
+    /// An instance of the serving deployment built ahead of time by
+    /// [`Slot::swap_prepared`], for the first runner that moves to it.
+    prepared: Mutex<Option<Instance>>,
 }
 
 impl Slot {
@@ -67,6 +70,7 @@ impl Slot {
             current: ArcSwap::new(deployment.clone()),
             history: Mutex::new(vec![deployment]),
             swaps: AtomicU64::new(0),
+            prepared: Mutex::new(None),
         })
     }
 
@@ -105,6 +109,48 @@ impl Slot {
         let prev = self.current.swap(next);
         self.swaps.fetch_add(1, Ordering::Relaxed);
         Ok(prev)
+    }
+
+    /// Like [`Slot::swap`], but first instantiates `next` on the caller's thread (running
+    /// its `init` with the config), so the first runner that moves to it takes the ready
+    /// instance instead of instantiating between two batches: the worker's pause shrinks
+    /// to a state hand-over.
+    pub fn swap_prepared(&self, next: Arc<Deployment>) -> Result<Arc<Deployment>> {
+        let inst = Instance::new(next.clone())?;
+        *self.prepared.lock().unwrap_or_else(|p| p.into_inner()) = Some(inst);
+        self.swap(next)
+    }
+
+    /// The prepared instance, if it is of `deployment`.
+    fn take_prepared(&self, deployment: &Arc<Deployment>) -> Option<Instance> {
+        let mut g = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+        match g.as_ref() {
+            Some(i) if Arc::ptr_eq(i.deployment(), deployment) => g.take(),
+            Some(_) => {
+                // Superseded by a later swap: drop it.
+                *g = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// What a rollback would serve: the deployment `version` (any that served here), or
+    /// by default the last one that served before the current version.
+    pub fn rollback_target(&self, version: Option<&VersionId>) -> Result<Arc<Deployment>> {
+        let cur = self.current();
+        let history = self.lock_history();
+        let found = match version {
+            Some(v) => history.iter().rev().find(|d| &d.version == v),
+            None => history.iter().rev().find(|d| d.version != cur.version),
+        };
+        match (found, version) {
+            (Some(d), _) => Ok(d.clone()),
+            (None, Some(v)) => Err(Error::Internal(format!(
+                "version {v} never served in this slot"
+            ))),
+            (None, None) => Err(Error::Internal("nothing to roll back to".into())),
+        }
     }
 
     /// Swaps back to the deployment that served before the current one.
@@ -227,7 +273,13 @@ impl Runner {
                     ),
                 };
             let had_old = self.instance.is_some();
-            let mut inst = Instance::with_state(next, state)?;
+            let mut inst = match self.slot.take_prepared(&next) {
+                Some(mut ready) => {
+                    ready.set_state(state);
+                    ready
+                }
+                None => Instance::with_state(next, state)?,
+            };
             if let Some(snap) = snapshot {
                 inst.restore(&snap)?;
             }

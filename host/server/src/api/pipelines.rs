@@ -581,9 +581,7 @@ pub async fn stage_action(
             let slot = r
                 .slot(&stage)
                 .ok_or_else(|| ApiError::not_found(format!("stage `{stage}`")))?;
-            let prev = slot
-                .swap(d.clone())
-                .map_err(|e| ApiError::unprocessable("wrong_kind", e.to_string()))?;
+            let prev = swap_prepared(slot, d.clone()).await?;
             let dep = state
                 .manager
                 .record(
@@ -609,11 +607,10 @@ pub async fn stage_action(
                 .slot(&stage)
                 .ok_or_else(|| ApiError::not_found(format!("stage `{stage}`")))?;
             let prev = slot.current();
-            let to = match &req.version {
-                Some(v) => slot.rollback_to(&VersionId(v.clone())),
-                None => slot.rollback(),
-            }
-            .map_err(|e| ApiError::conflict(e.to_string()))?;
+            let to = slot
+                .rollback_target(req.version.clone().map(VersionId).as_ref())
+                .map_err(|e| ApiError::conflict(e.to_string()))?;
+            swap_prepared(slot, to.clone()).await?;
             let rec = r
                 .plugin_of(&to.version.0)
                 .ok_or_else(|| ApiError::internal("a rolled-back version has no plugin record"))?;
@@ -719,9 +716,7 @@ pub async fn stage_action(
             let slot = r
                 .slot(&stage)
                 .ok_or_else(|| ApiError::not_found(format!("stage `{stage}`")))?;
-            let prev = slot
-                .swap(candidate.clone())
-                .map_err(|e| ApiError::unprocessable("wrong_kind", e.to_string()))?;
+            let prev = swap_prepared(slot, candidate.clone()).await?;
             let mut v = v;
             if from == "canary" {
                 v.canary = None;
@@ -751,6 +746,19 @@ pub async fn stage_action(
         _ => return Err(ApiError::not_found(format!("no action `{action}`")).into()),
     };
     Ok(json(StatusCode::OK, &outcome))
+}
+
+/// Swaps a slot to `next` with its instance built first, on the blocking pool, so the
+/// worker only hands its state over.
+async fn swap_prepared(
+    slot: &Arc<weir_engine::Slot>,
+    next: Arc<weir_engine::Deployment>,
+) -> Result<Arc<weir_engine::Deployment>, ApiError> {
+    let slot = slot.clone();
+    tokio::task::spawn_blocking(move || slot.swap_prepared(next))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::unprocessable("wrong_kind", e.to_string()))
 }
 
 /// Ends a canary or shadow without promoting it: `DELETE .../stages/model/canary` or
