@@ -390,7 +390,7 @@ pub async fn list_tenants(authz: Option<String>, state: Arc<AppState>) -> Reply 
 
 /// Creates another API key for a tenant (admin key only).
 #[utoipa::path(post, path = "/v1/tenants/{id}/keys", tag = "tenants", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Tenant id")),
+    params(("id" = i64, Path, description = "Tenant id", example = 1)),
     responses((status = 201, description = "The new key, shown once", body = KeyInfo),
               (status = 401, description = "No valid key", body = ErrorBody),
               (status = 403, description = "Not the admin key", body = ErrorBody),
@@ -493,6 +493,12 @@ impl From<PluginRecord> for PluginInfo {
     }
 }
 
+/// A component's bytes, in request and response bodies.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // describes a body in the OpenAPI document; handlers stream the bytes
+pub struct WasmBytes(Vec<u8>);
+
 /// `MAJOR.MINOR.PATCH[-PRERELEASE]`, each number without leading zeros.
 pub fn valid_version(v: &str) -> bool {
     if v.len() > 64 {
@@ -524,7 +530,7 @@ pub fn valid_version(v: &str) -> bool {
 /// timeout and a per-tenant cap on concurrent compilations (429).
 #[utoipa::path(post, path = "/v1/plugins", tag = "plugins", security(("bearer" = [])),
     params(UploadQuery),
-    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component"),
+    request_body(content = WasmBytes, content_type = "application/octet-stream", description = "The component's bytes (any content type is accepted; `application/wasm` is usual)"),
     responses((status = 201, description = "Stored and compiled", body = PluginInfo),
               (status = 400, description = "Bad name or version", body = ErrorBody),
               (status = 401, description = "No valid key", body = ErrorBody),
@@ -636,7 +642,7 @@ async fn own_plugin(state: &AppState, tenant: i64, id: i64) -> Result<PluginReco
 
 /// A plugin's metadata.
 #[utoipa::path(get, path = "/v1/plugins/{id}", tag = "plugins", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Plugin id")),
+    params(("id" = i64, Path, description = "Plugin id", example = 1)),
     responses((status = 200, description = "The plugin", body = PluginInfo),
               (status = 401, description = "No valid key", body = ErrorBody),
               (status = 404, description = "No such plugin", body = ErrorBody)))]
@@ -648,8 +654,8 @@ pub async fn get_plugin(id: i64, authz: Option<String>, state: Arc<AppState>) ->
 
 /// Downloads a plugin's component.
 #[utoipa::path(get, path = "/v1/plugins/{id}/download", tag = "plugins", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Plugin id")),
-    responses((status = 200, description = "The component", content_type = "application/wasm", body = Vec<u8>),
+    params(("id" = i64, Path, description = "Plugin id", example = 1)),
+    responses((status = 200, description = "The component", content_type = "application/wasm", body = WasmBytes),
               (status = 401, description = "No valid key", body = ErrorBody),
               (status = 404, description = "No such plugin", body = ErrorBody)))]
 pub async fn download_plugin(id: i64, authz: Option<String>, state: Arc<AppState>) -> Reply {
@@ -695,7 +701,7 @@ pub struct LogEntry {
 /// The log lines a plugin wrote (stdout, stderr and the `log` import) in the caller's
 /// running pipelines, the newest 500 per stage version.
 #[utoipa::path(get, path = "/v1/plugins/{id}/logs", tag = "plugins", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Plugin id")),
+    params(("id" = i64, Path, description = "Plugin id", example = 1)),
     responses((status = 200, description = "Log lines, oldest first per stage", body = [LogEntry]),
               (status = 401, description = "No valid key", body = ErrorBody),
               (status = 404, description = "No such plugin", body = ErrorBody)))]
@@ -735,7 +741,7 @@ pub async fn plugin_logs(id: i64, authz: Option<String>, state: Arc<AppState>) -
 
 /// Deletes a plugin, unless a pipeline of the tenant serves it (409).
 #[utoipa::path(delete, path = "/v1/plugins/{id}", tag = "plugins", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Plugin id")),
+    params(("id" = i64, Path, description = "Plugin id", example = 1)),
     responses((status = 204, description = "Deleted"),
               (status = 401, description = "No valid key", body = ErrorBody),
               (status = 404, description = "No such plugin", body = ErrorBody),

@@ -253,7 +253,7 @@ pub async fn list(authz: Option<String>, state: Arc<AppState>) -> Reply {
 
 /// A pipeline: status, what each stage serves, canary and shadow, counters.
 #[utoipa::path(get, path = "/v1/pipelines/{id}", tag = "pipelines", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Pipeline id")),
+    params(("id" = i64, Path, description = "Pipeline id", example = 1)),
     responses((status = 200, description = "The pipeline", body = PipelineInfo),
               (status = 401, description = "No valid key", body = ErrorBody),
               (status = 404, description = "No such pipeline", body = ErrorBody)))]
@@ -268,7 +268,7 @@ pub async fn get(id: i64, authz: Option<String>, state: Arc<AppState>) -> Reply 
 
 /// Starts a pipeline: it resumes from its stored positions and state.
 #[utoipa::path(post, path = "/v1/pipelines/{id}/start", tag = "pipelines", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Pipeline id")),
+    params(("id" = i64, Path, description = "Pipeline id", example = 1)),
     responses((status = 200, description = "Running", body = PipelineInfo),
               (status = 401, description = "No valid key", body = ErrorBody),
               (status = 404, description = "No such pipeline", body = ErrorBody),
@@ -287,7 +287,7 @@ pub async fn start(id: i64, authz: Option<String>, state: Arc<AppState>) -> Repl
 
 /// Stops a pipeline (it commits its last checkpoint first).
 #[utoipa::path(post, path = "/v1/pipelines/{id}/stop", tag = "pipelines", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Pipeline id")),
+    params(("id" = i64, Path, description = "Pipeline id", example = 1)),
     responses((status = 200, description = "Stopped", body = PipelineInfo),
               (status = 401, description = "No valid key", body = ErrorBody),
               (status = 404, description = "No such pipeline", body = ErrorBody)))]
@@ -305,7 +305,7 @@ pub async fn stop(id: i64, authz: Option<String>, state: Arc<AppState>) -> Reply
 /// Deletes a pipeline and all its data (results, state, checkpoints, history); it is
 /// stopped first.
 #[utoipa::path(delete, path = "/v1/pipelines/{id}", tag = "pipelines", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Pipeline id")),
+    params(("id" = i64, Path, description = "Pipeline id", example = 1)),
     responses((status = 204, description = "Deleted"),
               (status = 401, description = "No valid key", body = ErrorBody),
               (status = 404, description = "No such pipeline", body = ErrorBody)))]
@@ -352,7 +352,7 @@ pub struct DeploymentInfo {
 /// The deployment history: API actions, and where (partition, offset) each version took
 /// effect.
 #[utoipa::path(get, path = "/v1/pipelines/{id}/deployments", tag = "deployments", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Pipeline id")),
+    params(("id" = i64, Path, description = "Pipeline id", example = 1)),
     responses((status = 200, description = "Oldest first", body = [DeploymentInfo]),
               (status = 401, description = "No valid key", body = ErrorBody),
               (status = 404, description = "No such pipeline", body = ErrorBody)))]
@@ -417,7 +417,7 @@ fn finite(x: f64) -> Option<f64> {
 /// Per stage version: latency, fuel, errors and, once labels arrive, accuracy. A shadow or
 /// canary appears beside the serving version.
 #[utoipa::path(get, path = "/v1/pipelines/{id}/metrics", tag = "deployments", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Pipeline id")),
+    params(("id" = i64, Path, description = "Pipeline id", example = 1)),
     responses((status = 200, description = "Empty unless running", body = [StageFigures]),
               (status = 401, description = "No valid key", body = ErrorBody),
               (status = 404, description = "No such pipeline", body = ErrorBody)))]
@@ -496,7 +496,7 @@ pub struct StageOutcome {
 /// the serving version). Swaps are atomic between batches; every result names the version
 /// that made it, and `/deployments` shows where each version took effect.
 #[utoipa::path(post, path = "/v1/pipelines/{id}/stages/{stage}/{action}", tag = "deployments", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Pipeline id"),
+    params(("id" = i64, Path, description = "Pipeline id", example = 1),
            ("stage" = String, Path, description = "extractor, model, operator-N or window"),
            ("action" = String, Path, description = "deploy, swap, rollback, canary, shadow or promote")),
     request_body = StageRequest,
@@ -764,7 +764,7 @@ async fn swap_prepared(
 /// Ends a canary or shadow without promoting it: `DELETE .../stages/model/canary` or
 /// `.../shadow`.
 #[utoipa::path(delete, path = "/v1/pipelines/{id}/stages/{stage}/{action}", tag = "deployments", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Pipeline id"),
+    params(("id" = i64, Path, description = "Pipeline id", example = 1),
            ("stage" = String, Path, description = "model"),
            ("action" = String, Path, description = "canary or shadow: the variant to end")),
     responses((status = 204, description = "Ended"),
@@ -892,7 +892,7 @@ fn filter_of(q: &ResultQuery) -> Result<ResultFilter, ApiError> {
 
 /// Predictions by key and time range, paged.
 #[utoipa::path(get, path = "/v1/pipelines/{id}/predictions", tag = "results", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Pipeline id"), ResultQuery),
+    params(("id" = i64, Path, description = "Pipeline id", example = 1), ResultQuery),
     responses((status = 200, description = "A page", body = PredictionPage),
               (status = 400, description = "Bad query or cursor", body = ErrorBody),
               (status = 401, description = "No valid key", body = ErrorBody),
@@ -942,7 +942,7 @@ pub async fn predictions(
 
 /// Window results by key and window-start range, paged.
 #[utoipa::path(get, path = "/v1/pipelines/{id}/windows", tag = "results", security(("bearer" = [])),
-    params(("id" = i64, Path, description = "Pipeline id"), ResultQuery),
+    params(("id" = i64, Path, description = "Pipeline id", example = 1), ResultQuery),
     responses((status = 200, description = "A page", body = WindowPage),
               (status = 400, description = "Bad query or cursor", body = ErrorBody),
               (status = 401, description = "No valid key", body = ErrorBody),
