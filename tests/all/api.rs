@@ -1168,3 +1168,126 @@ async fn live_pipeline_swap_rollback_canary_shadow_promote() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_logs_and_a_failing_shadow() {
+    let api = Api::new(ApiConfig::default(), true).await;
+    let (_, key) = api.tenant("acme").await;
+    api.upload(&key, "standardize", "1.0.0", &plugin("standardize"))
+        .await;
+    api.upload(&key, "logistic", "1.0.0", &plugin("logistic"))
+        .await;
+    let bomb = weir_guests::read(weir_guests::fixtures::MEMBOMB).unwrap();
+    let r = api.upload(&key, "membomb", "1.0.0", &bomb).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    for topic in [
+        "acme.events",
+        "acme.scores",
+        "acme.dead",
+        "acme.scores.shadow",
+    ] {
+        api._broker
+            .as_ref()
+            .unwrap()
+            .create_topic(topic, 1)
+            .unwrap();
+    }
+    let pipe = api
+        .post("/v1/pipelines", &key, json!({"spec": SPEC}))
+        .await
+        .body["id"]
+        .as_i64()
+        .unwrap();
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/pipelines/{pipe}/start"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A shadow that allocates until the memory cap stops it, on every call: the real output must not notice.
+    let r = api
+        .post(
+            &format!("/v1/pipelines/{pipe}/stages/model/shadow"),
+            &key,
+            json!({"plugin": "membomb"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut producer = Producer::new(&api.bootstrap()).unwrap();
+    let events: Vec<_> = weir_workload::Generator::new(250, 3).collect();
+    for e in &events[..250] {
+        producer
+            .send(
+                "acme.events",
+                &e.key,
+                weir_workload::to_json_line(e).as_bytes(),
+            )
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    wait_for(60, "250 results", || async {
+        (counters(&api, &key, pipe).await["results_out"].as_u64() >= Some(250)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        counters(&api, &key, pipe).await["dead"],
+        0,
+        "a shadow's failure is not a dead letter"
+    );
+    let m = api
+        .get(&format!("/v1/pipelines/{pipe}/metrics"), &key)
+        .await
+        .body;
+    let shadow = m
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["role"] == "shadow")
+        .unwrap()
+        .clone();
+    assert!(shadow["errors"].as_u64().unwrap() > 0, "{m}");
+    // The logistic plugin logs its configuration when it starts: captured per plugin.
+    let list = api.get("/v1/plugins", &key).await.body;
+    let id_of = |name: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["id"]
+            .as_i64()
+            .unwrap()
+    };
+    let logs = api
+        .get(&format!("/v1/plugins/{}/logs", id_of("logistic")), &key)
+        .await
+        .body;
+    let lines = logs.as_array().unwrap();
+    assert_eq!(lines.len(), 1, "{logs}");
+    assert_eq!(lines[0]["message"], "logistic: 9 weights, learning rate 0.01 (used when trained)");
+    assert_eq!(lines[0]["level"], "info");
+    assert_eq!(
+        (lines[0]["stage"].as_str(), lines[0]["role"].as_str()),
+        (Some("model"), Some("serving"))
+    );
+    assert_eq!(lines[0]["pipeline_id"], pipe);
+    // standardize never logs.
+    let logs = api
+        .get(&format!("/v1/plugins/{}/logs", id_of("standardize")), &key)
+        .await
+        .body;
+    assert_eq!(logs, json!([]));
+    api.call(
+        "POST",
+        &format!("/v1/pipelines/{pipe}/stop"),
+        Some(&key),
+        None,
+    )
+    .await;
+}
+
+async fn counters(api: &Api, key: &str, pipe: i64) -> Value {
+    api.get(&format!("/v1/pipelines/{pipe}"), key).await.body["counters"].clone()
+}

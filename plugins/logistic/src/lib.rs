@@ -84,6 +84,11 @@ impl Model for Logistic {
         if !(c.intercept.is_finite() && coef.iter().all(|w| w.is_finite())) {
             return Err(Error::config("`coef` and `intercept` must be finite"));
         }
+        weir_sdk::info!(
+            "logistic: {} weights, learning rate {} (used when trained)",
+            coef.len(),
+            c.lr
+        );
         Ok(Logistic {
             coef,
             intercept: c.intercept,
