@@ -947,15 +947,18 @@ async fn live_pipeline_swap_rollback_canary_shadow_promote() {
         sent
     };
     let stage = |action: &str| format!("/v1/pipelines/{pipe}/stages/model/{action}");
+    // Results counted before a restart (the worker's counters start again at 0).
+    let base = std::cell::Cell::new(0usize);
     let done = |n: usize| {
         let api = &api;
         let key = key.clone();
+        let want = (n - base.get()) as u64;
         move || {
             let key = key.clone();
             async move {
                 let r = api.get(&format!("/v1/pipelines/{pipe}"), &key).await;
                 let c = r.body["counters"]["results_out"].as_u64().unwrap_or(0);
-                (c >= n as u64).then_some(())
+                (c >= want).then_some(())
             }
         }
     };
@@ -993,6 +996,28 @@ async fn live_pipeline_swap_rollback_canary_shadow_promote() {
     let ver3 = r.body["version"].as_str().unwrap().to_owned();
     let n = send(2000, &mut producer);
     wait_for(60, "phase 4", done(n)).await;
+    // A restart keeps the canary, and resumes where the pipeline stopped.
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/pipelines/{pipe}/stop"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    base.set(n);
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/pipelines/{pipe}/start"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["canary"]["percent"], 20.0, "{}", r.body);
+    assert_eq!(r.body["canary"]["version"], ver3.as_str());
     // Phase 5: shadow v2 too, then promote the canary.
     let r = api
         .post(&stage("shadow"), &key, json!({"plugin": "logistic@2.0.0"}))
@@ -1143,10 +1168,11 @@ async fn live_pipeline_swap_rollback_canary_shadow_promote() {
             "api/rollback",
             "api/canary 20%",
             "api/shadow",
-            "api/promote"
+            "api/promote canary",
+            "api/end-shadow"
         ]
     );
-    let took_effect: Vec<(String, i64)> = deps
+    let mut took_effect: Vec<(String, i64)> = deps
         .as_array()
         .unwrap()
         .iter()
@@ -1158,6 +1184,12 @@ async fn live_pipeline_swap_rollback_canary_shadow_promote() {
             )
         })
         .collect();
+    // The restart re-records the serving version where the new worker started (8000).
+    assert!(
+        took_effect.contains(&(ver1.clone(), 8000)),
+        "{took_effect:?}"
+    );
+    took_effect.dedup_by(|b, a| a.0 == b.0);
     assert_eq!(
         took_effect,
         [
@@ -1266,7 +1298,10 @@ async fn plugin_logs_and_a_failing_shadow() {
         .body;
     let lines = logs.as_array().unwrap();
     assert_eq!(lines.len(), 1, "{logs}");
-    assert_eq!(lines[0]["message"], "logistic: 9 weights, learning rate 0.01 (used when trained)");
+    assert_eq!(
+        lines[0]["message"],
+        "logistic: 9 weights, learning rate 0.01 (used when trained)"
+    );
     assert_eq!(lines[0]["level"], "info");
     assert_eq!(
         (lines[0]["stage"].as_str(), lines[0]["role"].as_str()),

@@ -21,7 +21,13 @@ use weir_stream::pipeline::{Pipeline, StageSlots};
 use weir_stream::spec::{PipelineSpec, StageSpec};
 
 /// Actions recorded in `deployments.actor` that change what a stage serves.
-const SERVING_ACTIONS: [&str; 4] = ["api/deploy", "api/swap", "api/rollback", "api/promote"];
+const SERVING_ACTIONS: [&str; 5] = [
+    "api/deploy",
+    "api/swap",
+    "api/rollback",
+    "api/promote canary",
+    "api/promote shadow",
+];
 
 /// The name a tenant's pipeline has in the database.
 pub fn internal_name(tenant: i64, name: &str) -> String {
@@ -344,6 +350,9 @@ impl Manager {
                 _ => slots.operators.push(slot),
             }
         }
+        let (canary, shadow) = self
+            .resume_variants(tenant, record, &spec, &slots, &mut versions)
+            .await;
         let pipeline = Pipeline::new(&spec, slots.clone())
             .map_err(|e| ApiError::unprocessable("invalid_spec", e.to_string()))?;
         let running = Arc::new(Running {
@@ -359,8 +368,8 @@ impl Manager {
             error: Arc::default(),
             thread: Mutex::new(None),
             versions: Mutex::new(versions),
-            canary: Mutex::new(None),
-            shadow: Mutex::new(None),
+            canary: Mutex::new(canary),
+            shadow: Mutex::new(shadow),
         });
         let opts = DurableOptions {
             stop: running.stop.clone(),
@@ -389,6 +398,99 @@ impl Manager {
             .await?;
         lock(&self.running).insert(record.id, running.clone());
         Ok(running)
+    }
+
+    /// The model's canary and shadow as the API left them (from the deployment history),
+    /// set on `slots` so a restart resumes them. A variant whose plugin cannot be served
+    /// any more is dropped with a warning; the pipeline still starts.
+    async fn resume_variants(
+        &self,
+        tenant: i64,
+        record: &PipelineRecord,
+        spec: &PipelineSpec,
+        slots: &StageSlots,
+        versions: &mut HashMap<String, PluginRecord>,
+    ) -> (Option<VariantInfo>, Option<VariantInfo>) {
+        let Some(stage) = spec.model.as_ref() else {
+            return (None, None);
+        };
+        let Ok(history) = self
+            .store
+            .deployments(&internal_name(tenant, &record.name))
+            .await
+        else {
+            return (None, None);
+        };
+        let (mut canary, mut shadow): (Option<(String, f64)>, Option<String>) = (None, None);
+        for d in history
+            .iter()
+            .filter(|d| d.stage == "model" && d.partition.is_none())
+        {
+            let a = d.actor.as_str();
+            if let Some(p) = a
+                .strip_prefix("api/canary ")
+                .and_then(|p| p.strip_suffix('%'))
+            {
+                canary = p.parse().ok().map(|p| (d.plugin_sha256.clone(), p));
+            } else if a == "api/shadow" {
+                shadow = Some(d.plugin_sha256.clone());
+            } else if a == "api/end-canary" || a == "api/promote canary" {
+                canary = None;
+            } else if a == "api/end-shadow" || a == "api/promote shadow" {
+                shadow = None;
+            }
+        }
+        let mut v = weir_stream::metrics::Variants::default();
+        let mut load =
+            async |sha: &str, percent: Option<f64>| -> Option<(VariantInfo, Arc<Slot>)> {
+                let found = self
+                    .resolve(tenant, &format!("sha256:{sha}"), PluginKind::Model, "model")
+                    .await;
+                let rec = match found {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(
+                            "pipeline {}: not resuming a variant: {}",
+                            record.name,
+                            e.message
+                        );
+                        return None;
+                    }
+                };
+                let d = match self.deployment(tenant, &rec, stage).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(
+                            "pipeline {}: not resuming a variant: {}",
+                            record.name,
+                            e.message
+                        );
+                        return None;
+                    }
+                };
+                versions.insert(d.version.0.clone(), rec.clone());
+                let info = VariantInfo {
+                    plugin: rec,
+                    version: d.version.0.clone(),
+                    percent,
+                };
+                Some((info, Slot::new(d)))
+            };
+        let mut out = (None, None);
+        if let Some((sha, p)) = canary
+            && let Some((info, slot)) = load(&sha, Some(p)).await
+        {
+            v.canary = Some(weir_stream::metrics::Canary { slot, percent: p });
+            out.0 = Some(info);
+        }
+        if let Some(sha) = shadow
+            && let Some((info, slot)) = load(&sha, None).await
+        {
+            v.shadow = Some(slot);
+            out.1 = Some(info);
+        }
+        slots.variants.set(v);
+        out
     }
 
     /// Stops a pipeline's worker (it commits first) and waits for it.

@@ -731,7 +731,13 @@ pub async fn stage_action(
                 .ok_or_else(|| ApiError::internal("a promoted version has no plugin record"))?;
             let dep = state
                 .manager
-                .record(&internal, &stage, &rec, &candidate.version.0, "api/promote")
+                .record(
+                    &internal,
+                    &stage,
+                    &rec,
+                    &candidate.version.0,
+                    &format!("api/promote {from}"),
+                )
                 .await?;
             StageOutcome {
                 action,
@@ -778,7 +784,7 @@ pub async fn stage_abort(
     state: Arc<AppState>,
 ) -> Reply {
     let (tenant, _) = tenant(&state, authz).await?;
-    own(&state, tenant, id).await?;
+    let p = own(&state, tenant, id).await?;
     let r = state
         .manager
         .get(id)
@@ -786,20 +792,24 @@ pub async fn stage_abort(
         .ok_or_else(|| ApiError::not_found(format!("no {variant} runs in stage `{stage}`")))?;
     let mut v: Variants = r.variants().get();
     let ended = match variant.as_str() {
-        "canary" => {
-            lock(&r.canary).take();
-            v.canary.take().is_some()
-        }
-        "shadow" => {
-            lock(&r.shadow).take();
-            v.shadow.take().is_some()
-        }
-        _ => false,
+        "canary" => v.canary.take().and(lock(&r.canary).take()),
+        "shadow" => v.shadow.take().and(lock(&r.shadow).take()),
+        _ => None,
     };
-    if !ended {
+    let Some(ended) = ended else {
         return Err(ApiError::not_found(format!("no {variant} runs in stage `{stage}`")).into());
-    }
+    };
     r.variants().set(v);
+    state
+        .manager
+        .record(
+            &internal_name(tenant, &p.name),
+            &stage,
+            &ended.plugin,
+            &ended.version,
+            &format!("api/end-{variant}"),
+        )
+        .await?;
     Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
 }
 
