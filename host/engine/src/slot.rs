@@ -61,7 +61,13 @@ pub struct Slot {
     /// An instance of the serving deployment built ahead of time by
     /// [`Slot::swap_prepared`], for the first runner that moves to it.
     prepared: Mutex<Option<Instance>>,
+    /// Instances runners left behind on a switch, freed by the next
+    /// [`Slot::swap_prepared`] (off the workers' path).
+    retired: Mutex<Vec<Instance>>,
 }
+
+/// Most retired instances a slot keeps before runners free them themselves.
+const RETIRED_MAX: usize = 4;
 
 impl Slot {
     /// A slot serving `deployment`.
@@ -71,6 +77,7 @@ impl Slot {
             history: Mutex::new(vec![deployment]),
             swaps: AtomicU64::new(0),
             prepared: Mutex::new(None),
+            retired: Mutex::new(Vec::new()),
         })
     }
 
@@ -116,9 +123,22 @@ impl Slot {
     /// instance instead of instantiating between two batches: the worker's pause shrinks
     /// to a state hand-over.
     pub fn swap_prepared(&self, next: Arc<Deployment>) -> Result<Arc<Deployment>> {
+        let retired = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(retired);
         let inst = Instance::new(next.clone())?;
         *self.prepared.lock().unwrap_or_else(|p| p.into_inner()) = Some(inst);
         self.swap(next)
+    }
+
+    /// Keeps an instance a runner switched away from, to be freed off the worker's path.
+    fn retire(&self, old: Instance) {
+        let mut g = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() < RETIRED_MAX {
+            g.push(old);
+        } else {
+            drop(g);
+            drop(old);
+        }
     }
 
     /// The prepared instance, if it is of `deployment`.
@@ -283,7 +303,11 @@ impl Runner {
             if let Some(snap) = snapshot {
                 inst.restore(&snap)?;
             }
-            self.instance = Some(inst);
+            if let Some(old) = self.instance.replace(inst) {
+                // Freeing a store unmaps its memory: leave that to the control plane's
+                // next swap rather than pausing this worker for it.
+                self.slot.retire(old);
+            }
             if had_old {
                 self.switches += 1;
             }
