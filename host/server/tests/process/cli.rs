@@ -348,3 +348,56 @@ fn cli_end_to_end_with_swap_rollback_canary_shadow_promote() {
         [(ver1.clone(), 0), (ver2, p), (ver1, 2 * p), (ver3, 5 * p)]
     );
 }
+
+#[test]
+fn plugin_templates_build_into_valid_components() {
+    let dir = TempDir::new("templates");
+    let target = dir.0.join("target");
+    for kind in ["extractor", "model", "operator"] {
+        let name = format!("my-{kind}");
+        let out = weir()
+            .args(["plugin", "new", &name, "--kind", kind])
+            .current_dir(&dir.0)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = weir()
+            .args(["plugin", "build", &name])
+            .current_dir(&dir.0)
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let wasm = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        assert!(wasm.ends_with(&format!("my_{kind}.wasm")), "{wasm}");
+        let out = weir().args(["inspect", &wasm]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(&format!("kind     {kind}")),
+            "{text}"
+        );
+    }
+    let out = weir()
+        .args(["plugin", "new", "my-model", "--kind", "model"])
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "an existing directory is not overwritten"
+    );
+    let out = weir()
+        .args(["plugin", "new", "x", "--kind", "reducer"])
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown kind"));
+}
