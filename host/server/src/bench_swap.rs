@@ -214,7 +214,6 @@ pub fn run(warm: u64, swaps: usize) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let feeder = {
         let (sent, stop, bootstrap) = (sent.clone(), stop.clone(), broker.bootstrap());
-        let lines = lines;
         std::thread::spawn(move || -> Result<()> {
             let mut producer = Producer::new(&bootstrap)?;
             let t0 = Instant::now();

@@ -88,6 +88,11 @@ fn variant(path: &str, tag: &str, dir: &Path) -> String {
     out.display().to_string()
 }
 
+/// The versions that made a phase's outputs.
+fn only(m: &BTreeMap<String, usize>) -> Vec<&str> {
+    m.keys().map(String::as_str).collect()
+}
+
 #[test]
 fn cli_end_to_end_with_swap_rollback_canary_shadow_promote() {
     let db = TestDb::mysql("cli");
@@ -310,11 +315,10 @@ fn cli_end_to_end_with_swap_rollback_canary_shadow_promote() {
         }
         *by_phase[phase].entry(v).or_default() += 1;
     }
-    let only = |m: &BTreeMap<String, usize>| m.keys().cloned().collect::<Vec<_>>();
-    assert_eq!(only(&by_phase[0]), [ver1.clone()]);
-    assert_eq!(only(&by_phase[1]), [ver2.clone()]);
-    assert_eq!(only(&by_phase[2]), [ver1.clone()]);
-    assert_eq!(only(&by_phase[5]), [ver3.clone()]);
+    assert_eq!(only(&by_phase[0]), [ver1.as_str()]);
+    assert_eq!(only(&by_phase[1]), [ver2.as_str()]);
+    assert_eq!(only(&by_phase[2]), [ver1.as_str()]);
+    assert_eq!(only(&by_phase[5]), [ver3.as_str()]);
     for phase in [3, 4] {
         let share = by_phase[phase].get(&ver3).copied().unwrap_or(0) as f64 / PHASE as f64;
         assert!(
