@@ -8,6 +8,34 @@ use crate::entity::{
 };
 use crate::{Checkpoint, Deployment, ModelSnapshot, Prediction, Store, StoreError, WindowResult};
 
+impl From<predictions::Model> for Prediction {
+    fn from(m: predictions::Model) -> Self {
+        Prediction {
+            partition: m.partition,
+            offset: m.offset,
+            key: m.key,
+            ts: m.ts,
+            score: m.score,
+            output: m.output,
+            model_version: m.model_version,
+            extractor_version: m.extractor_version,
+        }
+    }
+}
+
+impl From<window_results::Model> for WindowResult {
+    fn from(m: window_results::Model) -> Self {
+        WindowResult {
+            key: m.key,
+            window_start: m.window_start,
+            window_end: m.window_end,
+            partition: m.partition,
+            output: m.output,
+            version: m.version,
+        }
+    }
+}
+
 impl Store {
     /// All predictions of a pipeline, ordered by partition and offset.
     pub async fn predictions(&self, pipeline: &str) -> Result<Vec<Prediction>, StoreError> {
@@ -17,19 +45,7 @@ impl Store {
             .order_by_asc(predictions::Column::Offset)
             .all(&self.db)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|m| Prediction {
-                partition: m.partition,
-                offset: m.offset,
-                key: m.key,
-                ts: m.ts,
-                score: m.score,
-                output: m.output,
-                model_version: m.model_version,
-                extractor_version: m.extractor_version,
-            })
-            .collect())
+        Ok(rows.into_iter().map(Prediction::from).collect())
     }
 
     /// All window results of a pipeline, ordered by key and window start.
@@ -40,17 +56,7 @@ impl Store {
             .order_by_asc(window_results::Column::WindowStart)
             .all(&self.db)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|m| WindowResult {
-                key: m.key,
-                window_start: m.window_start,
-                window_end: m.window_end,
-                partition: m.partition,
-                output: m.output,
-                version: m.version,
-            })
-            .collect())
+        Ok(rows.into_iter().map(WindowResult::from).collect())
     }
 
     /// The checkpoint of a partition, if it was ever claimed.

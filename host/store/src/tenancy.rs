@@ -485,19 +485,7 @@ impl Store {
             .limit(filter.limit)
             .all(&self.db)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|m| Prediction {
-                partition: m.partition,
-                offset: m.offset,
-                key: m.key,
-                ts: m.ts,
-                score: m.score,
-                output: m.output,
-                model_version: m.model_version,
-                extractor_version: m.extractor_version,
-            })
-            .collect())
+        Ok(rows.into_iter().map(Prediction::from).collect())
     }
 
     /// A page of a pipeline's window results in (key, window start) order, after `after`.
@@ -535,17 +523,7 @@ impl Store {
             .limit(filter.limit)
             .all(&self.db)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|m| WindowResult {
-                key: m.key,
-                window_start: m.window_start,
-                window_end: m.window_end,
-                partition: m.partition,
-                output: m.output,
-                version: m.version,
-            })
-            .collect())
+        Ok(rows.into_iter().map(WindowResult::from).collect())
     }
 }
 

@@ -755,41 +755,29 @@ impl Pipeline {
                 (Some(mask), Some(canary)) => {
                     let (on, off): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| mask[*i]);
                     let mut scores = vec![f64::NAN; n];
-                    let sub_labels = |idx: &[usize]| -> Vec<f64> {
-                        if labels.is_empty() {
-                            Vec::new()
-                        } else {
-                            idx.iter().map(|i| labels[*i]).collect()
-                        }
-                    };
+                    // Scores the rows `idx` with one runner, in place.
+                    let metrics = &self.metrics;
+                    let mut score_rows =
+                        |r: &mut Runner,
+                         role: Role,
+                         idx: &[usize]|
+                         -> weir_engine::Result<(VersionId, String)> {
+                            let labels: Vec<f64> = if labels.is_empty() {
+                                Vec::new()
+                            } else {
+                                idx.iter().map(|i| labels[*i]).collect()
+                            };
+                            let f = select_rows(&features, idx);
+                            let (v, plugin, s) = run_model(metrics, role, r, &f, &labels, train)?;
+                            for (k, i) in idx.iter().enumerate() {
+                                scores[*i] = s[k];
+                            }
+                            Ok((v, plugin))
+                        };
                     if !off.is_empty() {
-                        let f = select_rows(&features, &off);
-                        let (v, plugin, s) = run_model(
-                            &self.metrics,
-                            Role::Serving,
-                            main,
-                            &f,
-                            &sub_labels(&off),
-                            train,
-                        )?;
-                        for (k, i) in off.iter().enumerate() {
-                            scores[*i] = s[k];
-                        }
-                        scored.model = Some((v, plugin));
+                        scored.model = Some(score_rows(main, Role::Serving, &off)?);
                     }
-                    let f = select_rows(&features, &on);
-                    let (v, plugin, s) = run_model(
-                        &self.metrics,
-                        Role::Canary,
-                        canary,
-                        &f,
-                        &sub_labels(&on),
-                        train,
-                    )?;
-                    for (k, i) in on.iter().enumerate() {
-                        scores[*i] = s[k];
-                    }
-                    scored.canary = Some((v, plugin));
+                    scored.canary = Some(score_rows(canary, Role::Canary, &on)?);
                     if scored.model.is_none() {
                         let inst = main.instance()?;
                         let d = inst.deployment();

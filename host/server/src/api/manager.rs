@@ -441,41 +441,35 @@ impl Manager {
             }
         }
         let mut v = weir_stream::metrics::Variants::default();
-        let mut load =
-            async |sha: &str, percent: Option<f64>| -> Option<(VariantInfo, Arc<Slot>)> {
-                let found = self
+        let mut load = async |sha: &str, percent: Option<f64>| {
+            let loaded: Result<_, ApiError> = async {
+                let rec = self
                     .resolve(tenant, &format!("sha256:{sha}"), PluginKind::Model, "model")
-                    .await;
-                let rec = match found {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::warn!(
-                            "pipeline {}: not resuming a variant: {}",
-                            record.name,
-                            e.message
-                        );
-                        return None;
-                    }
-                };
-                let d = match self.deployment(tenant, &rec, stage).await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::warn!(
-                            "pipeline {}: not resuming a variant: {}",
-                            record.name,
-                            e.message
-                        );
-                        return None;
-                    }
-                };
-                versions.insert(d.version.0.clone(), rec.clone());
-                let info = VariantInfo {
-                    plugin: rec,
-                    version: d.version.0.clone(),
-                    percent,
-                };
-                Some((info, Slot::new(d)))
-            };
+                    .await?;
+                let d = self.deployment(tenant, &rec, stage).await?;
+                Ok((rec, d))
+            }
+            .await;
+            match loaded {
+                Ok((rec, d)) => {
+                    versions.insert(d.version.0.clone(), rec.clone());
+                    let info = VariantInfo {
+                        plugin: rec,
+                        version: d.version.0.clone(),
+                        percent,
+                    };
+                    Some((info, Slot::new(d)))
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "pipeline {}: not resuming a variant: {}",
+                        record.name,
+                        e.message
+                    );
+                    None
+                }
+            }
+        };
         let mut out = (None, None);
         if let Some((sha, p)) = canary
             && let Some((info, slot)) = load(&sha, Some(p)).await
