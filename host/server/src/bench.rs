@@ -13,7 +13,7 @@ use weir_workload::{Event, Generator, Models};
 /// Options of `weir bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: `engine`, `pipeline`, `sink` or `swap`.
+    /// Which benchmark: `engine`, `pipeline`, `sink`, `swap` or `ml`.
     name: String,
     /// Read events from this JSON Lines file (the shared generator's format) instead of
     /// generating them.
@@ -40,6 +40,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         "sink" => crate::bench_sink::run(args.n.unwrap_or(200_000), 200_000),
         "swap" => crate::bench_swap::run(args.n.unwrap_or(200_000), 100),
+        "ml" => crate::bench_ml::run(match &args.events {
+            Some(_) => Some(load_events(&args)?),
+            None => None,
+        }),
         // For profilers: job 1's extract stage in a loop, nothing else.
         "extract-loop" => {
             let events = load_events(&args)?;
@@ -52,7 +56,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             );
             Ok(())
         }
-        other => bail!("unknown benchmark `{other}` (available: engine, pipeline, sink, swap)"),
+        other => bail!("unknown benchmark `{other}` (available: engine, pipeline, sink, swap, ml)"),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `weir`: real-time ML pipelines with user-written WebAssembly operators.
 
 mod bench;
+mod bench_ml;
 mod bench_pipeline;
 mod bench_sink;
 mod bench_swap;
@@ -97,7 +98,7 @@ enum Command {
         /// The component (.wasm).
         plugin: PathBuf,
     },
-    /// Run a named benchmark (`engine`, `pipeline`, `sink`, `swap`). Its last line is `key=value` pairs.
+    /// Run a named benchmark (`engine`, `pipeline`, `sink`, `swap`, `ml`). Its last line is `key=value` pairs.
     Bench(bench::BenchArgs),
     /// Run only the embedded Kafka broker (librdkafka's mock cluster) until Ctrl-C.
     Broker {
