@@ -135,6 +135,7 @@ name = "scores"
 topic = "events"
 inputs_field = "x"
 input_dims = 8
+label_field = "label"
 
 [watermark]
 idle_timeout_ms = 1000
@@ -996,6 +997,23 @@ async fn live_pipeline_swap_rollback_canary_shadow_promote() {
     let ver3 = r.body["version"].as_str().unwrap().to_owned();
     let n = send(2000, &mut producer);
     wait_for(60, "phase 4", done(n)).await;
+    // Labels arrive with the events (the stream drifts at event 6,000): accuracy per
+    // version and role, side by side. v2 served phase 2, before the drift; the canary (v3)
+    // scored its share of phase 4, after it, where the fixed model is mostly wrong.
+    let m = api
+        .get(&format!("/v1/pipelines/{pipe}/metrics"), &key)
+        .await
+        .body;
+    let before = fig(&m, "serving", &ver2);
+    assert!(before["accuracy"].as_f64().unwrap() > 0.7, "{before}");
+    assert!(before["auc"].as_f64().unwrap() > 0.8, "{before}");
+    let after = fig(&m, "canary", &ver3);
+    assert!(after["accuracy"].as_f64().unwrap() < 0.45, "{after}");
+    assert!(after["auc_recent"].as_f64().unwrap() < 0.5, "{after}");
+    assert_eq!(
+        after["labelled"], after["rows"],
+        "every row was labelled: {after}"
+    );
     // A restart keeps the canary, and resumes where the pipeline stopped.
     let r = api
         .call(
@@ -1067,6 +1085,14 @@ async fn live_pipeline_swap_rollback_canary_shadow_promote() {
         roles.contains(&("canary".into(), ver3.clone())),
         "{roles:?}"
     );
+    // After the drift the fixed model is mostly wrong: the shadow shows it too.
+    let shadow = fig(&m, "shadow", &ver2);
+    assert!(shadow["accuracy"].as_f64().unwrap() < 0.45, "{shadow}");
+    assert!(
+        shadow["accuracy_recent"].as_f64().unwrap() < 0.45,
+        "{shadow}"
+    );
+    assert_eq!(shadow["labelled"], shadow["rows"], "{shadow}");
     let r = api.call("DELETE", &stage("shadow"), Some(&key), None).await;
     assert_eq!(r.status, 204);
     let r = api.call("DELETE", &stage("shadow"), Some(&key), None).await;
@@ -1321,6 +1347,16 @@ async fn plugin_logs_and_a_failing_shadow() {
         None,
     )
     .await;
+}
+
+/// The figures of a model version in a role, from `/metrics` of a pipeline.
+fn fig(m: &Value, role: &str, version: &str) -> Value {
+    m.as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["stage"] == "model" && x["role"] == role && x["version"] == version)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {role} {version} in {m}"))
 }
 
 async fn counters(api: &Api, key: &str, pipe: i64) -> Value {

@@ -107,6 +107,39 @@ pub struct StageStats {
     pub correct: u64,
     /// Sum of the log-loss of the labelled rows.
     pub log_loss: f64,
+    /// Labelled scores by score bin (1,000 bins over [0, 1]), for the AUC:
+    /// `(negatives, positives)` per bin.
+    pub score_bins: Vec<(u64, u64)>,
+    /// The last [`RECENT_LABELS`] labelled rows, `(score, positive)`, for the
+    /// sliding-window figures that show drift.
+    pub recent: std::collections::VecDeque<(f64, bool)>,
+}
+
+/// Labelled rows kept for the sliding-window figures.
+pub const RECENT_LABELS: usize = 10_000;
+
+/// Score bins of the AUC.
+const AUC_BINS: usize = 1000;
+
+/// AUC from per-bin `(negatives, positives)` counts, ties within a bin counting half.
+fn auc_of_bins(bins: &[(u64, u64)]) -> f64 {
+    let (neg, pos): (u64, u64) = bins
+        .iter()
+        .fold((0, 0), |(n, p), (bn, bp)| (n + bn, p + bp));
+    if neg == 0 || pos == 0 {
+        return f64::NAN;
+    }
+    let mut below = 0u64;
+    let mut wins = 0.0;
+    for (bn, bp) in bins {
+        wins += *bp as f64 * (below as f64 + *bn as f64 / 2.0);
+        below += bn;
+    }
+    wins / (neg as f64 * pos as f64)
+}
+
+fn bin_of(score: f64) -> usize {
+    ((score.clamp(0.0, 1.0) * AUC_BINS as f64) as usize).min(AUC_BINS - 1)
 }
 
 impl StageStats {
@@ -128,19 +161,66 @@ impl StageStats {
         }
     }
 
-    /// Scores labelled rows against their labels (NaN labels are skipped).
+    /// Area under the ROC curve of every labelled row so far (binned scores; NaN until
+    /// both classes were seen).
+    pub fn auc(&self) -> f64 {
+        auc_of_bins(&self.score_bins)
+    }
+
+    /// Accuracy over the last [`RECENT_LABELS`] labelled rows.
+    pub fn recent_accuracy(&self) -> f64 {
+        if self.recent.is_empty() {
+            return f64::NAN;
+        }
+        let right = self
+            .recent
+            .iter()
+            .filter(|(s, pos)| (*s > 0.5) == *pos)
+            .count();
+        right as f64 / self.recent.len() as f64
+    }
+
+    /// AUC over the last [`RECENT_LABELS`] labelled rows.
+    pub fn recent_auc(&self) -> f64 {
+        let mut bins = vec![(0u64, 0u64); AUC_BINS];
+        for (s, pos) in &self.recent {
+            let b = &mut bins[bin_of(*s)];
+            if *pos {
+                b.1 += 1;
+            } else {
+                b.0 += 1;
+            }
+        }
+        auc_of_bins(&bins)
+    }
+
+    /// Scores labelled rows against their labels (NaN labels are skipped). A row counts as
+    /// right when `score > 0.5` is its label, the workload's definition.
     pub fn score_labels(&mut self, scores: &[f64], labels: &[f64]) {
+        if self.score_bins.is_empty() {
+            self.score_bins = vec![(0, 0); AUC_BINS];
+        }
         for (s, y) in scores.iter().zip(labels) {
             if y.is_nan() {
                 continue;
             }
             let positive = *y >= 0.5;
             self.labelled += 1;
-            if (*s >= 0.5) == positive {
+            if (*s > 0.5) == positive {
                 self.correct += 1;
             }
             let p = s.clamp(1e-15, 1.0 - 1e-15);
             self.log_loss -= if positive { p.ln() } else { (1.0 - p).ln() };
+            let b = &mut self.score_bins[bin_of(*s)];
+            if positive {
+                b.1 += 1;
+            } else {
+                b.0 += 1;
+            }
+            if self.recent.len() == RECENT_LABELS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((*s, positive));
         }
     }
 }
@@ -354,5 +434,36 @@ mod tests {
         assert_eq!(s.correct, 2);
         let expect = -(0.9f64.ln() + 0.8f64.ln() + 0.4f64.ln()) / 3.0;
         assert!((s.mean_log_loss() - expect).abs() < 1e-12);
+        // Positives {0.9}, negatives {0.2, 0.6}: 0.9 beats both.
+        assert_eq!(s.auc(), 1.0);
+        assert_eq!(s.recent_auc(), 1.0);
+        assert!((s.recent_accuracy() - 2.0 / 3.0).abs() < 1e-12);
+        // Exactly 0.5 predicts 0 (the workload's `p > 0.5`).
+        let mut t = StageStats::default();
+        t.score_labels(&[0.5, 0.5], &[0.0, 1.0]);
+        assert_eq!(t.correct, 1);
+        assert_eq!(t.auc(), 0.5);
+    }
+
+    #[test]
+    fn the_sliding_window_shows_drift() {
+        let mut s = StageStats::default();
+        let right: Vec<f64> = (0..RECENT_LABELS)
+            .map(|i| if i % 2 == 0 { 0.9 } else { 0.1 })
+            .collect();
+        let labels: Vec<f64> = (0..RECENT_LABELS)
+            .map(|i| if i % 2 == 0 { 1.0 } else { 0.0 })
+            .collect();
+        s.score_labels(&right, &labels);
+        let flipped: Vec<f64> = labels.iter().map(|y| 1.0 - y).collect();
+        s.score_labels(&right, &flipped);
+        assert_eq!(s.accuracy(), 0.5);
+        assert_eq!(
+            s.recent_accuracy(),
+            0.0,
+            "the window holds only the drifted rows"
+        );
+        assert_eq!(s.recent_auc(), 0.0);
+        assert!((s.auc() - 0.5).abs() < 1e-12);
     }
 }

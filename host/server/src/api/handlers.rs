@@ -198,6 +198,21 @@ pub async fn metrics(authz: Option<String>, state: Arc<AppState>) -> Reply {
             "gauge",
             "Mean prequential log-loss of a model version.",
         ),
+        (
+            "weir_model_auc",
+            "gauge",
+            "Prequential AUC of a model version.",
+        ),
+        (
+            "weir_model_accuracy_recent",
+            "gauge",
+            "Accuracy over the last 10,000 labelled events.",
+        ),
+        (
+            "weir_model_auc_recent",
+            "gauge",
+            "AUC over the last 10,000 labelled events.",
+        ),
     ];
     let all: Vec<_> = running
         .iter()
@@ -234,7 +249,10 @@ pub async fn metrics(authz: Option<String>, state: Arc<AppState>) -> Reply {
                     3 => s.fuel as f64,
                     4 => s.labelled as f64,
                     5 => s.accuracy(),
-                    _ => s.mean_log_loss(),
+                    6 => s.mean_log_loss(),
+                    7 => s.auc(),
+                    8 => s.recent_accuracy(),
+                    _ => s.recent_auc(),
                 };
                 let _ = writeln!(o, "{name}{{{}}} {v}", labels_of(r, k));
             }

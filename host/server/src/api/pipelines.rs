@@ -408,6 +408,12 @@ pub struct StageFigures {
     pub accuracy: Option<f64>,
     /// Mean log-loss.
     pub log_loss: Option<f64>,
+    /// Area under the ROC curve.
+    pub auc: Option<f64>,
+    /// Accuracy over the last 10,000 labelled rows (shows drift).
+    pub accuracy_recent: Option<f64>,
+    /// AUC over the last 10,000 labelled rows.
+    pub auc_recent: Option<f64>,
 }
 
 fn finite(x: f64) -> Option<f64> {
@@ -445,6 +451,9 @@ pub async fn metrics(id: i64, authz: Option<String>, state: Arc<AppState>) -> Re
                 labelled: s.labelled,
                 accuracy: finite(s.accuracy()),
                 log_loss: finite(s.mean_log_loss()),
+                auc: finite(s.auc()),
+                accuracy_recent: finite(s.recent_accuracy()),
+                auc_recent: finite(s.recent_auc()),
             });
         }
     }
