@@ -845,13 +845,7 @@ impl Pipeline {
             let key = batch.key(i).unwrap_or_default();
             let pos = self.positions[first_index + i];
             let mut p = String::with_capacity(160);
-            p.push_str("{\"key\":");
-            push_json_str(&mut p, key);
-            let _ = write!(
-                p,
-                ",\"ts\":{},\"partition\":{},\"offset\":{}",
-                batch.timestamps[i], pos.partition, pos.offset
-            );
+            push_event_head(&mut p, key, batch.timestamps[i], pos);
             if let Some(scores) = &s.scores {
                 let _ = write!(p, ",\"score\":{}", fmt_f64(scores[i]));
             } else if let Some(f) = &s.features {
@@ -907,14 +901,10 @@ impl Pipeline {
                 let key = batch.key(i).unwrap_or_default();
                 let pos = self.positions[first_index + i];
                 let mut p = String::with_capacity(200);
-                p.push_str("{\"key\":");
-                push_json_str(&mut p, key);
+                push_event_head(&mut p, key, batch.timestamps[i], pos);
                 let _ = write!(
                     p,
-                    ",\"ts\":{},\"partition\":{},\"offset\":{},\"score\":{},\"serving_score\":{},\"model_version\":\"{v}\",\"model_plugin\":\"{plugin}\",\"model_role\":\"shadow\"}}",
-                    batch.timestamps[i],
-                    pos.partition,
-                    pos.offset,
+                    ",\"score\":{},\"serving_score\":{},\"model_version\":\"{v}\",\"model_plugin\":\"{plugin}\",\"model_role\":\"shadow\"}}",
                     fmt_f64(shadow[i]),
                     fmt_f64(serving[i]),
                 );
@@ -1207,6 +1197,18 @@ fn sync_runner(runner: &mut Option<Runner>, slot: Option<&Arc<Slot>>) {
         (_, Some(s)) => *runner = Some(Runner::new(s.clone())),
         (_, None) => *runner = None,
     }
+}
+
+/// Opens a per-event output record: `{"key":…,"ts":…,"partition":…,"offset":…` (the
+/// caller adds its fields and the closing brace).
+fn push_event_head(p: &mut String, key: &str, ts: i64, pos: SourcePos) {
+    p.push_str("{\"key\":");
+    push_json_str(p, key);
+    let _ = write!(
+        p,
+        ",\"ts\":{ts},\"partition\":{},\"offset\":{}",
+        pos.partition, pos.offset
+    );
 }
 
 /// Most windows handed to one `on-window` call.
