@@ -53,13 +53,14 @@ impl Instance {
             KEEP_LOG_LINES,
         ));
         let (store, bound) = instantiate(&deployment, logs.clone(), state)?;
+        let last_snapshot = deployment.snapshot.clone();
         let mut inst = Instance {
             deployment,
             store,
             bound,
             logs,
             broken: false,
-            last_snapshot: None,
+            last_snapshot,
             last_fuel_used: 0,
             rebuilds: 0,
         };

@@ -12,8 +12,9 @@ use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// A deployment's version id: the first 16 hex digits of sha256(plugin sha256, config).
-/// The same plugin with another config is another version.
+/// A deployment's version id: the first 16 hex digits of sha256(plugin sha256, config, and
+/// the initial model snapshot if any). The same plugin with another config, or with other
+/// trained parameters, is another version.
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
@@ -32,23 +33,44 @@ pub struct Deployment {
     pub plugin: Arc<Plugin>,
     /// Its configuration (JSON), handed to `init`/`open`.
     pub config: String,
-    /// Version id of (plugin, config).
+    /// Version id of (plugin, config, snapshot).
     pub version: VersionId,
+    /// Model parameters every instance restores right after `init` (a model trained by
+    /// the host, served by the plugin through `restore`).
+    pub snapshot: Option<Vec<u8>>,
 }
 
 impl Deployment {
     /// A deployment of `plugin` with `config`.
     pub fn new(plugin: Arc<Plugin>, config: impl Into<String>) -> Arc<Self> {
-        let config = config.into();
+        Self::build(plugin, config.into(), None)
+    }
+
+    /// A deployment of a model `plugin` with `config` whose instances restore `snapshot`
+    /// after `init`: how a model trained in the host is served by its Wasm plugin.
+    pub fn with_snapshot(
+        plugin: Arc<Plugin>,
+        config: impl Into<String>,
+        snapshot: Vec<u8>,
+    ) -> Arc<Self> {
+        Self::build(plugin, config.into(), Some(snapshot))
+    }
+
+    fn build(plugin: Arc<Plugin>, config: String, snapshot: Option<Vec<u8>>) -> Arc<Self> {
         let mut h = Sha256::new();
         h.update(plugin.id().0.as_bytes());
         h.update([0]);
         h.update(config.as_bytes());
+        if let Some(s) = &snapshot {
+            h.update([0]);
+            h.update(s);
+        }
         let version = VersionId(hex::encode(&h.finalize()[..8]));
         Arc::new(Deployment {
             plugin,
             config,
             version,
+            snapshot,
         })
     }
 }
@@ -126,6 +148,16 @@ impl Slot {
         let retired = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
         drop(retired);
         let inst = Instance::new(next.clone())?;
+        *self.prepared.lock().unwrap_or_else(|p| p.into_inner()) = Some(inst);
+        self.swap(next)
+    }
+
+    /// Like [`Slot::swap_prepared`], with an instance the caller already built (and, for
+    /// example, validated) of the deployment to serve.
+    pub fn swap_instance(&self, inst: Instance) -> Result<Arc<Deployment>> {
+        let retired = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(retired);
+        let next = inst.deployment().clone();
         *self.prepared.lock().unwrap_or_else(|p| p.into_inner()) = Some(inst);
         self.swap(next)
     }

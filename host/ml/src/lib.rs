@@ -144,6 +144,37 @@ impl LinearModel {
             .collect()
     }
 
+    /// The same model on untransformed rows: folds a scaler applied before it into the
+    /// weights, since `w · (x - o) / s + b = (w / s) · x + (b - Σ w o / s)`. The plugin
+    /// that serves the model then needs no scaler.
+    pub fn before_scaler(&self, scaler: &Scaler) -> LinearModel {
+        let mut coef = Vec::with_capacity(self.coef.len());
+        let mut intercept = self.intercept;
+        for ((w, o), s) in self.coef.iter().zip(&scaler.offsets).zip(&scaler.scales) {
+            coef.push(w / s);
+            intercept -= w * o / s;
+        }
+        LinearModel {
+            coef,
+            intercept,
+            link: self.link,
+        }
+    }
+
+    /// The same model on rows before a PCA projection: `w · P (x - m) + b` is
+    /// `(Pᵀ w) · x + (b - (Pᵀ w) · m)`.
+    pub fn before_pca(&self, pca: &Pca) -> LinearModel {
+        let comps = pca.model.components();
+        let w = Array1::from(self.coef.clone());
+        let back = comps.t().dot(&w);
+        let intercept = self.intercept - back.dot(pca.model.mean());
+        LinearModel {
+            coef: back.to_vec(),
+            intercept,
+            link: self.link,
+        }
+    }
+
     /// The parameters in the `logistic` plugin's snapshot format: `{"coef": [..],
     /// "intercept": ..}` (JSON), for its `restore`.
     pub fn snapshot(&self) -> Vec<u8> {

@@ -217,3 +217,33 @@ fn training_window_keeps_the_last_rows() {
     assert!(w.push(&[1.0], 0.0).is_err());
     assert!(w.push(&[1.0, f64::INFINITY], 0.0).is_err());
 }
+
+#[test]
+fn scaler_and_pca_fold_into_the_exported_weights() {
+    let (x, y) = logistic_data(2_000, &[1.0, -2.0, 0.5], 0.3, 7);
+    let x = x.mapv(|v| v * 3.0 + 10.0);
+    // Scaler, then PCA (all 3 components), then logistic regression on the transformed rows.
+    let scaler = Scaler::standard(&x).unwrap();
+    let xs = scaler.transform(&x);
+    let pca = Pca::fit(&xs, 3).unwrap();
+    let xp = pca.transform(&xs);
+    let model = fit_logistic(&xp, &y, 1.0, 200).unwrap();
+    let folded = model.before_pca(&pca).before_scaler(&scaler);
+    for i in 0..50 {
+        let raw = x.row(i).to_vec();
+        let through = model.predict(xp.row(i).as_slice().unwrap());
+        let direct = folded.predict(&raw);
+        assert!(
+            (through - direct).abs() < 1e-9,
+            "row {i}: {through} vs {direct}"
+        );
+    }
+    // A projection onto fewer components folds too.
+    let pca2 = Pca::fit(&xs, 2).unwrap();
+    let xp2 = pca2.transform(&xs);
+    let m2 = fit_logistic(&xp2, &y, 1.0, 200).unwrap();
+    let f2 = m2.before_pca(&pca2).before_scaler(&scaler);
+    assert_eq!(f2.coef.len(), 3);
+    let a = m2.predict(xp2.row(3).as_slice().unwrap());
+    assert!((a - f2.predict(&x.row(3).to_vec())).abs() < 1e-9);
+}

@@ -31,11 +31,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use weir_store::{
-    Claim, CommitBatch, NewDeployment, NewSnapshot, PartitionCommit, Prediction, StateChange,
-    Store, StoreError, WindowResult,
+    Claim, CommitBatch, NewDeployment, NewSnapshot, NewTrainingRun, PartitionCommit, Prediction,
+    StateChange, Store, StoreError, WindowResult,
 };
 use weir_stream::pipeline::{Outputs, Pipeline, SourceRecord};
 use weir_stream::spec::PipelineSpec;
+use weir_stream::training::{Decision, TrainingShared};
 
 /// How a durable worker runs.
 pub struct DurableOptions {
@@ -109,7 +110,21 @@ pub fn run_durable(
     let name = spec.name.get_ref().clone();
     pipeline.enable_checkpoints();
     let mut parent_snapshot = None;
-    if spec.model.is_some()
+    let mut trained: HashMap<String, i64> = HashMap::new();
+    if spec.training.is_some() {
+        // Serve the model that was promoted last, as it was promoted.
+        if let Some((run, snap)) = rt.block_on(store.latest_promoted(&name, "model"))? {
+            let version = pipeline
+                .resume_trained(snap.bytes)
+                .with_context(|| format!("serving the trained model of snapshot {}", snap.id))?;
+            tracing::info!(
+                "serving the model promoted by training run {} (snapshot {}, version {version})",
+                run.id,
+                snap.id
+            );
+            trained.insert(version.to_string(), snap.id);
+        }
+    } else if spec.model.is_some()
         && let Some(snap) = rt.block_on(store.latest_snapshot(&name, "model"))?
     {
         pipeline
@@ -167,6 +182,8 @@ pub fn run_durable(
         name: &name,
         store_predictions: opts.store_predictions,
         parent_snapshot,
+        training: pipeline.training(),
+        trained,
         report: DurableReport::default(),
     };
     let mut last_commit = Instant::now();
@@ -313,6 +330,10 @@ struct Checkpointer<'a> {
     store_predictions: bool,
     /// The model snapshot the next one descends from.
     parent_snapshot: Option<i64>,
+    /// The trainer's decisions, when the model trains in the host.
+    training: Option<Arc<TrainingShared>>,
+    /// Snapshot ids of the trained versions promoted so far (the parents of later ones).
+    trained: HashMap<String, i64>,
     report: DurableReport,
 }
 
@@ -331,6 +352,8 @@ impl Checkpointer<'_> {
             name,
             store_predictions,
             parent_snapshot,
+            training,
+            trained,
             report,
         } = self;
         let (rt, store, name) = (*rt, *store, *name);
@@ -433,6 +456,11 @@ impl Checkpointer<'_> {
                     .context("recording a deployment")?;
                 }
                 report.switches_recorded = pipeline.switches().len();
+                if let Some(t) = training {
+                    for d in t.take_decisions() {
+                        record_decision(rt, store, name, trained, d)?;
+                    }
+                }
                 report.commits += 1;
                 report.rows += stats.rows_written;
                 if stats.snapshot_id.is_some() {
@@ -449,4 +477,42 @@ impl Checkpointer<'_> {
             Err(e) => Err(e).context("committing a checkpoint"),
         }
     }
+}
+
+/// Stores one training decision with its candidate's snapshot, whose parent is the
+/// champion's snapshot (when the champion was itself trained).
+fn record_decision(
+    rt: &Handle,
+    store: &Store,
+    name: &str,
+    trained: &mut HashMap<String, i64>,
+    d: Decision,
+) -> Result<()> {
+    let detail = serde_json::to_string(&d).context("encoding a training decision")?;
+    let run = rt
+        .block_on(store.record_training(NewTrainingRun {
+            pipeline: name.to_string(),
+            stage: "model".into(),
+            outcome: d.outcome.clone(),
+            trigger: d.trigger.clone(),
+            version: d.version.clone().unwrap_or_default(),
+            champion_version: d.champion_version.clone(),
+            plugin_sha256: d.plugin_sha256.clone(),
+            metric: d.metric.clone(),
+            challenger_score: d.challenger_score,
+            champion_score: d.champion_score,
+            detail,
+            at_ms: d.at_ms,
+            snapshot: d.snapshot,
+            from_offset: d.window.from_offset(),
+            to_offset: d.window.to_offset(),
+            parent_snapshot_id: trained.get(&d.champion_version).copied(),
+        }))
+        .context("recording a training decision")?;
+    if d.outcome == "promoted"
+        && let (Some(v), Some(sid)) = (d.version, run.snapshot_id)
+    {
+        trained.insert(v, sid);
+    }
+    Ok(())
 }

@@ -17,6 +17,7 @@ pub mod migration;
 mod mutation;
 mod query;
 mod tenancy;
+mod training;
 
 pub use migration::Migrator;
 /// sea-orm itself, so callers of [`Store::connection`] need no dependency of their own.
@@ -24,6 +25,7 @@ pub use sea_orm;
 pub use tenancy::{
     ADMIN_TENANT, NewPlugin, PipelineRecord, PluginRecord, ResultFilter, TenantRecord,
 };
+pub use training::{NewTrainingRun, TrainingRun};
 
 /// Errors of the store, by who is at fault: the caller's configuration (`BadUrl`, `BadName`),
 /// the external database (`Connect`, `Migrate`, `Db`) or a stale partition owner (`Fenced`).

@@ -10,7 +10,7 @@ use sea_orm::{
 
 use crate::entity::{
     api_keys, checkpoints, deployments, keyed_state, model_snapshots, predictions, tenants,
-    window_results,
+    training_runs, window_results,
 };
 use crate::{
     Claim, CommitBatch, CommitStats, NewDeployment, PartitionCommit, StateEntry, Store, StoreError,
@@ -275,6 +275,10 @@ impl Store {
             .await?;
         model_snapshots::Entity::delete_many()
             .filter(model_snapshots::Column::Pipeline.eq(pipeline))
+            .exec(&txn)
+            .await?;
+        training_runs::Entity::delete_many()
+            .filter(training_runs::Column::Pipeline.eq(pipeline))
             .exec(&txn)
             .await?;
         deployments::Entity::delete_many()

@@ -91,18 +91,7 @@ impl Store {
             .order_by_desc(model_snapshots::Column::Id)
             .one(&self.db)
             .await?;
-        Ok(row.map(|m| ModelSnapshot {
-            id: m.id,
-            pipeline: m.pipeline,
-            stage: m.stage,
-            plugin_sha256: m.plugin_sha256,
-            parent_id: m.parent_id,
-            bytes: m.bytes,
-            from_offset: m.from_offset,
-            to_offset: m.to_offset,
-            metrics: m.metrics,
-            created_at: m.created_at,
-        }))
+        Ok(row.map(Into::into))
     }
 
     /// The deployment history of a pipeline, oldest first.

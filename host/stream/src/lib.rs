@@ -12,6 +12,7 @@ pub mod parse;
 pub mod pipeline;
 pub mod spec;
 pub mod state;
+pub mod training;
 pub mod watermark;
 pub mod window;
 

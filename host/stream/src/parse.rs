@@ -17,6 +17,9 @@ pub struct RecordParser {
     pub dims: usize,
     /// Optional label field (a number, or `true`/`false`); a record without it is unlabelled.
     pub label_field: Option<String>,
+    /// Optional id field (a string or an integer). With it, a record with the key, the id
+    /// and the label but no inputs is a *label record* for an earlier event.
+    pub id_field: Option<String>,
 }
 
 /// The parts of a record the pipeline needs.
@@ -28,6 +31,10 @@ pub struct ParsedRecord {
     pub ts: i64,
     /// The label, when the parser has a label field and the record has it.
     pub label: Option<f64>,
+    /// The id, when the parser has an id field and the record has it.
+    pub id: Option<String>,
+    /// A label record (key, id and label, no inputs): it carries no event.
+    pub label_only: bool,
 }
 
 impl RecordParser {
@@ -44,7 +51,27 @@ impl RecordParser {
                 ts: Some(ts),
                 got_inputs: true,
                 label,
-            }) => Ok(ParsedRecord { key, ts, label }),
+                id,
+            }) => Ok(ParsedRecord {
+                key,
+                ts,
+                label,
+                id,
+                label_only: false,
+            }),
+            Ok(Fields {
+                key: Some(key),
+                ts,
+                got_inputs: false,
+                label: Some(label),
+                id: Some(id),
+            }) if self.id_field.is_some() => Ok(ParsedRecord {
+                key,
+                ts: ts.unwrap_or(0),
+                label: Some(label),
+                id: Some(id),
+                label_only: true,
+            }),
             Ok(f) => {
                 inputs.truncate(mark);
                 let missing = [
@@ -72,6 +99,7 @@ struct Fields {
     ts: Option<i64>,
     got_inputs: bool,
     label: Option<f64>,
+    id: Option<String>,
 }
 
 struct Seed<'a> {
@@ -98,6 +126,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
             ts: None,
             got_inputs: false,
             label: None,
+            id: None,
         };
         while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if name == self.p.key_field {
@@ -116,6 +145,8 @@ impl<'de> Visitor<'de> for Seed<'_> {
                     )));
                 }
                 out.got_inputs = true;
+            } else if self.p.id_field.as_deref() == Some(&*name) {
+                out.id = Some(map.next_value::<KeyValue>()?.0);
             } else if self.p.label_field.as_deref() == Some(&*name) {
                 out.label = match map.next_value::<serde_json::Value>()? {
                     serde_json::Value::Number(n) => n.as_f64(),
@@ -197,6 +228,7 @@ mod tests {
             inputs_field: "x".into(),
             dims: 2,
             label_field: None,
+            id_field: None,
         }
     }
 
@@ -213,6 +245,8 @@ mod tests {
                 key: "u1".into(),
                 ts: 5,
                 label: None,
+                id: None,
+                label_only: false,
             })
         );
         let labelled = RecordParser {
@@ -241,6 +275,43 @@ mod tests {
         );
         let r = parser().parse(br#"{"key":7,"ts":5,"x":[1,2]}"#, &mut inputs);
         assert_eq!(r.unwrap().key, "7");
+    }
+
+    #[test]
+    fn label_records_need_an_id_field() {
+        let mut inputs = Vec::new();
+        let later = RecordParser {
+            label_field: Some("label".into()),
+            id_field: Some("id".into()),
+            ..parser()
+        };
+        let r = later
+            .parse(br#"{"key":"u1","id":"e7","label":1}"#, &mut inputs)
+            .unwrap();
+        assert!(r.label_only);
+        assert_eq!((r.id.as_deref(), r.label), (Some("e7"), Some(1.0)));
+        let r = later
+            .parse(br#"{"key":"u1","id":42,"ts":3,"x":[1,2]}"#, &mut inputs)
+            .unwrap();
+        assert!(!r.label_only);
+        assert_eq!(r.id.as_deref(), Some("42"));
+        // Without a label it is an incomplete event, not a label record.
+        assert!(
+            later
+                .parse(br#"{"key":"u1","id":"e7"}"#, &mut inputs)
+                .is_err()
+        );
+        // Without an id field configured, a label record is an incomplete event.
+        let plain = RecordParser {
+            label_field: Some("label".into()),
+            ..parser()
+        };
+        assert!(
+            plain
+                .parse(br#"{"key":"u1","id":"e7","label":1}"#, &mut inputs)
+                .is_err()
+        );
+        assert_eq!(inputs, [1.0, 2.0]);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::metrics::{ModelVariants, PipelineMetrics, Role, in_canary};
 use crate::parse::RecordParser;
 use crate::spec::PipelineSpec;
 use crate::state::TrackedState;
+use crate::training::{Trainer, TrainingShared};
 use crate::watermark::Watermarks;
 use crate::window::{Fired, Lateness, Windower};
 use std::collections::{BTreeMap, HashMap};
@@ -230,6 +231,12 @@ pub struct Pipeline {
     trained_since_snapshot: bool,
     /// Set by [`Pipeline::enable_checkpoints`].
     checkpoints: Option<Checkpoints>,
+    /// Host-side training of the model stage (`[training]`).
+    trainer: Option<Trainer>,
+    /// Each row's id, when labels join later.
+    ids: Vec<Option<String>>,
+    /// Label records of the current step: (key, id, label).
+    label_records: Vec<(String, String, f64)>,
 }
 
 /// What checkpointing tracks: which partition owns each key, and the plugins' state.
@@ -283,6 +290,13 @@ impl Pipeline {
             None => None,
         };
         let variants = slots.variants.clone();
+        let trainer = match (&spec.training, &slots.model) {
+            (Some(t), Some(slot)) => Some(Trainer::new(t, slot.clone())),
+            _ => None,
+        };
+        let id_field = trainer
+            .as_ref()
+            .and_then(|t| t.id_field().map(str::to_owned));
         Ok(Pipeline {
             parser: RecordParser {
                 key_field: spec.source.key_field.clone(),
@@ -290,6 +304,7 @@ impl Pipeline {
                 inputs_field: spec.source.inputs_field.clone(),
                 dims,
                 label_field: spec.source.label_field.clone(),
+                id_field,
             },
             with_payload: spec.source.with_payload,
             dims,
@@ -319,6 +334,9 @@ impl Pipeline {
             shadow: None,
             trained_since_snapshot: false,
             checkpoints: None,
+            trainer,
+            ids: Vec::new(),
+            label_records: Vec::new(),
         })
     }
 
@@ -456,6 +474,22 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The training figures and decisions, when the model trains in the host.
+    pub fn training(&self) -> Option<Arc<TrainingShared>> {
+        self.trainer.as_ref().map(Trainer::shared)
+    }
+
+    /// Serves an earlier promoted model again (after a restart): the model's plugin and
+    /// config, restoring `snapshot`. Returns its version.
+    pub fn resume_trained(&mut self, snapshot: Vec<u8>) -> Result<VersionId, PipelineError> {
+        let Some(r) = self.model.as_ref() else {
+            return Err(PipelineError::Setup(
+                "the pipeline has no model stage".into(),
+            ));
+        };
+        Ok(Trainer::resume(r.slot(), snapshot)?)
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> &Stats {
         &self.stats
@@ -499,13 +533,36 @@ impl Pipeline {
         }
     }
 
-    /// Processes a batch of source records at processing time `now_ms`.
+    /// Processes a batch of source records at processing time `now_ms`. With training on,
+    /// the batch runs in steps of at most `training.step_rows` records, with training
+    /// decisions between them.
     pub fn process(
         &mut self,
         records: &[SourceRecord<'_>],
         now_ms: u64,
         out: &mut Outputs,
     ) -> Result<(), PipelineError> {
+        let step = self.trainer.as_ref().map_or(usize::MAX, Trainer::step_rows);
+        if records.len() <= step {
+            return self.process_step(records, now_ms, out);
+        }
+        for chunk in records.chunks(step) {
+            self.process_step(chunk, now_ms, out)?;
+        }
+        Ok(())
+    }
+
+    fn process_step(
+        &mut self,
+        records: &[SourceRecord<'_>],
+        now_ms: u64,
+        out: &mut Outputs,
+    ) -> Result<(), PipelineError> {
+        if let Some(t) = self.trainer.as_mut() {
+            t.before_step();
+        }
+        self.ids.clear();
+        self.label_records.clear();
         self.batch.clear();
         self.positions.clear();
         self.raw.clear();
@@ -514,7 +571,15 @@ impl Pipeline {
         self.stats.batches += 1;
         for (i, r) in records.iter().enumerate() {
             match self.parser.parse(r.payload, &mut self.batch.inputs) {
+                Ok(p) if p.label_only => {
+                    if let (Some(id), Some(label)) = (p.id, p.label) {
+                        self.label_records.push((p.key, id, label));
+                    }
+                }
                 Ok(p) => {
+                    if self.parser.id_field.is_some() {
+                        self.ids.push(p.id.clone());
+                    }
                     if self.has_labels {
                         self.labels.push(p.label.unwrap_or(f64::NAN));
                     }
@@ -551,8 +616,28 @@ impl Pipeline {
             self.window_events(records, now_ms, out);
             self.score(records, out)?;
         }
+        self.join_labels();
+        if let Some(t) = self.trainer.as_mut() {
+            t.after_step();
+        }
         self.fire_windows(now_ms, out)?;
         Ok(())
+    }
+
+    /// Joins the step's label records to their waiting events, and scores each joined
+    /// event's prediction against its label in the version's metrics.
+    fn join_labels(&mut self) {
+        let Some(t) = self.trainer.as_mut() else {
+            return;
+        };
+        for (key, id, label) in self.label_records.drain(..) {
+            if let Some((score, served)) = t.label_arrived(&key, &id, label) {
+                self.metrics
+                    .with("model", Role::Serving, &served.0.0, &served.1, |s| {
+                        s.score_labels(&[score], &[label])
+                    });
+            }
+        }
     }
 
     /// Advances the watermark with no new records (idle partitions stop holding it back)
@@ -675,7 +760,7 @@ impl Pipeline {
         let labels = std::mem::take(&mut self.labels);
         let result = self.score_batch(&batch, &labels);
         match result {
-            Ok(scored) => self.emit_results(&batch, &scored, 0, out),
+            Ok(scored) => self.emit_results(&batch, &scored, 0, &labels, out),
             Err(e) if e.fault() == weir_engine::Fault::Plugin => {
                 for i in 0..batch.len() {
                     let mut one = EventBatch::with_dims(self.dims as u32);
@@ -685,7 +770,7 @@ impl Pipeline {
                     one.push(key, batch.timestamps[i], row);
                     let label = labels.get(i..i + 1).unwrap_or_default();
                     match self.score_batch(&one, label) {
-                        Ok(scored) => self.emit_results(&one, &scored, i, out),
+                        Ok(scored) => self.emit_results(&one, &scored, i, label, out),
                         Err(e) => {
                             self.stats.dead += 1;
                             out.dead.push(dead_letter(
@@ -810,6 +895,9 @@ impl Pipeline {
                     scored.shadow = Some((v, plugin, s));
                 }
             }
+            if self.trainer.is_some() {
+                scored.model_features = Some(features);
+            }
         } else {
             scored.features = Some(features);
         }
@@ -828,8 +916,10 @@ impl Pipeline {
         batch: &EventBatch,
         s: &Scored,
         first_index: usize,
+        labels: &[f64],
         out: &mut Outputs,
     ) {
+        self.train_on(batch, s, first_index, labels);
         if let Some((v, plugin)) = &s.extractor {
             self.note_version("extractor", v, plugin, first_index, batch.len());
         }
@@ -944,6 +1034,52 @@ impl Pipeline {
                         ..RecordMeta::default()
                     },
                 });
+            }
+        }
+    }
+
+    /// Hands the scored rows to the trainer: labelled rows join its window, and with
+    /// `join = "later"` unlabelled rows with an id wait for their label record.
+    fn train_on(&mut self, batch: &EventBatch, s: &Scored, first_index: usize, labels: &[f64]) {
+        let (Some(t), Some(f), Some(scores), Some(model)) = (
+            self.trainer.as_mut(),
+            &s.model_features,
+            &s.scores,
+            &s.model,
+        ) else {
+            return;
+        };
+        t.served(&model.0);
+        let later = t.id_field().is_some();
+        let serving = Arc::new(model.clone());
+        let canary = s.canary.as_ref().map(|c| Arc::new(c.clone()));
+        for i in 0..batch.len() {
+            let Some(x) = f.row(i) else {
+                continue;
+            };
+            let on_canary = s.canary_rows.get(i).copied().unwrap_or(false);
+            let pos = self.positions[first_index + i];
+            let ts = batch.timestamps[i];
+            let label = labels.get(i).copied().unwrap_or(f64::NAN);
+            if !label.is_nan() {
+                let by = (!on_canary).then_some(&model.0);
+                t.labelled(x, label, scores[i], by, pos.partition, pos.offset, ts);
+            } else if later && let Some(Some(id)) = self.ids.get(first_index + i) {
+                let served = match (&canary, on_canary) {
+                    (Some(c), true) => c.clone(),
+                    _ => serving.clone(),
+                };
+                t.wait_for_label(
+                    batch.key(i).unwrap_or_default(),
+                    id.clone(),
+                    x,
+                    scores[i],
+                    served,
+                    !on_canary,
+                    pos.partition,
+                    pos.offset,
+                    ts,
+                );
             }
         }
     }
@@ -1225,6 +1361,8 @@ struct Scored {
     shadow: Option<(VersionId, String, Vec<f64>)>,
     scores: Option<Vec<f64>>,
     features: Option<FeatureBatch>,
+    /// The model's input rows, kept for training.
+    model_features: Option<FeatureBatch>,
     operator_outputs: Vec<(VersionId, EventBatch)>,
 }
 

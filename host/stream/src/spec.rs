@@ -63,6 +63,8 @@ pub struct PipelineSpec {
     pub operators: Vec<StageSpec>,
     /// Keyed event-time windows over the events' inputs.
     pub window: Option<WindowSpec>,
+    /// Periodic training of the model stage in the host, with champion/challenger swaps.
+    pub training: Option<crate::training::TrainingSpec>,
     /// Where results go.
     pub sink: SinkSpec,
 }
@@ -310,6 +312,9 @@ impl PipelineSpec {
                 "model.train needs source.label_field (the field holding each event's label)"
                     .into(),
             ));
+        }
+        if let Some(t) = &self.training {
+            t.validate(self).map_err(|(span, m)| at(span, m))?;
         }
         if let Some(w) = &self.window {
             let kind = w.kind_checked().map_err(|m| at(w.kind.span(), m))?;

@@ -15,6 +15,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use weir_store::{NewPlugin, PluginRecord};
 use weir_stream::metrics::LATENCY_BUCKETS;
+use weir_stream::training::TrainingStatus;
 
 /// A JSON response with a status.
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
@@ -294,6 +295,60 @@ pub async fn metrics(authz: Option<String>, state: Arc<AppState>) -> Reply {
         let _ = writeln!(o, "{name}_bucket{{{l},le=\"+Inf\"}} {}", h.count);
         let _ = writeln!(o, "{name}_sum{{{l}}} {}", h.sum);
         let _ = writeln!(o, "{name}_count{{{l}}} {}", h.count);
+    }
+    let training: [(&str, &str, &str, fn(&TrainingStatus) -> f64); 6] = [
+        (
+            "weir_training_fits_total",
+            "counter",
+            "Training decisions (promoted, rejected or failed).",
+            |s| s.fits as f64,
+        ),
+        (
+            "weir_training_promotions_total",
+            "counter",
+            "Challengers promoted to serving.",
+            |s| s.promotions as f64,
+        ),
+        (
+            "weir_training_drifts_total",
+            "counter",
+            "Drifts the detector signalled.",
+            |s| s.drifts as f64,
+        ),
+        (
+            "weir_training_window_rows",
+            "gauge",
+            "Labelled rows in the training window.",
+            |s| s.window_rows as f64,
+        ),
+        (
+            "weir_training_fit_seconds",
+            "gauge",
+            "Duration of the last fit and judgement.",
+            |s| s.last_fit_ms / 1e3,
+        ),
+        (
+            "weir_training_promotion_to_serving_seconds",
+            "gauge",
+            "From the last challenger winning to the worker serving it.",
+            |s| s.promotion_to_serving_last_ms / 1e3,
+        ),
+    ];
+    for (name, kind, help, get) in training {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for r in &running {
+            let Some(t) = &r.training else { continue };
+            let s = t.status();
+            let tn = names.get(&r.tenant).map_or("", String::as_str);
+            let pipeline = r.spec.name.get_ref().split_once('.').map_or("", |x| x.1);
+            let _ = writeln!(
+                o,
+                "{name}{{tenant=\"{}\",pipeline=\"{}\"}} {}",
+                label(tn),
+                label(pipeline),
+                get(&s)
+            );
+        }
     }
     let mut r =
         warp::reply::with_header(o, "content-type", "text/plain; version=0.0.4").into_response();

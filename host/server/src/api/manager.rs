@@ -111,6 +111,8 @@ pub struct Running {
     pub slots: StageSlots,
     /// Per-stage figures.
     pub metrics: Arc<PipelineMetrics>,
+    /// Training figures, when the model trains in the host.
+    pub training: Option<Arc<weir_stream::training::TrainingShared>>,
     /// Worker progress.
     pub progress: Arc<Mutex<Progress>>,
     stop: Arc<AtomicBool>,
@@ -362,6 +364,7 @@ impl Manager {
             spec: spec.clone(),
             slots,
             metrics: pipeline.metrics(),
+            training: pipeline.training(),
             progress: Arc::default(),
             stop: Arc::default(),
             finished: Arc::default(),

@@ -38,6 +38,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         pipelines::stage_abort,
         pipelines::predictions,
         pipelines::windows,
+        pipelines::training,
     ),
     components(schemas(error::ErrorBody)),
     modifiers(&BearerAuth),

@@ -1005,3 +1005,122 @@ pub async fn windows(
         .collect();
     Ok(json(StatusCode::OK, &WindowPage { items, next }))
 }
+
+/// Paging of training decisions.
+#[derive(Debug, Default, Deserialize, IntoParams, ToSchema)]
+#[into_params(parameter_in = Query)]
+pub struct TrainingQuery {
+    /// Decisions per page, 1-1000 (default 100).
+    pub limit: Option<u64>,
+    /// Only decisions with a smaller id (the previous page's `next`).
+    pub before: Option<i64>,
+}
+
+/// One training decision, with the lineage of its candidate.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TrainingDecision {
+    /// Decision id (increasing).
+    pub id: i64,
+    /// When, ms.
+    pub at_ms: i64,
+    /// `promoted`, `rejected` or `failed`.
+    pub outcome: String,
+    /// `first`, `schedule`, `timer` or `drift`.
+    pub trigger: String,
+    /// The candidate's version id (empty when the fit failed).
+    pub version: String,
+    /// The champion it was judged against.
+    pub champion_version: String,
+    /// The validation metric.
+    pub metric: String,
+    /// The candidate's held-out score.
+    pub challenger_score: Option<f64>,
+    /// The champion's held-out score.
+    pub champion_score: Option<f64>,
+    /// The candidate's stored snapshot.
+    pub snapshot_id: Option<i64>,
+    /// The champion's snapshot, when the champion was itself trained.
+    pub parent_snapshot_id: Option<i64>,
+    /// Everything else: reason, parameters, grid scores, training window (event-time and
+    /// offset ranges), row counts and fit time.
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
+/// A pipeline's training: its settings, live figures and decisions.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TrainingInfo {
+    /// The spec's `[training]` section (null when the model does not train in the host).
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
+    /// Live figures of the running worker (null when stopped).
+    #[schema(value_type = Object)]
+    pub status: serde_json::Value,
+    /// Decisions, newest first.
+    pub decisions: Vec<TrainingDecision>,
+    /// `before` for the next page (absent on the last).
+    pub next: Option<i64>,
+}
+
+/// Training decisions (champion/challenger) and live training figures, paged.
+#[utoipa::path(get, path = "/v1/pipelines/{id}/training", tag = "results", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "Pipeline id", example = 1), TrainingQuery),
+    responses((status = 200, description = "Settings, figures and a page of decisions", body = TrainingInfo),
+              (status = 400, description = "Bad query", body = ErrorBody),
+              (status = 401, description = "No valid key", body = ErrorBody),
+              (status = 404, description = "No such pipeline", body = ErrorBody)))]
+pub async fn training(
+    id: i64,
+    authz: Option<String>,
+    q: TrainingQuery,
+    state: Arc<AppState>,
+) -> Reply {
+    let (tenant, _) = tenant(&state, authz).await?;
+    let p = own(&state, tenant, id).await?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("`limit` must be 1-1000").into());
+    }
+    let spec = parse_spec(&p.spec)?;
+    let status = state
+        .manager
+        .get(id)
+        .filter(|r| r.tenant == tenant)
+        .and_then(|r| r.training.as_ref().map(|t| t.status()))
+        .map(|s| serde_json::to_value(s).unwrap_or_default())
+        .unwrap_or_default();
+    let rows = state
+        .store
+        .training_runs(&internal_name(tenant, &p.name), "model", limit, q.before)
+        .await
+        .map_err(ApiError::from)?;
+    let next = (rows.len() as u64 == limit)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    let decisions = rows
+        .into_iter()
+        .map(|r| TrainingDecision {
+            id: r.id,
+            at_ms: r.at_ms,
+            outcome: r.outcome,
+            trigger: r.trigger,
+            version: r.version,
+            champion_version: r.champion_version,
+            metric: r.metric,
+            challenger_score: r.challenger_score,
+            champion_score: r.champion_score,
+            snapshot_id: r.snapshot_id,
+            parent_snapshot_id: r.parent_snapshot_id,
+            detail: serde_json::from_str(&r.detail).unwrap_or_default(),
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &TrainingInfo {
+            spec: serde_json::to_value(&spec.training).unwrap_or_default(),
+            status,
+            decisions,
+            next,
+        },
+    ))
+}

@@ -10,4 +10,5 @@ pub mod pipelines;
 pub mod plugins;
 pub mod predictions;
 pub mod tenants;
+pub mod training_runs;
 pub mod window_results;

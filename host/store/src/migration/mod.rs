@@ -18,6 +18,7 @@ mod m20261125_000007_create_window_results;
 mod m20261125_000008_create_checkpoints;
 mod m20261125_000009_create_keyed_state;
 mod m20261125_000010_create_model_snapshots;
+mod m20261125_000011_create_training_runs;
 
 /// All of weir's migrations, in order. [`crate::Store::connect`] runs `Migrator::up` itself.
 pub struct Migrator;
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000008_create_checkpoints::Migration),
             Box::new(m20261125_000009_create_keyed_state::Migration),
             Box::new(m20261125_000010_create_model_snapshots::Migration),
+            Box::new(m20261125_000011_create_training_runs::Migration),
         ]
     }
 }
