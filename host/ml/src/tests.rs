@@ -247,3 +247,31 @@ fn scaler_and_pca_fold_into_the_exported_weights() {
     let a = m2.predict(xp2.row(3).as_slice().unwrap());
     assert!((a - f2.predict(&x.row(3).to_vec())).abs() < 1e-9);
 }
+
+#[test]
+fn a_warm_start_reaches_the_same_optimum() {
+    let (x, y) = logistic_data(5_000, &[1.5, -0.5, 0.25], 0.2, 11);
+    let cold = fit_logistic(&x, &y, 1.0, 200).unwrap();
+    let near = LinearModel {
+        coef: cold.coef.iter().map(|c| c * 0.8).collect(),
+        intercept: cold.intercept * 0.8,
+        link: LinkKind::Logistic,
+    };
+    let warm = fit_logistic_from(&x, &y, 1.0, 200, Some(&near)).unwrap();
+    for (a, b) in cold.coef.iter().zip(&warm.coef) {
+        assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+    }
+    assert!((cold.intercept - warm.intercept).abs() < 1e-3);
+    // Starting from the negative class's side (first label 0) gives the same model too.
+    let mut y0 = y.clone();
+    let first_zero = y.iter().position(|v| *v == 0.0).unwrap();
+    y0.swap(0, first_zero);
+    let mut x0 = x.clone();
+    for j in 0..3 {
+        let (a, b) = (x[[0, j]], x[[first_zero, j]]);
+        x0[[0, j]] = b;
+        x0[[first_zero, j]] = a;
+    }
+    let warm0 = fit_logistic_from(&x0, &y0, 1.0, 200, Some(&near)).unwrap();
+    assert!((warm0.coef[0] - cold.coef[0]).abs() < 1e-3);
+}

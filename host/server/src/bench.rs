@@ -26,6 +26,9 @@ pub struct BenchArgs {
     /// Repetitions per figure (the median is reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// `ml`: only the training times and the batch fit, not job 3.
+    #[arg(long)]
+    batch_only: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -40,10 +43,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         "sink" => crate::bench_sink::run(args.n.unwrap_or(200_000), 200_000),
         "swap" => crate::bench_swap::run(args.n.unwrap_or(200_000), 100),
-        "ml" => crate::bench_ml::run(match &args.events {
-            Some(_) => Some(load_events(&args)?),
-            None => None,
-        }),
+        "ml" => crate::bench_ml::run(
+            match &args.events {
+                Some(_) => Some(load_events(&args)?),
+                None => None,
+            },
+            args.batch_only,
+        ),
         // For profilers: job 1's extract stage in a loop, nothing else.
         "extract-loop" => {
             let events = load_events(&args)?;

@@ -4,5 +4,6 @@
 
 pub mod api;
 pub mod durable;
+pub mod job3;
 pub mod kafka;
 pub mod run;

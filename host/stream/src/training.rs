@@ -46,6 +46,7 @@ use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 use toml::Spanned;
@@ -675,6 +676,47 @@ struct Job {
     y: Array1<f64>,
     window: WindowMeta,
     trigger: &'static str,
+    /// The drift generation the window belongs to.
+    generation: u64,
+}
+
+/// One fitting thread's queue.
+struct Lane {
+    jobs: mpsc::Sender<Job>,
+    done: mpsc::Receiver<()>,
+    busy: bool,
+}
+
+impl Lane {
+    fn spawn(name: &str, fitter: Fitter) -> Lane {
+        let (jobs, job_rx) = mpsc::channel::<Job>();
+        let (done_tx, done) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let mut fitter = fitter;
+                while let Ok(job) = job_rx.recv() {
+                    fitter.run(job);
+                    if done_tx.send(()).is_err() {
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the trainer thread {name}: {e}");
+        }
+        Lane {
+            jobs,
+            done,
+            busy: false,
+        }
+    }
+
+    fn send(&mut self, job: Job) {
+        if self.jobs.send(job).is_ok() {
+            self.busy = true;
+        }
+    }
 }
 
 /// The worker's side of training: collects labelled rows, detects drift, schedules fits
@@ -693,38 +735,34 @@ pub struct Trainer {
     waiting: HashMap<(String, String), Waiting>,
     waiting_order: VecDeque<(String, String, i64)>,
     newest_ts: i64,
-    jobs: mpsc::Sender<Job>,
-    done: mpsc::Receiver<()>,
-    /// A job is running; `true` when the worker waits for it before its next step.
-    in_flight: Option<bool>,
+    /// Fits on a full window, in the background.
+    regular: Lane,
+    /// Fits on a short window (after a start or a drift), which the worker waits for. A
+    /// lane of its own, so a drift never waits behind a long fit of stale rows.
+    urgent: Lane,
+    /// Bumped at each drift: fits of older windows are never promoted.
+    generation: Arc<AtomicU64>,
     shared: Arc<TrainingShared>,
 }
 
 impl Trainer {
     /// A trainer for the model in `slot`, with its own fitting thread.
     pub fn new(spec: &TrainingSpec, slot: Arc<Slot>) -> Trainer {
-        let (jobs, job_rx) = mpsc::channel::<Job>();
-        let (done_tx, done) = mpsc::channel();
         let shared = Arc::new(TrainingShared::default());
-        let fitter = Fitter {
+        let generation = Arc::new(AtomicU64::new(0));
+        let common = FitterCommon {
             spec: spec.clone(),
             slot,
             shared: shared.clone(),
+            generation: generation.clone(),
+            promoting: Mutex::new(()),
+            warm: Mutex::new(None),
+        };
+        let common = Arc::new(common);
+        let fitter = || Fitter {
+            common: common.clone(),
             champion: None,
         };
-        std::thread::Builder::new()
-            .name("weir-trainer".into())
-            .spawn(move || {
-                let mut fitter = fitter;
-                while let Ok(job) = job_rx.recv() {
-                    fitter.run(job);
-                    if done_tx.send(()).is_err() {
-                        break;
-                    }
-                }
-            })
-            .map_err(|e| tracing::error!("cannot start the trainer thread: {e}"))
-            .ok();
         Trainer {
             spec: spec.clone(),
             dims: None,
@@ -748,9 +786,9 @@ impl Trainer {
             waiting: HashMap::new(),
             waiting_order: VecDeque::new(),
             newest_ts: i64::MIN,
-            jobs,
-            done,
-            in_flight: None,
+            regular: Lane::spawn("weir-trainer", fitter()),
+            urgent: Lane::spawn("weir-trainer-urgent", fitter()),
+            generation,
             shared,
         }
     }
@@ -777,19 +815,18 @@ impl Trainer {
     /// Before a step: takes finished jobs, and waits for an urgent one (a fit on a short
     /// window, after a start or a drift), so a recovering model serves from this step.
     pub fn before_step(&mut self) {
-        match self.in_flight {
-            Some(true) => {
-                // A short-window fit takes milliseconds; the bound is for a stuck plugin.
-                if self.done.recv_timeout(Duration::from_secs(30)).is_ok() {
-                    self.in_flight = None;
-                }
-            }
-            Some(false) => {
-                if self.done.try_recv().is_ok() {
-                    self.in_flight = None;
-                }
-            }
-            None => {}
+        // A short-window fit takes milliseconds; the bound is for a stuck plugin.
+        if self.urgent.busy
+            && self
+                .urgent
+                .done
+                .recv_timeout(Duration::from_secs(30))
+                .is_ok()
+        {
+            self.urgent.busy = false;
+        }
+        if self.regular.busy && self.regular.done.try_recv().is_ok() {
+            self.regular.busy = false;
         }
     }
 
@@ -856,6 +893,7 @@ impl Trainer {
         }
         self.drifted = true;
         self.next_fit_seq = self.seq;
+        self.generation.fetch_add(1, Ordering::SeqCst);
         lock(&self.shared.status).drifts += 1;
     }
 
@@ -926,9 +964,6 @@ impl Trainer {
             s.window_rows = self.window.len();
             s.pending_labels = self.waiting.len();
         }
-        if self.in_flight.is_some() {
-            return;
-        }
         let n = self.window.len();
         let min = *self.spec.min_rows.get_ref();
         if n < min {
@@ -955,14 +990,20 @@ impl Trainer {
         let every = *self.spec.every_rows.get_ref();
         // While the window is short, refit each time it grew by half.
         let short = n < 2 * every;
+        let lane = if short { &self.urgent } else { &self.regular };
+        if lane.busy {
+            return;
+        }
         self.next_fit_seq = self.seq + every.min(min.max(n / 2)) as u64;
         self.seq_at_last_fit = self.seq;
         self.last_fit = Instant::now();
         self.first_done = true;
         self.drifted = false;
         let job = self.job(trigger);
-        if self.jobs.send(job).is_ok() {
-            self.in_flight = Some(short);
+        if short {
+            self.urgent.send(job);
+        } else {
+            self.regular.send(job);
         }
     }
 
@@ -1020,6 +1061,7 @@ impl Trainer {
             y,
             window: meta,
             trigger,
+            generation: self.generation.load(Ordering::SeqCst),
         }
     }
 
@@ -1035,11 +1077,21 @@ impl Trainer {
     }
 }
 
-/// The trainer thread: fits, judges and promotes.
-struct Fitter {
+/// What the fitting threads share.
+struct FitterCommon {
     spec: TrainingSpec,
     slot: Arc<Slot>,
     shared: Arc<TrainingShared>,
+    generation: Arc<AtomicU64>,
+    /// Held from the last check of the serving version to the swap.
+    promoting: Mutex<()>,
+    /// The last promoted model (on the model's inputs), where the next fit starts.
+    warm: Mutex<Option<weir_ml::LinearModel>>,
+}
+
+/// A fitting thread: fits, judges and promotes.
+struct Fitter {
+    common: Arc<FitterCommon>,
     /// An instance of the champion, kept while it serves.
     champion: Option<Instance>,
 }
@@ -1054,20 +1106,20 @@ struct Candidate {
 impl Fitter {
     fn run(&mut self, job: Job) {
         let started = Instant::now();
-        let metric = self.spec.metric();
-        let current = self.slot.current();
+        let metric = self.common.spec.metric();
+        let current = self.common.slot.current();
         let mut d = Decision {
             at_ms: now_ms(),
             trigger: job.trigger.into(),
             outcome: "failed".into(),
             reason: String::new(),
-            algorithm: self.spec.algorithm.get_ref().clone(),
+            algorithm: self.common.spec.algorithm.get_ref().clone(),
             params: serde_json::Value::Null,
             grid: Vec::new(),
             metric: metric.as_str().into(),
             challenger_score: None,
             champion_score: None,
-            margin: *self.spec.margin.get_ref(),
+            margin: *self.common.spec.margin.get_ref(),
             train_rows: 0,
             holdout_rows: 0,
             window: job.window.clone(),
@@ -1082,7 +1134,7 @@ impl Fitter {
             d.reason = reason;
         }
         d.fit_ms = started.elapsed().as_secs_f64() * 1e3;
-        self.shared.record(d);
+        self.common.shared.record(d);
     }
 
     fn judge(
@@ -1091,10 +1143,10 @@ impl Fitter {
         current: &Arc<Deployment>,
         d: &mut Decision,
     ) -> Result<(), String> {
-        let metric = self.spec.metric();
+        let metric = self.common.spec.metric();
         let n = job.x.nrows();
         let dims = job.x.ncols();
-        let h = ((n as f64 * *self.spec.holdout.get_ref()).round() as usize).clamp(1, n - 1);
+        let h = ((n as f64 * *self.common.spec.holdout.get_ref()).round() as usize).clamp(1, n - 1);
         let cut = n - h;
         d.train_rows = cut;
         d.holdout_rows = h;
@@ -1104,7 +1156,7 @@ impl Fitter {
         let yh: Vec<f64> = job.y.slice(ndarray::s![cut..]).to_vec();
 
         // The transforms, fitted on the training rows.
-        let scaler = match self.spec.scaler() {
+        let scaler = match self.common.spec.scaler() {
             ScalerKind::None => None,
             ScalerKind::Standard => {
                 Some(weir_ml::Scaler::standard(&xt).map_err(|e| e.to_string())?)
@@ -1115,14 +1167,14 @@ impl Fitter {
             Some(s) => s.transform(&xt),
             None => xt,
         };
-        let pca = if self.spec.pca > 0 {
-            if self.spec.pca > dims {
+        let pca = if self.common.spec.pca > 0 {
+            if self.common.spec.pca > dims {
                 return Err(format!(
                     "pca = {} but the model has {dims} features",
-                    self.spec.pca
+                    self.common.spec.pca
                 ));
             }
-            Some(weir_ml::Pca::fit(&xs, self.spec.pca).map_err(|e| e.to_string())?)
+            Some(weir_ml::Pca::fit(&xs, self.common.spec.pca).map_err(|e| e.to_string())?)
         } else {
             None
         };
@@ -1132,20 +1184,27 @@ impl Fitter {
         };
 
         // The grid, each point scored on the held-out rows (host-side, on raw features).
+        // Without transforms, L-BFGS starts from the last promoted model.
+        let warm = if scaler.is_none() && pca.is_none() {
+            lock(&self.common.warm).clone()
+        } else {
+            None
+        };
         let mut best: Option<Candidate> = None;
         let mut last_err = None;
-        for &alpha in &self.spec.grid.alpha {
-            for &max_iter in &self.spec.grid.max_iter {
-                let fitted = weir_ml::fit_logistic(&xf, &yt, alpha, max_iter).map(|m| {
-                    let m = match &pca {
-                        Some(p) => m.before_pca(p),
-                        None => m,
-                    };
-                    match &scaler {
-                        Some(s) => m.before_scaler(s),
-                        None => m,
-                    }
-                });
+        for &alpha in &self.common.spec.grid.alpha {
+            for &max_iter in &self.common.spec.grid.max_iter {
+                let fitted = weir_ml::fit_logistic_from(&xf, &yt, alpha, max_iter, warm.as_ref())
+                    .map(|m| {
+                        let m = match &pca {
+                            Some(p) => m.before_pca(p),
+                            None => m,
+                        };
+                        match &scaler {
+                            Some(s) => m.before_scaler(s),
+                            None => m,
+                        }
+                    });
                 match fitted {
                     Ok(model) => {
                         let score = metric.score(&model.predict_all(xh.view()), &yh);
@@ -1174,8 +1233,8 @@ impl Fitter {
         d.params = serde_json::json!({
             "alpha": best.alpha,
             "max_iter": best.max_iter,
-            "scaler": self.spec.scaler.get_ref(),
-            "pca": self.spec.pca,
+            "scaler": self.common.spec.scaler.get_ref(),
+            "pca": self.common.spec.pca,
             "coef": best.model.coef,
             "intercept": best.model.intercept,
         });
@@ -1221,7 +1280,7 @@ impl Fitter {
         };
         d.champion_score = Some(finite(champion_score));
         let gain = metric.gain(challenger_score, champion_score);
-        let margin = *self.spec.margin.get_ref();
+        let margin = *self.common.spec.margin.get_ref();
         if !(gain > margin) {
             d.outcome = "rejected".into();
             d.reason = format!(
@@ -1232,16 +1291,24 @@ impl Fitter {
             );
             return Ok(());
         }
-        if !Arc::ptr_eq(&self.slot.current(), current) {
+        let _promoting = lock(&self.common.promoting);
+        if job.generation != self.common.generation.load(Ordering::SeqCst) {
+            d.outcome = "rejected".into();
+            d.reason = "superseded: a drift restarted the window while this fit ran".into();
+            return Ok(());
+        }
+        if !Arc::ptr_eq(&self.common.slot.current(), current) {
             d.outcome = "rejected".into();
             d.reason = "the serving version changed while the challenger was judged".into();
             return Ok(());
         }
         let version = challenger.deployment().version.clone();
-        *lock(&self.shared.promoted) = Some((version, Instant::now()));
-        self.slot
+        *lock(&self.common.shared.promoted) = Some((version, Instant::now()));
+        self.common
+            .slot
             .swap_instance(challenger)
             .map_err(|e| format!("swapping the challenger in: {e}"))?;
+        *lock(&self.common.warm) = Some(best.model.clone());
         d.outcome = "promoted".into();
         d.reason = format!(
             "the challenger's {} {:.5} beats the champion's {:.5} by more than {margin}",

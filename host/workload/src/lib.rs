@@ -16,7 +16,7 @@ mod generator;
 mod jsonl;
 mod models;
 
-pub use generator::{Generator, N_KEYS, T0_MS};
+pub use generator::{Generator, N_KEYS, T0_MS, true_logit};
 pub use jsonl::{JsonlError, parse_line, read_jsonl, to_json_line};
 pub use models::{EventModel, Models, OnlineModel, WindowModel};
 
