@@ -9,3 +9,4 @@ mod pipeline;
 mod plugins;
 mod store;
 mod swap;
+mod training;

@@ -75,8 +75,8 @@ pub struct TrainingSpec {
     #[serde(default = "d_algorithm")]
     pub algorithm: Spanned<String>,
     /// Hyperparameters: every combination is fitted, the best on the held-out slice wins.
-    #[serde(default)]
-    pub grid: GridSpec,
+    #[serde(default = "d_grid")]
+    pub grid: Spanned<GridSpec>,
     /// `none`, `standard` or `min_max`: a scaler fitted on the training rows before the
     /// estimator (folded into the exported weights).
     #[serde(default = "d_scaler")]
@@ -109,8 +109,8 @@ pub struct TrainingSpec {
     #[serde(default = "d_margin")]
     pub margin: Spanned<f64>,
     /// The drift detector.
-    #[serde(default)]
-    pub drift: DriftSpec,
+    #[serde(default = "d_drift")]
+    pub drift: Spanned<DriftSpec>,
     /// Most events the pipeline scores between two training decisions (it splits larger
     /// batches), which bounds how long a stale model serves.
     #[serde(default = "d_step_rows")]
@@ -166,6 +166,12 @@ impl Default for DriftSpec {
 
 fn sp<T>(v: T) -> Spanned<T> {
     Spanned::new(0..0, v)
+}
+fn d_grid() -> Spanned<GridSpec> {
+    sp(GridSpec::default())
+}
+fn d_drift() -> Spanned<DriftSpec> {
+    sp(DriftSpec::default())
 }
 fn d_join() -> Spanned<String> {
     sp("event".into())
@@ -370,13 +376,14 @@ impl TrainingSpec {
                 ),
             ));
         }
-        if self.grid.alpha.is_empty()
-            || self.grid.max_iter.is_empty()
-            || self.grid.alpha.iter().any(|a| !a.is_finite() || *a < 0.0)
-            || self.grid.max_iter.contains(&0)
+        let grid = self.grid.get_ref();
+        if grid.alpha.is_empty()
+            || grid.max_iter.is_empty()
+            || grid.alpha.iter().any(|a| !a.is_finite() || *a < 0.0)
+            || grid.max_iter.contains(&0)
         {
             return Err((
-                self.algorithm.span(),
+                self.grid.span(),
                 "grid: alpha needs finite values >= 0 and max_iter values >= 1, at least one each"
                     .into(),
             ));
@@ -415,9 +422,10 @@ impl TrainingSpec {
                 "window_ms and every_ms must be positive".into(),
             ));
         }
-        if self.drift.enabled && (self.drift.recent < 10 || !(self.drift.z > 0.0)) {
+        let drift = self.drift.get_ref();
+        if drift.enabled && (drift.recent < 10 || !(drift.z > 0.0)) {
             return Err((
-                self.algorithm.span(),
+                self.drift.span(),
                 "drift: recent must be at least 10 and z positive".into(),
             ));
         }
@@ -774,9 +782,9 @@ impl Trainer {
             first_done: false,
             drifted: false,
             detector: Detector {
-                enabled: spec.drift.enabled,
-                recent_n: spec.drift.recent,
-                z: spec.drift.z,
+                enabled: spec.drift.get_ref().enabled,
+                recent_n: spec.drift.get_ref().recent,
+                z: spec.drift.get_ref().z,
                 version: None,
                 recent: VecDeque::new(),
                 recent_ok: 0,
@@ -887,7 +895,7 @@ impl Trainer {
 
     fn drift(&mut self) {
         // The change happened within the recent rows: keep the last half of them.
-        let keep = self.spec.drift.recent / 2;
+        let keep = self.spec.drift.get_ref().recent / 2;
         while self.window.len() > keep {
             self.window.pop_front();
         }
@@ -1192,8 +1200,8 @@ impl Fitter {
         };
         let mut best: Option<Candidate> = None;
         let mut last_err = None;
-        for &alpha in &self.common.spec.grid.alpha {
-            for &max_iter in &self.common.spec.grid.max_iter {
+        for &alpha in &self.common.spec.grid.get_ref().alpha {
+            for &max_iter in &self.common.spec.grid.get_ref().max_iter {
                 let fitted = weir_ml::fit_logistic_from(&xf, &yt, alpha, max_iter, warm.as_ref())
                     .map(|m| {
                         let m = match &pca {

@@ -1,0 +1,290 @@
+//! Training in the stream: job 3's retraining variant through the real pipeline (embedded
+//! broker, durable worker) on SQLite and on MariaDB, with its decisions and lineage read
+//! back; labels that join their events later; and the spec's checks.
+
+use std::time::Duration;
+use weir_engine::{Engine, EngineOptions};
+use weir_server::job3::{self, Variant};
+use weir_server::run::build_slots;
+use weir_store::Store;
+use weir_stream::pipeline::{Outputs, Pipeline, SourceRecord};
+use weir_stream::spec::PipelineSpec;
+use weir_workload::{Generator, to_json_line};
+
+fn mysql_url(tag: &str) -> (String, String, String) {
+    let server = std::env::var("WEIR_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+    let name = format!("weir_t_{}_{tag}", std::process::id());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = rt
+        .block_on(weir_store::create_mysql_database(&server, &name))
+        .unwrap_or_else(|e| panic!("MariaDB at {server} is needed: {e}"));
+    (url, server, name)
+}
+
+/// The model never retrains: 0.315 after the drift (WORKLOAD.md). Retraining must recover
+/// to well above that, and every decision must be stored with its lineage.
+#[test]
+fn retraining_recovers_after_the_drift_and_stores_its_lineage() {
+    let n = 60_000;
+    let events: Vec<_> = Generator::new(n, 42).collect();
+    let lines: Vec<String> = events.iter().map(to_json_line).collect();
+    let labels: Vec<u8> = events.iter().map(|e| e.label).collect();
+    let drift = n as usize / 2;
+    let sqlite = std::env::temp_dir().join(format!("weir-t-training-{}.db", std::process::id()));
+    let (mysql, server, dbname) = mysql_url("training");
+    for url in [format!("sqlite://{}?mode=rwc", sqlite.display()), mysql] {
+        let r = job3::run(Variant::Retraining, &lines, &labels, drift, drift, &url)
+            .unwrap_or_else(|e| panic!("{url}: {e:#}"));
+        let t = r.training.clone().unwrap();
+        eprintln!(
+            "{url}: prequential {:.4}, before the drift {:.4}, after {:.4}; {} fits, {} promoted, {} drifts",
+            r.prequential_acc, r.pre_drift_acc, r.post_drift_acc, t.fits, t.promotions, t.drifts
+        );
+        assert!(
+            r.post_drift_acc > 0.70,
+            "after the drift: {:.4} (a model that never retrains: 0.315)",
+            r.post_drift_acc
+        );
+        assert!(
+            r.pre_drift_acc > 0.78,
+            "before the drift: {:.4}",
+            r.pre_drift_acc
+        );
+        assert!(t.drifts >= 1, "the drift went unnoticed");
+        assert!(t.promotions >= 3, "{} promotions", t.promotions);
+        assert_eq!(
+            r.decisions_stored as u64, t.fits,
+            "every decision is stored"
+        );
+        assert_eq!(r.promoted_stored as u64, t.promotions);
+        assert!(r.versions.len() >= 3, "versions served: {:?}", r.versions);
+
+        // The lineage: each promoted model's parent is the one it replaced.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let store = rt.block_on(Store::connect(&url)).unwrap();
+        let name = "job3-retraining";
+        let mut runs = rt
+            .block_on(store.training_runs(name, "model", 100_000, None))
+            .unwrap();
+        runs.reverse();
+        let promoted: Vec<_> = runs.iter().filter(|r| r.outcome == "promoted").collect();
+        assert!(promoted[0].parent_snapshot_id.is_none());
+        for pair in promoted.windows(2) {
+            assert_eq!(pair[1].champion_version, pair[0].version);
+            assert_eq!(pair[1].parent_snapshot_id, pair[0].snapshot_id);
+        }
+        assert!(
+            runs.iter().any(|r| r.trigger == "drift"),
+            "no fit was triggered by the drift"
+        );
+        for run in &runs {
+            let detail: serde_json::Value = serde_json::from_str(&run.detail).unwrap();
+            assert!(detail["window"]["rows"].as_u64().unwrap() >= 50);
+            if run.outcome == "failed" {
+                continue;
+            }
+            let (c, k) = (run.challenger_score.unwrap(), run.champion_score.unwrap());
+            match run.outcome.as_str() {
+                "promoted" => assert!(c > k, "promoted without winning: {c} vs {k}"),
+                _ => assert!(
+                    c <= k
+                        || detail["reason"].as_str().unwrap().contains("supersed")
+                        || detail["reason"].as_str().unwrap().contains("changed"),
+                    "rejected a winner: {detail}"
+                ),
+            }
+            let snap = rt
+                .block_on(store.snapshot(name, run.snapshot_id.unwrap()))
+                .unwrap()
+                .unwrap();
+            let params: serde_json::Value = serde_json::from_slice(&snap.bytes).unwrap();
+            assert_eq!(params["coef"].as_array().unwrap().len(), 9);
+            assert!(snap.from_offset.unwrap() <= snap.to_offset.unwrap());
+            assert!(snap.to_offset.unwrap() < n as i64);
+        }
+
+        // A restart serves the last promoted model, under the same version id.
+        let (last, snap) = rt
+            .block_on(store.latest_promoted(name, "model"))
+            .unwrap()
+            .unwrap();
+        let spec = PipelineSpec::parse(&job3::spec_text(Variant::Retraining)).unwrap();
+        let engine = Engine::new(EngineOptions::default()).unwrap();
+        let mut p = Pipeline::new(&spec, build_slots(&engine, &spec).unwrap()).unwrap();
+        assert_eq!(p.resume_trained(snap.bytes).unwrap().0, last.version);
+        rt.block_on(store.close()).unwrap();
+    }
+    let _ = std::fs::remove_file(&sqlite);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(weir_store::drop_mysql_database(&server, &dbname))
+        .unwrap();
+}
+
+const LATER: &str = r#"
+name = "later"
+[source]
+topic = "events"
+inputs_field = "x"
+input_dims = 2
+label_field = "label"
+[model]
+plugin = "logistic"
+config = { dims = 2 }
+[training]
+join = "later"
+id_field = "id"
+label_wait_ms = 5000
+min_rows = 50
+every_rows = 100
+drift = { enabled = false }
+[sink]
+topic = "scores"
+dead_letter_topic = "dead"
+"#;
+
+/// Events carry an id and no label; label records (key, id, label) come later. Joined rows
+/// train the model; unknown ids and overdue events are counted, never joined.
+#[test]
+fn labels_that_come_later_join_their_events_by_key_and_id() {
+    let spec = PipelineSpec::parse(LATER).unwrap();
+    let engine = Engine::new(EngineOptions::default()).unwrap();
+    let mut p = Pipeline::new(&spec, build_slots(&engine, &spec).unwrap()).unwrap();
+    let training = p.training().unwrap();
+    let mut out = Outputs::default();
+    let mut offset = 0;
+    let mut feed = |p: &mut Pipeline, lines: &[String], out: &mut Outputs| {
+        let recs: Vec<SourceRecord<'_>> = lines
+            .iter()
+            .map(|l| {
+                offset += 1;
+                SourceRecord {
+                    partition: 0,
+                    offset,
+                    payload: l.as_bytes(),
+                }
+            })
+            .collect();
+        p.process(&recs, 0, out).unwrap();
+    };
+    // 400 events, label = x0 > x1; each label arrives 50 events later. Events 0..10 never
+    // get theirs; two labels name unknown ids.
+    let x = |i: i64| {
+        let a = ((i * 37) % 101) as f64 / 50.0 - 1.0;
+        let b = ((i * 53) % 97) as f64 / 48.0 - 1.0;
+        (a, b)
+    };
+    for chunk in 0..8 {
+        let mut lines = Vec::new();
+        for i in chunk * 50..(chunk + 1) * 50 {
+            let (a, b) = x(i);
+            lines.push(format!(
+                r#"{{"key":"k{}","ts":{},"id":"e{i}","x":[{a},{b}]}}"#,
+                i % 7,
+                1000 + i * 10
+            ));
+            let j = i - 50;
+            if j >= 10 {
+                let (a, b) = x(j);
+                lines.push(format!(
+                    r#"{{"key":"k{}","id":"e{j}","label":{}}}"#,
+                    j % 7,
+                    u8::from(a > b)
+                ));
+            }
+        }
+        if chunk == 3 {
+            lines.push(r#"{"key":"k1","id":"nope","label":1}"#.into());
+            lines.push(r#"{"key":"k9","id":"e200","label":1}"#.into());
+        }
+        feed(&mut p, &lines, &mut out);
+    }
+    // Events far later in event time expire the rest (label_wait_ms = 5000).
+    let late = vec![r#"{"key":"k0","ts":100000,"id":"z","x":[0,0]}"#.to_string()];
+    feed(&mut p, &late, &mut out);
+    // Let a background fit finish.
+    std::thread::sleep(Duration::from_millis(500));
+    feed(&mut p, &[], &mut out);
+    let s = training.status();
+    assert_eq!(
+        out.results.len(),
+        401,
+        "one result per event, none per label record"
+    );
+    assert!(out.dead.is_empty(), "{:?}", out.dead.first());
+    // Labels for events 10..350 arrived (the one for e200 under key k9 is unmatched).
+    assert_eq!(s.labels_joined, 340, "{s:?}");
+    assert_eq!(s.labels_unmatched, 2, "{s:?}");
+    // 0..10 never labelled and 350..400 still waiting are overdue once ts jumps.
+    assert_eq!(s.labels_expired, 60, "{s:?}");
+    assert_eq!(s.pending_labels, 1, "the last event waits: {s:?}");
+    assert_eq!(s.labelled_rows, 340);
+    assert!(s.fits >= 1 && s.promotions >= 1, "{s:?}");
+    // The joined labels scored the serving versions' predictions.
+    let labelled: u64 = p
+        .metrics()
+        .snapshot()
+        .into_iter()
+        .filter(|(k, _)| k.stage == "model")
+        .map(|(_, s)| s.labelled)
+        .sum();
+    assert_eq!(labelled, 340);
+}
+
+#[test]
+fn training_specs_are_checked() {
+    let bad = |from: &str, to: &str, want: &str| {
+        let text = LATER.replace(from, to);
+        let e = PipelineSpec::parse(&text).unwrap_err();
+        assert!(e.message.contains(want), "{from} -> {to}: {e}");
+        assert!(e.location.is_some(), "{e}");
+    };
+    bad("join = \"later\"", "join = \"soon\"", "unknown join `soon`");
+    bad("id_field = \"id\"\n", "", "needs `id_field`");
+    bad(
+        "min_rows = 50",
+        "min_rows = 50\nmetric = \"f1\"",
+        "unknown metric `f1`",
+    );
+    bad("min_rows = 50", "min_rows = 50\nholdout = 1.5", "holdout");
+    bad(
+        "min_rows = 50",
+        "min_rows = 50\nalgorithm = \"svm\"",
+        "unknown algorithm",
+    );
+    bad(
+        "min_rows = 50",
+        "min_rows = 50\nscaler = \"robust\"",
+        "unknown scaler",
+    );
+    bad(
+        "config = { dims = 2 }",
+        "config = { dims = 2 }\ntrain = true",
+        "use one",
+    );
+    bad("label_field = \"label\"\n", "", "label_field");
+    bad("min_rows = 50", "min_rows = 5", "min_rows");
+    bad(
+        "min_rows = 50",
+        "min_rows = 50\nwindow_rows = 20",
+        "window_rows",
+    );
+    bad(
+        "min_rows = 50",
+        "min_rows = 50\ngrid = { alpha = [] }",
+        "grid",
+    );
+    let no_model = LATER.replace(
+        "[model]\nplugin = \"logistic\"\nconfig = { dims = 2 }\n",
+        "",
+    );
+    let e = PipelineSpec::parse(&no_model).unwrap_err();
+    assert!(e.message.contains("add a [model]"), "{e}");
+    // The defaults are sane.
+    let ok =
+        PipelineSpec::parse(&LATER.replace("join = \"later\"\nid_field = \"id\"\n", "")).unwrap();
+    let t = ok.training.unwrap();
+    assert!(!t.joins_later());
+    assert_eq!(*t.holdout.get_ref(), 0.2);
+    assert_eq!(t.metric(), weir_stream::training::Metric::Accuracy);
+}
