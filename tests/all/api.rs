@@ -175,6 +175,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/pipelines/1/stop"),
     ("GET", "/v1/pipelines/1/deployments"),
     ("GET", "/v1/pipelines/1/metrics"),
+    ("GET", "/v1/pipelines/1/training"),
     ("GET", "/v1/pipelines/1/predictions"),
     ("GET", "/v1/pipelines/1/windows"),
     ("POST", "/v1/pipelines/1/stages/model/swap"),
@@ -534,6 +535,18 @@ async fn pipeline_specs_are_validated() {
     );
     let r = api.get(&format!("/v1/pipelines/{id}/metrics"), &key).await;
     assert_eq!((r.status, r.body.clone()), (200, json!([])));
+    let r = api.get(&format!("/v1/pipelines/{id}/training"), &key).await;
+    assert_eq!(
+        (r.status, r.body.clone()),
+        (
+            200,
+            json!({"spec": null, "status": null, "decisions": [], "next": null})
+        )
+    );
+    let r = api
+        .get(&format!("/v1/pipelines/{id}/training?limit=0"), &key)
+        .await;
+    assert_eq!(r.status, 400);
     let r = api
         .call(
             "POST",
@@ -610,6 +623,7 @@ async fn tenants_cannot_see_or_touch_each_other() {
         ("POST", format!("/v1/pipelines/{q}/stop"), None),
         ("GET", format!("/v1/pipelines/{q}/deployments"), None),
         ("GET", format!("/v1/pipelines/{q}/metrics"), None),
+        ("GET", format!("/v1/pipelines/{q}/training"), None),
         ("GET", format!("/v1/pipelines/{q}/predictions"), None),
         ("GET", format!("/v1/pipelines/{q}/windows"), None),
         (
@@ -1361,4 +1375,155 @@ fn fig(m: &Value, role: &str, version: &str) -> Value {
 
 async fn counters(api: &Api, key: &str, pipe: i64) -> Value {
     api.get(&format!("/v1/pipelines/{pipe}"), key).await.body["counters"].clone()
+}
+
+/// A pipeline with a `[training]` section, run through the API: the model retrains in the
+/// host, decisions show at `/training` and in `/metrics`, and after a stop and a start the
+/// last promoted model serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_training_pipeline_retrains_and_resumes_over_the_api() {
+    let api = Api::new(ApiConfig::default(), true).await;
+    let (_, key) = api.tenant("acme").await;
+    api.upload(&key, "standardize", "1.0.0", &plugin("standardize"))
+        .await;
+    api.upload(&key, "logistic", "1.0.0", &plugin("logistic"))
+        .await;
+    let spec = weir_server::job3::spec_text(weir_server::job3::Variant::Retraining);
+    let r = api.post("/v1/pipelines", &key, json!({"spec": spec})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let pipe = r.body["id"].as_i64().unwrap();
+    for topic in ["acme.events", "acme.scores", "acme.dead-letters"] {
+        api._broker
+            .as_ref()
+            .unwrap()
+            .create_topic(topic, 1)
+            .unwrap();
+    }
+    async fn start(api: &Api, key: &str, pipe: i64) {
+        let r = api
+            .call(
+                "POST",
+                &format!("/v1/pipelines/{pipe}/start"),
+                Some(key),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    start(&api, &key, pipe).await;
+    let events: Vec<_> = weir_workload::Generator::new(16_000, 3).collect();
+    let mut producer = Producer::new(&api.bootstrap()).unwrap();
+    for e in &events {
+        producer
+            .send(
+                "acme.events",
+                &e.key,
+                weir_workload::to_json_line(e).as_bytes(),
+            )
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let training = wait_for(90, "training decisions", || {
+        let (api, key) = (&api, key.clone());
+        async move {
+            let r = api
+                .get(&format!("/v1/pipelines/{pipe}/training?limit=1000"), &key)
+                .await;
+            let done = r.body["status"]["labelled_rows"].as_u64() == Some(16_000);
+            let promoted = r.body["decisions"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|x| x["outcome"] == "promoted"));
+            (r.status == 200 && done && promoted).then_some(r.body)
+        }
+    })
+    .await;
+    assert_eq!(training["spec"]["window_rows"], 20000);
+    assert!(training["status"]["promotions"].as_u64().unwrap() >= 2);
+    assert!(training["status"]["drifts"].as_u64().unwrap() >= 1);
+    let decisions = training["decisions"].as_array().unwrap();
+    let latest_promoted = decisions
+        .iter()
+        .find(|d| d["outcome"] == "promoted")
+        .unwrap();
+    assert!(latest_promoted["snapshot_id"].as_i64().is_some());
+    assert!(
+        latest_promoted["detail"]["window"]["rows"]
+            .as_u64()
+            .unwrap()
+            >= 50
+    );
+    // Paging: ids descend, and `before` continues below the page.
+    let r = api
+        .get(&format!("/v1/pipelines/{pipe}/training?limit=2"), &key)
+        .await;
+    let page: Vec<i64> = r.body["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_i64().unwrap())
+        .collect();
+    assert!(page.len() == 2 && page[0] > page[1]);
+    let next = r.body["next"].as_i64().unwrap();
+    let r = api
+        .get(
+            &format!("/v1/pipelines/{pipe}/training?limit=2&before={next}"),
+            &key,
+        )
+        .await;
+    assert!(r.body["decisions"][0]["id"].as_i64().unwrap() < next);
+    let text = String::from_utf8_lossy(&api.call("GET", "/metrics", Some(&key), None).await.raw)
+        .into_owned();
+    assert!(
+        text.contains(
+            "weir_training_promotions_total{tenant=\"acme\",pipeline=\"job3-retraining\"}"
+        ),
+        "{text}"
+    );
+    // The stage serves a trained version, named after its plugin.
+    let r = api.get(&format!("/v1/pipelines/{pipe}"), &key).await;
+    let model = r.body["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "model")
+        .unwrap()
+        .clone();
+    assert_eq!(model["plugin"], "logistic@1.0.0");
+    assert!(model["history"].as_array().unwrap().len() >= 3);
+    // Stop, start: the last promoted model serves again.
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/pipelines/{pipe}/stop"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let last = api
+        .get(&format!("/v1/pipelines/{pipe}/training?limit=1000"), &key)
+        .await
+        .body["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["outcome"] == "promoted")
+        .unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    start(&api, &key, pipe).await;
+    let resumed = wait_for(30, "the resumed model", || {
+        let (api, key, last) = (&api, key.clone(), last.clone());
+        async move {
+            let r = api.get(&format!("/v1/pipelines/{pipe}"), &key).await;
+            r.body["stages"]
+                .as_array()?
+                .iter()
+                .find(|s| s["stage"] == "model" && s["version"] == last.as_str())
+                .cloned()
+        }
+    })
+    .await;
+    assert_eq!(resumed["plugin"], "logistic@1.0.0");
 }

@@ -128,6 +128,14 @@ pub enum PipelineCmd {
         /// Pipeline id or name.
         pipeline: String,
     },
+    /// Training: live figures and the champion/challenger decisions, newest first.
+    Training {
+        /// Pipeline id or name.
+        pipeline: String,
+        /// Decisions to show.
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+    },
 }
 
 /// A stage action's arguments.
@@ -279,6 +287,58 @@ pub fn pipeline(c: &ClientArgs, cmd: PipelineCmd) -> Result<()> {
             cl.show(&json!({"deleted": id}), || {
                 println!("deleted pipeline {id}")
             })
+        }
+        PipelineCmd::Training { pipeline, limit } => {
+            let id = cl.pipeline_id(&pipeline)?;
+            let v = cl.call(
+                "GET",
+                &format!("/v1/pipelines/{id}/training?limit={limit}"),
+                None,
+            )?;
+            if cl.json {
+                println!("{v}");
+                return Ok(());
+            }
+            if v["spec"].is_null() {
+                println!("pipeline {id} has no [training] section: its model does not retrain");
+                return Ok(());
+            }
+            let s = &v["status"];
+            if s.is_null() {
+                println!("not running: no live figures");
+            } else {
+                println!(
+                    "labelled rows {}, window {}, fits {} ({} promoted, {} rejected, {} failed), drifts {}, pending labels {}",
+                    s["labelled_rows"],
+                    s["window_rows"],
+                    s["fits"],
+                    s["promotions"],
+                    s["rejections"],
+                    s["failures"],
+                    s["drifts"],
+                    s["pending_labels"]
+                );
+                println!(
+                    "last fit {:.1} ms; challenger wins -> serving: last {:.2} ms, max {:.2} ms",
+                    s["last_fit_ms"].as_f64().unwrap_or(0.0),
+                    s["promotion_to_serving_last_ms"].as_f64().unwrap_or(0.0),
+                    s["promotion_to_serving_max_ms"].as_f64().unwrap_or(0.0)
+                );
+            }
+            cl.table(
+                &v["decisions"],
+                &[
+                    "id",
+                    "trigger",
+                    "outcome",
+                    "metric",
+                    "challenger_score",
+                    "champion_score",
+                    "version",
+                    "snapshot_id",
+                    "parent_snapshot_id",
+                ],
+            )
         }
         PipelineCmd::History { pipeline } => {
             let id = cl.pipeline_id(&pipeline)?;

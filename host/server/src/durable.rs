@@ -314,9 +314,9 @@ pub fn run_durable(
             break;
         }
     }
-    if !finished {
-        ck.commit(&mut pipeline, &parts, &mut pending)?;
-    }
+    // Fits still running record their decisions with the last checkpoint.
+    pipeline.settle_training();
+    ck.commit(&mut pipeline, &parts, &mut pending)?;
     producer.flush(Duration::from_secs(30))?;
     consumer.close(Duration::from_secs(5));
     Ok(ck.report)

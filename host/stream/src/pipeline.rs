@@ -490,6 +490,13 @@ impl Pipeline {
         Ok(Trainer::resume(r.slot(), snapshot)?)
     }
 
+    /// Waits for running fits of the trainer (before a last checkpoint).
+    pub fn settle_training(&mut self) {
+        if let Some(t) = self.trainer.as_mut() {
+            t.settle();
+        }
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> &Stats {
         &self.stats

@@ -838,6 +838,16 @@ impl Trainer {
         }
     }
 
+    /// Waits (at most 30 s each) for running fits, so their decisions are recorded before
+    /// the worker's last checkpoint.
+    pub fn settle(&mut self) {
+        for lane in [&mut self.urgent, &mut self.regular] {
+            if lane.busy && lane.done.recv_timeout(Duration::from_secs(30)).is_ok() {
+                lane.busy = false;
+            }
+        }
+    }
+
     /// The version that served a step (closes a promotion's timing).
     pub fn served(&self, version: &VersionId) {
         self.shared.served(version);

@@ -150,7 +150,18 @@ impl Running {
 
     /// The plugin record of a version that served here.
     pub fn plugin_of(&self, version: &str) -> Option<PluginRecord> {
-        lock(&self.versions).get(version).cloned()
+        let versions = lock(&self.versions);
+        if let Some(r) = versions.get(version) {
+            return Some(r.clone());
+        }
+        // A version the trainer made: the serving plugin with trained parameters.
+        let sha = self.slot("model").and_then(|s| {
+            s.history()
+                .into_iter()
+                .find(|d| d.version.0 == version)
+                .map(|d| d.plugin.id().0.clone())
+        })?;
+        versions.values().find(|r| r.sha256 == sha).cloned()
     }
 
     /// True while the worker runs.
