@@ -423,7 +423,7 @@ impl TrainingSpec {
             ));
         }
         let drift = self.drift.get_ref();
-        if drift.enabled && (drift.recent < 10 || !(drift.z > 0.0)) {
+        if drift.enabled && (drift.recent < 10 || drift.z.is_nan() || drift.z <= 0.0) {
             return Err((
                 self.drift.span(),
                 "drift: recent must be at least 10 and z positive".into(),
@@ -1299,7 +1299,7 @@ impl Fitter {
         d.champion_score = Some(finite(champion_score));
         let gain = metric.gain(challenger_score, champion_score);
         let margin = *self.common.spec.margin.get_ref();
-        if !(gain > margin) {
+        if gain.is_nan() || gain <= margin {
             d.outcome = "rejected".into();
             d.reason = format!(
                 "the challenger's {} {:.5} does not beat the champion's {:.5} by more than {margin}",

@@ -116,6 +116,22 @@ impl Iterator for Generator {
     }
 }
 
+/// The logit of the model the labels are drawn from (before or after the drift). A
+/// classifier predicting `logit > 0` is the Bayes-optimal one: no model of `x` can be
+/// expected to score better.
+pub fn true_logit(x: &[f64; 8], post_drift: bool) -> f64 {
+    let (w, c, b) = if post_drift {
+        (W_POST, C_POST, B_POST)
+    } else {
+        (W_PRE, C_PRE, B_PRE)
+    };
+    let mut logit = b + c * (x[0].abs().ln_1p() - 1.0);
+    for j in 0..8 {
+        logit += w[j] * (x[j] - MU[j]) / SD[j];
+    }
+    logit
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,20 +179,4 @@ mod tests {
         let b: Vec<Event> = Generator::new(1000, 7).collect();
         assert_eq!(a, b);
     }
-}
-
-/// The logit of the model the labels are drawn from (before or after the drift). A
-/// classifier predicting `logit > 0` is the Bayes-optimal one: no model of `x` can be
-/// expected to score better.
-pub fn true_logit(x: &[f64; 8], post_drift: bool) -> f64 {
-    let (w, c, b) = if post_drift {
-        (W_POST, C_POST, B_POST)
-    } else {
-        (W_PRE, C_PRE, B_PRE)
-    };
-    let mut logit = b + c * (x[0].abs().ln_1p() - 1.0);
-    for j in 0..8 {
-        logit += w[j] * (x[j] - MU[j]) / SD[j];
-    }
-    logit
 }

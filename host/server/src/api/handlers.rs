@@ -106,6 +106,14 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// A training series of `/metrics`: name, type, help, and its value from the figures.
+type TrainingSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&TrainingStatus) -> f64,
+);
+
 /// Prometheus text: per pipeline (events in and out, late events, dead letters) and per
 /// stage version (calls, rows, errors, fuel, latency histogram; accuracy and log-loss for
 /// labelled models). The admin key sees every tenant; a tenant's key sees its own.
@@ -296,7 +304,7 @@ pub async fn metrics(authz: Option<String>, state: Arc<AppState>) -> Reply {
         let _ = writeln!(o, "{name}_sum{{{l}}} {}", h.sum);
         let _ = writeln!(o, "{name}_count{{{l}}} {}", h.count);
     }
-    let training: [(&str, &str, &str, fn(&TrainingStatus) -> f64); 6] = [
+    let training: [TrainingSeries; 6] = [
         (
             "weir_training_fits_total",
             "counter",
