@@ -184,6 +184,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     };
 
     let progress = Arc::new(Mutex::new(Progress::default()));
+    let training = pipeline.training();
     let worker = {
         let (stop, progress, bootstrap, spec, handle) = (
             stop.clone(),
@@ -236,6 +237,23 @@ pub fn run(args: UpArgs) -> Result<()> {
             stats.late,
             stats.dead
         );
+        if let Some(t) = &training {
+            let t = t.status();
+            let last = t.last_decision.as_ref().map_or(String::new(), |d| {
+                format!(
+                    "; last: {} {} ({} {:.4} vs {:.4})",
+                    d.trigger,
+                    d.outcome,
+                    d.metric,
+                    d.challenger_score.unwrap_or(f64::NAN),
+                    d.champion_score.unwrap_or(f64::NAN)
+                )
+            });
+            println!(
+                "          training: window {} rows, {} fits, {} promoted, {} drifts{last}",
+                t.window_rows, t.fits, t.promotions, t.drifts
+            );
+        }
         for s in samples.iter().take(2) {
             println!("          {s}");
         }
