@@ -121,6 +121,22 @@ fn retraining_recovers_after_the_drift_and_stores_its_lineage() {
         .unwrap();
 }
 
+/// Processes `lines` as the next records of partition 0 (offsets counted by `offset`).
+fn feed(p: &mut Pipeline, lines: &[String], offset: &mut i64, out: &mut Outputs) {
+    let recs: Vec<SourceRecord<'_>> = lines
+        .iter()
+        .map(|l| {
+            *offset += 1;
+            SourceRecord {
+                partition: 0,
+                offset: *offset,
+                payload: l.as_bytes(),
+            }
+        })
+        .collect();
+    p.process(&recs, 0, out).unwrap();
+}
+
 const LATER: &str = r#"
 name = "later"
 [source]
@@ -153,20 +169,6 @@ fn labels_that_come_later_join_their_events_by_key_and_id() {
     let training = p.training().unwrap();
     let mut out = Outputs::default();
     let mut offset = 0;
-    let mut feed = |p: &mut Pipeline, lines: &[String], out: &mut Outputs| {
-        let recs: Vec<SourceRecord<'_>> = lines
-            .iter()
-            .map(|l| {
-                offset += 1;
-                SourceRecord {
-                    partition: 0,
-                    offset,
-                    payload: l.as_bytes(),
-                }
-            })
-            .collect();
-        p.process(&recs, 0, out).unwrap();
-    };
     // 400 events, label = x0 > x1; each label arrives 50 events later. Events 0..10 never
     // get theirs; two labels name unknown ids.
     let x = |i: i64| {
@@ -197,14 +199,14 @@ fn labels_that_come_later_join_their_events_by_key_and_id() {
             lines.push(r#"{"key":"k1","id":"nope","label":1}"#.into());
             lines.push(r#"{"key":"k9","id":"e200","label":1}"#.into());
         }
-        feed(&mut p, &lines, &mut out);
+        feed(&mut p, &lines, &mut offset, &mut out);
     }
     // Events far later in event time expire the rest (label_wait_ms = 5000).
     let late = vec![r#"{"key":"k0","ts":100000,"id":"z","x":[0,0]}"#.to_string()];
-    feed(&mut p, &late, &mut out);
+    feed(&mut p, &late, &mut offset, &mut out);
     // Let a background fit finish.
     std::thread::sleep(Duration::from_millis(500));
-    feed(&mut p, &[], &mut out);
+    feed(&mut p, &[], &mut offset, &mut out);
     let s = training.status();
     assert_eq!(
         out.results.len(),
@@ -254,6 +256,21 @@ fn training_specs_are_checked() {
     );
     bad(
         "min_rows = 50",
+        "min_rows = 50\nalgorithm = \"kmeans\"\nmetric = \"auc\"",
+        "its metric is inertia",
+    );
+    bad(
+        "min_rows = 50",
+        "min_rows = 50\nmetric = \"inertia\"",
+        "inertia is the metric of kmeans",
+    );
+    bad(
+        "min_rows = 50",
+        "min_rows = 50\nalgorithm = \"kmeans\"\nscaler = \"standard\"",
+        "not available",
+    );
+    bad(
+        "min_rows = 50",
         "min_rows = 50\nscaler = \"robust\"",
         "unknown scaler",
     );
@@ -287,4 +304,131 @@ fn training_specs_are_checked() {
     assert!(!t.joins_later());
     assert_eq!(*t.holdout.get_ref(), 0.2);
     assert_eq!(t.metric(), weir_stream::training::Metric::Accuracy);
+}
+
+/// A model learning online keeps its weights when its stage is swapped to another version
+/// (here: the same plugin with another learning rate).
+#[test]
+fn online_weights_survive_a_swap() {
+    let m = weir_workload::Models::load();
+    let spec = PipelineSpec::parse(
+        &job3::spec_text(Variant::OnlineSgd).replace("name = \"job3-online-sgd\"", "name = \"o\""),
+    )
+    .unwrap();
+    let engine = Engine::new(EngineOptions::default()).unwrap();
+    let slots = build_slots(&engine, &spec).unwrap();
+    let model = slots.model.clone().unwrap();
+    let mut p = Pipeline::new(&spec, slots).unwrap();
+    let lines: Vec<String> = Generator::new(6_000, 9).map(|e| to_json_line(&e)).collect();
+    let mut out = Outputs::default();
+    let run = |p: &mut Pipeline, from: usize, to: usize, out: &mut Outputs| {
+        let recs: Vec<SourceRecord<'_>> = (from..to)
+            .map(|i| SourceRecord {
+                partition: 0,
+                offset: i as i64,
+                payload: lines[i].as_bytes(),
+            })
+            .collect();
+        out.clear();
+        p.process(&recs, 0, out).unwrap();
+        out.results
+            .iter()
+            .map(|r| r.meta.score.unwrap())
+            .collect::<Vec<f64>>()
+    };
+    run(&mut p, 0, 3_000, &mut out);
+    let plugin = model.current().plugin.clone();
+    let v2 = weir_engine::Deployment::new(
+        plugin,
+        serde_json::json!({"dims": 9, "lr": m.online_model.lr / 2.0}).to_string(),
+    );
+    model.swap(v2.clone()).unwrap();
+    let after = run(&mut p, 3_000, 3_100, &mut out);
+    assert_eq!(out.results[0].meta.version, v2.version.0);
+    // From zero weights the first score would be exactly 0.5.
+    assert!((after[0] - 0.5).abs() > 1e-3, "weights lost: {}", after[0]);
+}
+
+const KMEANS: &str = r#"
+name = "anomalies"
+[source]
+topic = "events"
+inputs_field = "x"
+input_dims = 2
+[model]
+plugin = "kmeans"
+config = { dims = 2 }
+[training]
+algorithm = "kmeans"
+grid = { k = [2, 3] }
+window_rows = 2000
+every_rows = 300
+min_rows = 60
+[sink]
+topic = "scores"
+dead_letter_topic = "dead"
+"#;
+
+/// k-means trained in the host on every scored event (no labels), served by the Wasm
+/// `kmeans` plugin as an anomaly score: near a cluster is small, far from all is large.
+#[test]
+fn kmeans_retrains_in_the_host_and_scores_anomalies() {
+    let spec = PipelineSpec::parse(KMEANS).unwrap();
+    let t = spec.training.as_ref().unwrap();
+    assert_eq!(t.metric(), weir_stream::training::Metric::Inertia);
+    let engine = Engine::new(EngineOptions::default()).unwrap();
+    let mut p = Pipeline::new(&spec, build_slots(&engine, &spec).unwrap()).unwrap();
+    let training = p.training().unwrap();
+    let centers = [(0.0, 0.0), (10.0, 0.0), (0.0, 10.0)];
+    let event = |i: usize, x: f64, y: f64| {
+        format!(r#"{{"key":"k{}","ts":{},"x":[{x},{y}]}}"#, i % 5, 1000 + i)
+    };
+    let mut out = Outputs::default();
+    let mut offset = 0i64;
+    for chunk in 0..10 {
+        let lines: Vec<String> = (chunk * 100..(chunk + 1) * 100)
+            .map(|i| {
+                let (cx, cy) = centers[i % 3];
+                let jx = ((i * 37) % 11) as f64 / 10.0 - 0.5;
+                let jy = ((i * 53) % 13) as f64 / 12.0 - 0.5;
+                event(i, cx + jx, cy + jy)
+            })
+            .collect();
+        out.clear();
+        feed(&mut p, &lines, &mut offset, &mut out);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let probe = vec![
+        event(0, 0.1, -0.1),
+        event(1, 9.9, 0.2),
+        event(2, 0.0, 10.3),
+        event(3, 40.0, 40.0),
+    ];
+    out.clear();
+    feed(&mut p, &probe, &mut offset, &mut out);
+    let s = training.status();
+    assert!(s.promotions >= 1, "{s:?}");
+    let d = s.last_decision.clone().unwrap();
+    assert_eq!(d.metric, "inertia");
+    let scores: Vec<f64> = out.results.iter().map(|r| r.meta.score.unwrap()).collect();
+    assert!(scores[..3].iter().all(|s| *s < 1.5), "{scores:?}");
+    assert!(scores[3] > 40.0, "{scores:?}");
+    // The served model is a trained version of the plugin, with k = 3 centroids.
+    let decisions = training.take_decisions();
+    let promoted = decisions
+        .iter()
+        .rev()
+        .find(|d| d.outcome == "promoted")
+        .unwrap();
+    assert_eq!(promoted.params["k"], 3, "{}", promoted.params);
+    let snap: serde_json::Value =
+        serde_json::from_slice(promoted.snapshot.as_ref().unwrap()).unwrap();
+    assert_eq!(snap["centroids"].as_array().unwrap().len(), 3);
+    let served = &out.results[0].meta.version;
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d.outcome == "promoted" && d.version.as_ref() == Some(served)),
+        "the probe was scored by {served}, which no promotion made"
+    );
 }

@@ -249,7 +249,7 @@ impl Slot {
 /// A worker's handle on a [`Slot`]: owns an [`Instance`] of the serving deployment and
 /// replaces it when the slot changes. Keyed state moves to the new version; a model's
 /// learned parameters move too when `carry_model_state` is set and both versions support
-/// snapshot/restore.
+/// snapshot/restore (a version that refuses them starts from its own).
 pub struct Runner {
     slot: Arc<Slot>,
     instance: Option<Instance>,
@@ -332,8 +332,15 @@ impl Runner {
                 }
                 None => Instance::with_state(next, state)?,
             };
-            if let Some(snap) = snapshot {
-                inst.restore(&snap)?;
+            // The new version may not take the old one's parameters (other dimensions, say):
+            // it then starts from its own, and the stream goes on.
+            if let Some(snap) = snapshot
+                && let Err(e) = inst.restore(&snap)
+            {
+                tracing::warn!(
+                    version = %inst.deployment().version,
+                    "the new version did not take the learned parameters: {e}"
+                );
             }
             if let Some(old) = self.instance.replace(inst) {
                 // Freeing a store unmaps its memory: leave that to the control plane's

@@ -426,6 +426,20 @@ impl KMeans {
         best
     }
 
+    /// The centroids in the `kmeans` plugin's snapshot format: `{"centroids": [[..], ..]}`
+    /// (JSON), for its `restore`.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let rows: Vec<Vec<f64>> = self
+            .centroids
+            .rows()
+            .into_iter()
+            .map(|r| r.to_vec())
+            .collect();
+        serde_json::json!({ "centroids": rows })
+            .to_string()
+            .into_bytes()
+    }
+
     /// The anomaly score of a row: its distance to the nearest centroid.
     pub fn anomaly_score(&self, row: &[f64]) -> f64 {
         self.nearest(row).1

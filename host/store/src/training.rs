@@ -3,8 +3,10 @@
 //! metrics) plus a `training_runs` row with the decision.
 
 use sea_orm::{
+    ActiveModelTrait,
     ActiveValue::{NotSet, Set},
-    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
 };
 
 use crate::entity::{model_snapshots, training_runs};
@@ -164,26 +166,13 @@ impl Store {
             detail: r.detail,
             at_ms: r.at_ms,
         };
-        let id = training_runs::Entity::insert(training_runs::ActiveModel {
-            id: NotSet,
-            pipeline: Set(model.pipeline.clone()),
-            stage: Set(model.stage.clone()),
-            snapshot_id: Set(model.snapshot_id),
-            parent_snapshot_id: Set(model.parent_snapshot_id),
-            outcome: Set(model.outcome.clone()),
-            trigger: Set(model.trigger.clone()),
-            version: Set(model.version.clone()),
-            champion_version: Set(model.champion_version.clone()),
-            plugin_sha256: Set(model.plugin_sha256.clone()),
-            metric: Set(model.metric.clone()),
-            challenger_score: Set(model.challenger_score),
-            champion_score: Set(model.champion_score),
-            detail: Set(model.detail.clone()),
-            at_ms: Set(model.at_ms),
-        })
-        .exec(&txn)
-        .await?
-        .last_insert_id;
+        // Every column of the row is written; the database assigns the id.
+        let mut row = model.clone().into_active_model().reset_all();
+        row.id = NotSet;
+        let id = training_runs::Entity::insert(row)
+            .exec(&txn)
+            .await?
+            .last_insert_id;
         txn.commit().await?;
         Ok(TrainingRun { id, ..model.into() })
     }

@@ -309,7 +309,11 @@ impl Pipeline {
             with_payload: spec.source.with_payload,
             dims,
             extractor: slots.extractor.map(Runner::new),
-            model: slots.model.map(|s| Runner::new(s).carry_model_state(false)),
+            // A model learning online keeps what it learnt across swaps; one trained in the
+            // host serves the parameters of its own deployment.
+            model: slots.model.map(|s| {
+                Runner::new(s).carry_model_state(spec.model.as_ref().is_some_and(|m| m.train))
+            }),
             operators: slots.operators.into_iter().map(Runner::new).collect(),
             window,
             watermarks: Watermarks::new(
@@ -1057,6 +1061,15 @@ impl Pipeline {
             return;
         };
         t.served(&model.0);
+        if t.unsupervised() {
+            for i in 0..batch.len() {
+                if let Some(x) = f.row(i) {
+                    let pos = self.positions[first_index + i];
+                    t.row(x, pos.partition, pos.offset, batch.timestamps[i]);
+                }
+            }
+            return;
+        }
         let later = t.id_field().is_some();
         let serving = Arc::new(model.clone());
         let canary = s.canary.as_ref().map(|c| Arc::new(c.clone()));

@@ -6,7 +6,7 @@
 //! [training]
 //! join = "event"           # labels: in the event itself (`source.label_field`), or
 //!                          # "later": label records matched by key and `id_field`
-//! algorithm = "logistic"   # served by the model plugin through `restore`
+//! algorithm = "logistic"   # served by the model plugin through `restore`; or "kmeans"
 //! grid = { alpha = [0.1, 1.0, 10.0] }
 //! scaler = "standard"      # none | standard | min_max, folded into the exported weights
 //! pca = 0                  # principal components before the fit (0: none), folded too
@@ -70,8 +70,10 @@ pub struct TrainingSpec {
     /// With `join = "later"`: most events waiting for a label (the oldest give way).
     #[serde(default = "d_max_pending")]
     pub max_pending: usize,
-    /// `logistic` (logistic regression, served by a model plugin that restores
-    /// `{"coef": [..], "intercept": ..}`, such as `logistic`).
+    /// `logistic` (logistic regression on labelled rows, served by a model plugin that
+    /// restores `{"coef": [..], "intercept": ..}`, such as `logistic`), or `kmeans`
+    /// (k-means on every scored row, no labels, served by a plugin that restores
+    /// `{"centroids": [[..], ..]}`, such as `kmeans`: an anomaly score).
     #[serde(default = "d_algorithm")]
     pub algorithm: Spanned<String>,
     /// Hyperparameters: every combination is fitted, the best on the held-out slice wins.
@@ -102,9 +104,9 @@ pub struct TrainingSpec {
     /// champion/challenger comparison are scored on it.
     #[serde(default = "d_holdout")]
     pub holdout: Spanned<f64>,
-    /// `accuracy`, `auc` or `log_loss`.
-    #[serde(default = "d_metric")]
-    pub metric: Spanned<String>,
+    /// `accuracy` (the default for `logistic`), `auc` or `log_loss`; `inertia` for
+    /// `kmeans` (its only one).
+    pub metric: Option<Spanned<String>>,
     /// The challenger replaces the champion only if it beats it by more than this.
     #[serde(default = "d_margin")]
     pub margin: Spanned<f64>,
@@ -127,6 +129,9 @@ pub struct GridSpec {
     /// L-BFGS iteration caps.
     #[serde(default = "d_max_iter")]
     pub max_iter: Vec<u64>,
+    /// k-means: numbers of clusters.
+    #[serde(default = "d_k")]
+    pub k: Vec<usize>,
 }
 
 impl Default for GridSpec {
@@ -134,6 +139,7 @@ impl Default for GridSpec {
         GridSpec {
             alpha: d_alpha(),
             max_iter: d_max_iter(),
+            k: d_k(),
         }
     }
 }
@@ -200,9 +206,6 @@ fn d_min_rows() -> Spanned<usize> {
 fn d_holdout() -> Spanned<f64> {
     sp(0.2)
 }
-fn d_metric() -> Spanned<String> {
-    sp("accuracy".into())
-}
 fn d_margin() -> Spanned<f64> {
     sp(0.0)
 }
@@ -214,6 +217,9 @@ fn d_alpha() -> Vec<f64> {
 }
 fn d_max_iter() -> Vec<u64> {
     vec![100]
+}
+fn d_k() -> Vec<usize> {
+    vec![8]
 }
 fn d_true() -> bool {
     true
@@ -235,6 +241,8 @@ pub enum Metric {
     Auc,
     /// Mean negative log-likelihood (lower is better).
     LogLoss,
+    /// k-means: mean distance of a row to its nearest centroid (lower is better).
+    Inertia,
 }
 
 impl Metric {
@@ -243,6 +251,7 @@ impl Metric {
             "accuracy" => Metric::Accuracy,
             "auc" => Metric::Auc,
             "log_loss" => Metric::LogLoss,
+            "inertia" => Metric::Inertia,
             _ => return None,
         })
     }
@@ -253,6 +262,7 @@ impl Metric {
             Metric::Accuracy => "accuracy",
             Metric::Auc => "auc",
             Metric::LogLoss => "log_loss",
+            Metric::Inertia => "inertia",
         }
     }
 
@@ -262,13 +272,14 @@ impl Metric {
             Metric::Accuracy => weir_ml::accuracy(p, y),
             Metric::Auc => weir_ml::auc(p, y),
             Metric::LogLoss => weir_ml::log_loss(p, y),
+            Metric::Inertia => p.iter().sum::<f64>() / p.len().max(1) as f64,
         }
     }
 
     /// How much better `a` is than `b` (positive when better).
     pub fn gain(self, a: f64, b: f64) -> f64 {
         match self {
-            Metric::LogLoss => b - a,
+            Metric::LogLoss | Metric::Inertia => b - a,
             _ => a - b,
         }
     }
@@ -289,7 +300,16 @@ pub enum ScalerKind {
 impl TrainingSpec {
     /// The validation metric (the spec is validated, so this is known).
     pub fn metric(&self) -> Metric {
-        Metric::parse(self.metric.get_ref()).unwrap_or(Metric::Accuracy)
+        match &self.metric {
+            Some(m) => Metric::parse(m.get_ref()).unwrap_or(Metric::Accuracy),
+            None if self.unsupervised() => Metric::Inertia,
+            None => Metric::Accuracy,
+        }
+    }
+
+    /// k-means: every scored row trains, labels play no part.
+    pub fn unsupervised(&self) -> bool {
+        self.algorithm.get_ref() == "kmeans"
     }
 
     /// The scaler.
@@ -320,7 +340,7 @@ impl TrainingSpec {
                 "model.train (online learning in the plugin) and [training] (retraining in the host) both update the model: use one".into(),
             ));
         }
-        if spec.source.label_field.is_none() {
+        if spec.source.label_field.is_none() && !self.unsupervised() {
             return Err((
                 self.join.span(),
                 "[training] needs source.label_field (the field holding the label)".into(),
@@ -349,14 +369,25 @@ impl TrainingSpec {
                 ));
             }
         }
-        if self.algorithm.get_ref() != "logistic" {
+        if !["logistic", "kmeans"].contains(&self.algorithm.get_ref().as_str()) {
             return Err((
                 self.algorithm.span(),
                 format!(
-                    "unknown algorithm `{}` (logistic)",
+                    "unknown algorithm `{}` (logistic, kmeans)",
                     self.algorithm.get_ref()
                 ),
             ));
+        }
+        if self.unsupervised() {
+            if self.scaler.get_ref() != "none" || self.pca > 0 {
+                return Err((
+                    self.algorithm.span(),
+                    "kmeans: the plugin measures distances on the model's inputs, so scaler and pca are not available".into(),
+                ));
+            }
+            if self.grid.get_ref().k.is_empty() || self.grid.get_ref().k.contains(&0) {
+                return Err((self.grid.span(), "grid: k needs values >= 1".into()));
+            }
         }
         if !["none", "standard", "min_max"].contains(&self.scaler.get_ref().as_str()) {
             return Err((
@@ -367,14 +398,28 @@ impl TrainingSpec {
                 ),
             ));
         }
-        if Metric::parse(self.metric.get_ref()).is_none() {
-            return Err((
-                self.metric.span(),
-                format!(
-                    "unknown metric `{}` (accuracy, auc, log_loss)",
-                    self.metric.get_ref()
-                ),
-            ));
+        if let Some(m) = &self.metric {
+            match (Metric::parse(m.get_ref()), self.unsupervised()) {
+                (None, _) => {
+                    return Err((
+                        m.span(),
+                        format!(
+                            "unknown metric `{}` (accuracy, auc, log_loss; inertia for kmeans)",
+                            m.get_ref()
+                        ),
+                    ));
+                }
+                (Some(Metric::Inertia), false) => {
+                    return Err((m.span(), "inertia is the metric of kmeans".into()));
+                }
+                (Some(x), true) if x != Metric::Inertia => {
+                    return Err((
+                        m.span(),
+                        "kmeans has no labels to score: its metric is inertia".into(),
+                    ));
+                }
+                _ => {}
+            }
         }
         let grid = self.grid.get_ref();
         if grid.alpha.is_empty()
@@ -869,15 +914,19 @@ impl Trainer {
         if !(label == 0.0 || label == 1.0) || x.iter().any(|v| !v.is_finite()) {
             return;
         }
-        if self.dims != Some(x.len()) {
-            // New feature dims (an extractor swap): the old rows no longer fit.
-            self.dims = Some(x.len());
-            self.window.clear();
-        }
         if let Some(v) = served_by
             && self.detector.observe(v, (score > 0.5) == (label == 1.0))
         {
             self.drift();
+        }
+        self.push(x, label, partition, offset, ts);
+    }
+
+    fn push(&mut self, x: &[f64], label: f64, partition: i32, offset: i64, ts: i64) {
+        if self.dims != Some(x.len()) {
+            // New feature dims (an extractor swap): the old rows no longer fit.
+            self.dims = Some(x.len());
+            self.window.clear();
         }
         self.seq += 1;
         self.newest_ts = self.newest_ts.max(ts);
@@ -913,6 +962,19 @@ impl Trainer {
         self.next_fit_seq = self.seq;
         self.generation.fetch_add(1, Ordering::SeqCst);
         lock(&self.shared.status).drifts += 1;
+    }
+
+    /// k-means: learns from every scored row.
+    pub fn unsupervised(&self) -> bool {
+        self.spec.unsupervised()
+    }
+
+    /// k-means: a scored row joins the window (no label, no drift detector).
+    pub fn row(&mut self, x: &[f64], partition: i32, offset: i64, ts: i64) {
+        if x.iter().any(|v| !v.is_finite()) {
+            return;
+        }
+        self.push(x, 0.0, partition, offset, ts);
     }
 
     /// An unlabelled event that waits for its label record (`join = "later"`).
@@ -1173,6 +1235,9 @@ impl Fitter {
         let xh = job.x.slice(ndarray::s![cut.., ..]).to_owned();
         let yh: Vec<f64> = job.y.slice(ndarray::s![cut..]).to_vec();
 
+        if self.common.spec.unsupervised() {
+            return self.judge_kmeans(&xt, &xh, job, current, d);
+        }
         // The transforms, fitted on the training rows.
         let scaler = match self.common.spec.scaler() {
             ScalerKind::None => None,
@@ -1257,9 +1322,31 @@ impl Fitter {
             "intercept": best.model.intercept,
         });
 
+        let warm_next = (scaler.is_none() && pca.is_none()).then(|| best.model.clone());
+        let promoted = self.contest(best.model.snapshot(), &xh, &yh, job, current, d)?;
+        if promoted && let Some(m) = warm_next {
+            *lock(&self.common.warm) = Some(m);
+        }
+        Ok(())
+    }
+
+    /// Judges the challenger (the serving plugin and config restoring `snapshot`) against
+    /// the champion on the held-out rows, both through Wasm, and swaps it in if it wins.
+    /// Returns whether it was promoted.
+    fn contest(
+        &mut self,
+        snapshot: Vec<u8>,
+        xh: &Array2<f64>,
+        yh: &[f64],
+        job: &Job,
+        current: &Arc<Deployment>,
+        d: &mut Decision,
+    ) -> Result<bool, String> {
+        let metric = self.common.spec.metric();
+        let h = xh.nrows();
+        let dims = xh.ncols();
         // The challenger as it would serve: the serving plugin and config, restoring the
         // exported weights.
-        let snapshot = best.model.snapshot();
         let dep = Deployment::with_snapshot(
             current.plugin.clone(),
             current.config.clone(),
@@ -1277,7 +1364,7 @@ impl Fitter {
         let cs = challenger
             .predict(&holdout)
             .map_err(|e| format!("the challenger failed on the held-out rows: {e}"))?;
-        let challenger_score = metric.score(&cs, &yh);
+        let challenger_score = metric.score(&cs, yh);
         d.challenger_score = Some(finite(challenger_score));
 
         let champion = match self.champion.take() {
@@ -1289,10 +1376,10 @@ impl Fitter {
         let ks = champion.predict(&holdout);
         self.champion = Some(champion);
         let champion_score = match ks {
-            Ok(s) => metric.score(&s, &yh),
+            Ok(s) => metric.score(&s, yh),
             // A champion that cannot score the rows (other features, say) loses.
             Err(_) => match metric {
-                Metric::LogLoss => f64::INFINITY,
+                Metric::LogLoss | Metric::Inertia => f64::INFINITY,
                 _ => f64::NEG_INFINITY,
             },
         };
@@ -1307,18 +1394,18 @@ impl Fitter {
                 challenger_score,
                 champion_score
             );
-            return Ok(());
+            return Ok(false);
         }
         let _promoting = lock(&self.common.promoting);
         if job.generation != self.common.generation.load(Ordering::SeqCst) {
             d.outcome = "rejected".into();
             d.reason = "superseded: a drift restarted the window while this fit ran".into();
-            return Ok(());
+            return Ok(false);
         }
         if !Arc::ptr_eq(&self.common.slot.current(), current) {
             d.outcome = "rejected".into();
             d.reason = "the serving version changed while the challenger was judged".into();
-            return Ok(());
+            return Ok(false);
         }
         let version = challenger.deployment().version.clone();
         *lock(&self.common.shared.promoted) = Some((version, Instant::now()));
@@ -1326,7 +1413,6 @@ impl Fitter {
             .slot
             .swap_instance(challenger)
             .map_err(|e| format!("swapping the challenger in: {e}"))?;
-        *lock(&self.common.warm) = Some(best.model.clone());
         d.outcome = "promoted".into();
         d.reason = format!(
             "the challenger's {} {:.5} beats the champion's {:.5} by more than {margin}",
@@ -1334,6 +1420,51 @@ impl Fitter {
             challenger_score,
             champion_score
         );
+        Ok(true)
+    }
+
+    /// k-means: every point of the grid's `k` is fitted on the training rows and scored by
+    /// the mean distance of the held-out rows to their nearest centroid.
+    fn judge_kmeans(
+        &mut self,
+        xt: &Array2<f64>,
+        xh: &Array2<f64>,
+        job: &Job,
+        current: &Arc<Deployment>,
+        d: &mut Decision,
+    ) -> Result<(), String> {
+        let mut best: Option<(weir_ml::KMeans, usize, f64)> = None;
+        let mut last_err = None;
+        for &k in &self.common.spec.grid.get_ref().k {
+            match weir_ml::KMeans::fit(xt, k, 1) {
+                Ok(m) => {
+                    let dist: Vec<f64> = xh
+                        .rows()
+                        .into_iter()
+                        .map(|r| m.anomaly_score(&r.to_vec()))
+                        .collect();
+                    let score = Metric::Inertia.score(&dist, &[]);
+                    d.grid
+                        .push(serde_json::json!({"k": k, "score": finite(score)}));
+                    if best.as_ref().is_none_or(|b| score < b.2) {
+                        best = Some((m, k, score));
+                    }
+                }
+                Err(e) => last_err = Some(e.to_string()),
+            }
+        }
+        let Some((model, k, _)) = best else {
+            return Err(last_err.unwrap_or_else(|| "nothing fitted".into()));
+        };
+        let rows: Vec<Vec<f64>> = model
+            .centroids
+            .rows()
+            .into_iter()
+            .map(|r| r.to_vec())
+            .collect();
+        d.params = serde_json::json!({ "k": k, "centroids": rows });
+        let yh = vec![0.0; xh.nrows()];
+        self.contest(model.snapshot(), xh, &yh, job, current, d)?;
         Ok(())
     }
 }

@@ -20,6 +20,9 @@ mod m20261125_000009_create_keyed_state;
 mod m20261125_000010_create_model_snapshots;
 mod m20261125_000011_create_training_runs;
 
+/// How many migrations weir has (one per table).
+pub const MIGRATIONS: usize = 11;
+
 /// All of weir's migrations, in order. [`crate::Store::connect`] runs `Migrator::up` itself.
 pub struct Migrator;
 
@@ -110,4 +113,14 @@ pub(crate) async fn ensure_index(
         return Ok(());
     }
     manager.create_index(index).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_count_matches_the_list() {
+        assert_eq!(Migrator::migrations().len(), MIGRATIONS);
+    }
 }
