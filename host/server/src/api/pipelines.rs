@@ -1051,11 +1051,11 @@ pub struct TrainingDecision {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TrainingInfo {
     /// The spec's `[training]` section (null when the model does not train in the host).
-    #[schema(value_type = Object)]
-    pub spec: serde_json::Value,
+    #[schema(value_type = Option<Object>)]
+    pub spec: Option<serde_json::Value>,
     /// Live figures of the running worker (null when stopped).
-    #[schema(value_type = Object)]
-    pub status: serde_json::Value,
+    #[schema(value_type = Option<Object>)]
+    pub status: Option<serde_json::Value>,
     /// Decisions, newest first.
     pub decisions: Vec<TrainingDecision>,
     /// `before` for the next page (absent on the last).
@@ -1087,8 +1087,7 @@ pub async fn training(
         .get(id)
         .filter(|r| r.tenant == tenant)
         .and_then(|r| r.training.as_ref().map(|t| t.status()))
-        .map(|s| serde_json::to_value(s).unwrap_or_default())
-        .unwrap_or_default();
+        .and_then(|s| serde_json::to_value(s).ok());
     let rows = state
         .store
         .training_runs(&internal_name(tenant, &p.name), "model", limit, q.before)
@@ -1117,7 +1116,10 @@ pub async fn training(
     Ok(json(
         StatusCode::OK,
         &TrainingInfo {
-            spec: serde_json::to_value(&spec.training).unwrap_or_default(),
+            spec: spec
+                .training
+                .as_ref()
+                .and_then(|t| serde_json::to_value(t).ok()),
             status,
             decisions,
             next,
