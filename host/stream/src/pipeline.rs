@@ -1070,9 +1070,14 @@ impl Pipeline {
             }
             return;
         }
+        // Shared by the rows that wait for a label (built only when labels join later).
         let later = t.id_field().is_some();
-        let serving = Arc::new(model.clone());
-        let canary = s.canary.as_ref().map(|c| Arc::new(c.clone()));
+        let serving = later.then(|| Arc::new(model.clone()));
+        let canary = s
+            .canary
+            .as_ref()
+            .filter(|_| later)
+            .map(|c| Arc::new(c.clone()));
         for i in 0..batch.len() {
             let Some(x) = f.row(i) else {
                 continue;
@@ -1084,7 +1089,9 @@ impl Pipeline {
             if !label.is_nan() {
                 let by = (!on_canary).then_some(&model.0);
                 t.labelled(x, label, scores[i], by, pos.partition, pos.offset, ts);
-            } else if later && let Some(Some(id)) = self.ids.get(first_index + i) {
+            } else if let Some(serving) = &serving
+                && let Some(Some(id)) = self.ids.get(first_index + i)
+            {
                 let served = match (&canary, on_canary) {
                     (Some(c), true) => c.clone(),
                     _ => serving.clone(),

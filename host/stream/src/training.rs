@@ -685,6 +685,19 @@ struct Detector {
 }
 
 impl Detector {
+    fn new(spec: &DriftSpec) -> Detector {
+        Detector {
+            enabled: spec.enabled,
+            recent_n: spec.recent,
+            z: spec.z,
+            version: None,
+            recent: VecDeque::new(),
+            recent_ok: 0,
+            ref_ok: 0,
+            ref_n: 0,
+        }
+    }
+
     fn reset(&mut self) {
         self.recent.clear();
         self.recent_ok = 0;
@@ -826,16 +839,7 @@ impl Trainer {
             last_fit: Instant::now(),
             first_done: false,
             drifted: false,
-            detector: Detector {
-                enabled: spec.drift.get_ref().enabled,
-                recent_n: spec.drift.get_ref().recent,
-                z: spec.drift.get_ref().z,
-                version: None,
-                recent: VecDeque::new(),
-                recent_ok: 0,
-                ref_ok: 0,
-                ref_n: 0,
-            },
+            detector: Detector::new(spec.drift.get_ref()),
             waiting: HashMap::new(),
             waiting_order: VecDeque::new(),
             newest_ts: i64::MIN,
@@ -1487,16 +1491,11 @@ mod tests {
 
     #[test]
     fn the_detector_fires_on_a_collapse_and_not_on_noise() {
-        let mut d = Detector {
+        let mut d = Detector::new(&DriftSpec {
             enabled: true,
-            recent_n: 100,
+            recent: 100,
             z: 5.0,
-            version: None,
-            recent: VecDeque::new(),
-            recent_ok: 0,
-            ref_ok: 0,
-            ref_n: 0,
-        };
+        });
         let v = VersionId("a".into());
         // 80% correct, deterministic pattern: never a drift.
         for i in 0..20_000 {

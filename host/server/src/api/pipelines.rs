@@ -896,11 +896,17 @@ pub struct WindowPage {
     pub next: Option<String>,
 }
 
-fn filter_of(q: &ResultQuery) -> Result<ResultFilter, ApiError> {
-    let limit = q.limit.unwrap_or(100);
+/// A page size: 1-1000, 100 when not given.
+fn page_limit(limit: Option<u64>) -> Result<u64, ApiError> {
+    let limit = limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("`limit` must be 1-1000"));
     }
+    Ok(limit)
+}
+
+fn filter_of(q: &ResultQuery) -> Result<ResultFilter, ApiError> {
+    let limit = page_limit(q.limit)?;
     Ok(ResultFilter {
         key: q.key.clone(),
         from_ts: q.from,
@@ -1077,10 +1083,7 @@ pub async fn training(
 ) -> Reply {
     let (tenant, _) = tenant(&state, authz).await?;
     let p = own(&state, tenant, id).await?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("`limit` must be 1-1000").into());
-    }
+    let limit = page_limit(q.limit)?;
     let spec = parse_spec(&p.spec)?;
     let status = state
         .manager
