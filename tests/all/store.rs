@@ -10,8 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use weir_store::entity::keyed_state;
 use weir_store::sea_orm::{ConnectionTrait, EntityTrait, PaginatorTrait, Statement};
 use weir_store::{
-    CommitBatch, NewDeployment, NewSnapshot, PartitionCommit, Prediction, StateChange, StateEntry,
-    Store, StoreError, WindowResult,
+    CommitBatch, NewDeployment, NewGap, NewSnapshot, PartitionCommit, Prediction, SourceIdentity,
+    StateChange, StateEntry, Store, StoreError, WindowResult,
 };
 
 const DEFAULT_MYSQL: &str = "mysql://root@127.0.0.1:3306";
@@ -157,6 +157,8 @@ fn part(partition: i32, epoch: i64, next_offset: i64, state: Vec<StateChange>) -
         next_offset,
         watermark: 100 * next_offset,
         state,
+        source: SourceIdentity::default(),
+        offset_base: 0,
     }
 }
 
@@ -269,6 +271,7 @@ async fn store_claim_commit_round_trip_and_replay() {
             predictions: predictions.clone(),
             window_results: windows.clone(),
             snapshot: None,
+            gaps: vec![],
         };
         let stats = store.commit(batch.clone()).await.unwrap();
         assert_eq!(stats.rows_written, 2 + 5 + 3 + 4);
@@ -315,6 +318,7 @@ async fn store_claim_commit_round_trip_and_replay() {
                 predictions: vec![changed.clone()],
                 window_results: vec![refired.clone()],
                 snapshot: None,
+                gaps: vec![],
             })
             .await
             .unwrap();
@@ -407,6 +411,7 @@ async fn store_fences_zombie_owners() {
                 to_offset: None,
                 metrics: "{}".into(),
             }),
+            gaps: vec![],
         };
         match host_a.commit(zombie).await {
             Err(StoreError::Fenced {
@@ -439,6 +444,7 @@ async fn store_fences_zombie_owners() {
                 predictions: vec![prediction(0, 0, Some(0.2))],
                 window_results: vec![],
                 snapshot: None,
+                gaps: vec![],
             })
             .await
             .unwrap();
@@ -458,6 +464,7 @@ async fn store_fences_zombie_owners() {
                 predictions: vec![],
                 window_results: vec![],
                 snapshot: None,
+                gaps: vec![],
             })
             .await;
         assert!(matches!(again, Err(StoreError::Fenced { epoch: 1, .. })));
@@ -492,6 +499,7 @@ async fn store_large_snapshots_round_trip() {
                 predictions: vec![],
                 window_results: vec![],
                 snapshot: Some(first.clone()),
+                gaps: vec![],
             })
             .await
             .unwrap();
@@ -516,6 +524,7 @@ async fn store_large_snapshots_round_trip() {
                 predictions: vec![],
                 window_results: vec![],
                 snapshot: Some(second.clone()),
+                gaps: vec![],
             })
             .await
             .unwrap()
@@ -536,6 +545,81 @@ async fn store_large_snapshots_round_trip() {
 
         let reclaimed = store.claim(p, 0).await.unwrap();
         assert_eq!(reclaimed.state, vec![entry("m", "w", &big_state)]);
+        store.close().await.unwrap();
+    })
+    .await;
+}
+
+/// A gap is written with the checkpoint that moves past it, together with the log the new
+/// position belongs to; a fenced checkpoint writes neither, and a reset removes the gaps.
+#[tokio::test]
+async fn store_gaps_and_source_identity_commit_with_the_position() {
+    on_both("gaps", |url| async move {
+        let store = Store::connect(&url).await.unwrap();
+        let p = "gaps";
+        let first = store.claim(p, 3).await.unwrap();
+        assert_eq!(first.source, SourceIdentity::default());
+        assert_eq!(first.offset_base, 0);
+        let log = SourceIdentity {
+            cluster_id: Some("cluster-a".into()),
+            topic_id: Some("AAAAAAAAAAAAAAAAAAAAAQ".into()),
+        };
+        let gap = NewGap {
+            topic: "events".into(),
+            partition: 3,
+            from_offset: 0,
+            to_offset: 80_136,
+            records: Some(80_136),
+            reason: "retention".into(),
+            detail: "the log starts at 80136".into(),
+            at_ms: 1_700_000_000_000,
+        };
+        let mut moved = part(3, first.epoch, 80_200, vec![]);
+        moved.source = log.clone();
+        moved.offset_base = 17;
+        // A newer owner fences the first: neither the position nor the gap is written.
+        let second = store.claim(p, 3).await.unwrap();
+        let fenced = store
+            .commit(CommitBatch {
+                pipeline: p.into(),
+                partitions: vec![moved.clone()],
+                predictions: vec![],
+                window_results: vec![],
+                snapshot: None,
+                gaps: vec![gap.clone()],
+            })
+            .await;
+        assert!(
+            matches!(fenced, Err(StoreError::Fenced { .. })),
+            "{fenced:?}"
+        );
+        assert!(store.gaps(p).await.unwrap().is_empty());
+
+        moved.epoch = second.epoch;
+        let stats = store
+            .commit(CommitBatch {
+                pipeline: p.into(),
+                partitions: vec![moved],
+                predictions: vec![],
+                window_results: vec![],
+                snapshot: None,
+                gaps: vec![gap.clone()],
+            })
+            .await
+            .unwrap();
+        assert_eq!(stats.rows_written, 2);
+        let gaps = store.gaps(p).await.unwrap();
+        assert_eq!(gaps.len(), 1);
+        assert_eq!((gaps[0].pipeline.as_str(), &gaps[0].gap), (p, &gap));
+        let cp = store.checkpoint(p, 3).await.unwrap().unwrap();
+        assert_eq!((cp.next_offset, cp.offset_base), (80_200, 17));
+        assert_eq!(cp.source, log);
+        let third = store.claim(p, 3).await.unwrap();
+        assert_eq!((third.source, third.offset_base), (log, 17));
+        assert!(store.gaps("other").await.unwrap().is_empty());
+
+        store.reset_pipeline(p).await.unwrap();
+        assert!(store.gaps(p).await.unwrap().is_empty());
         store.close().await.unwrap();
     })
     .await;

@@ -78,17 +78,32 @@ pub struct Store {
     commit_pause: Option<Duration>,
 }
 
+/// Which log a stored position belongs to: a topic (by its id, which changes when the topic
+/// is recreated) on a Kafka cluster (by its cluster id). Either part is `None` when the
+/// broker did not tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceIdentity {
+    /// The cluster id the broker reports.
+    pub cluster_id: Option<String>,
+    /// The topic id (base64), Kafka's name for one incarnation of a topic.
+    pub topic_id: Option<String>,
+}
+
 /// What a new owner of a partition gets from [`Store::claim`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
     /// The new owner epoch; every [`PartitionCommit`] of this owner must carry it.
     pub epoch: i64,
-    /// The first offset not yet committed.
+    /// The first stream position not yet committed.
     pub next_offset: i64,
     /// The committed watermark (`i64::MIN` before the first commit).
     pub watermark: i64,
     /// All keyed state of the partition, ordered by namespace and key.
     pub state: Vec<StateEntry>,
+    /// The log the stored position belongs to (both parts `None` before the first commit).
+    pub source: SourceIdentity,
+    /// Stream position minus broker offset in that log.
+    pub offset_base: i64,
 }
 
 /// One stored state value.
@@ -120,8 +135,12 @@ pub struct PartitionCommit {
     pub partition: i32,
     /// The writer's owner epoch, from [`Claim::epoch`].
     pub epoch: i64,
-    /// The first offset not covered by this commit.
+    /// The first stream position not covered by this commit.
     pub next_offset: i64,
+    /// The log the position belongs to.
+    pub source: SourceIdentity,
+    /// Stream position minus broker offset in that log.
+    pub offset_base: i64,
     /// The watermark after this commit.
     pub watermark: i64,
     /// State changes, applied in order (the last change of a key wins).
@@ -223,6 +242,41 @@ pub struct CommitBatch {
     pub window_results: Vec<WindowResult>,
     /// A model snapshot to insert.
     pub snapshot: Option<NewSnapshot>,
+    /// Gaps in the input that the new positions move past.
+    pub gaps: Vec<NewGap>,
+}
+
+/// A stretch of input that was lost or skipped, recorded with the checkpoint that moves the
+/// position past it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewGap {
+    /// The source topic.
+    pub topic: String,
+    /// The source partition.
+    pub partition: i32,
+    /// The first stream position not processed.
+    pub from_offset: i64,
+    /// The stream position processing resumed at.
+    pub to_offset: i64,
+    /// Records lost, when the broker can tell (`None` when the old log is gone).
+    pub records: Option<i64>,
+    /// `retention`, `beyond_end`, `source_replaced` or `broker_restarted`.
+    pub reason: String,
+    /// What was seen, in words.
+    pub detail: String,
+    /// When, UTC ms.
+    pub at_ms: i64,
+}
+
+/// A recorded gap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// The row id (increasing in recording order).
+    pub id: i64,
+    /// The pipeline.
+    pub pipeline: String,
+    /// What was lost or skipped.
+    pub gap: NewGap,
 }
 
 /// What [`Store::commit`] wrote.
@@ -253,6 +307,10 @@ pub struct Checkpoint {
     pub commits: i64,
     /// Time of the last claim or commit, ms.
     pub updated_at: i64,
+    /// The log the position belongs to.
+    pub source: SourceIdentity,
+    /// Stream position minus broker offset in that log.
+    pub offset_base: i64,
 }
 
 /// A deployment event to record.

@@ -9,12 +9,12 @@ use sea_orm::{
 };
 
 use crate::entity::{
-    api_keys, checkpoints, deployments, keyed_state, model_snapshots, predictions, tenants,
+    api_keys, checkpoints, deployments, gaps, keyed_state, model_snapshots, predictions, tenants,
     training_runs, window_results,
 };
 use crate::{
-    Claim, CommitBatch, CommitStats, NewDeployment, PartitionCommit, StateEntry, Store, StoreError,
-    now_ms,
+    Claim, CommitBatch, CommitStats, NewDeployment, PartitionCommit, SourceIdentity, StateEntry,
+    Store, StoreError, now_ms,
 };
 
 /// At most this many rows go into one multi-row statement: well under SQLite's variable limit
@@ -42,6 +42,9 @@ impl Store {
             owner_epoch: Set(0),
             commits: Set(0),
             updated_at: Set(now),
+            cluster_id: Set(None),
+            topic_id: Set(None),
+            offset_base: Set(0),
         })
         .on_conflict_do_nothing()
         .exec_without_returning(&txn)
@@ -84,6 +87,11 @@ impl Store {
             next_offset: checkpoint.next_offset,
             watermark: checkpoint.watermark,
             state,
+            source: SourceIdentity {
+                cluster_id: checkpoint.cluster_id,
+                topic_id: checkpoint.topic_id,
+            },
+            offset_base: checkpoint.offset_base,
         })
     }
 
@@ -103,6 +111,7 @@ impl Store {
             predictions,
             window_results,
             snapshot,
+            gaps,
         } = batch;
         let now = now_ms();
         let txn = self.db.begin().await?;
@@ -112,6 +121,15 @@ impl Store {
             let updated = checkpoints::Entity::update_many()
                 .col_expr(checkpoints::Column::NextOffset, Expr::value(p.next_offset))
                 .col_expr(checkpoints::Column::Watermark, Expr::value(p.watermark))
+                .col_expr(
+                    checkpoints::Column::ClusterId,
+                    Expr::value(p.source.cluster_id.clone()),
+                )
+                .col_expr(
+                    checkpoints::Column::TopicId,
+                    Expr::value(p.source.topic_id.clone()),
+                )
+                .col_expr(checkpoints::Column::OffsetBase, Expr::value(p.offset_base))
                 .col_expr(
                     checkpoints::Column::Commits,
                     Expr::col(checkpoints::Column::Commits).add(1),
@@ -203,6 +221,24 @@ impl Store {
             rows_written += apply_state(&txn, &pipeline, p).await?;
         }
 
+        if !gaps.is_empty() {
+            rows_written += gaps.len() as u64;
+            gaps::Entity::insert_many(gaps.into_iter().map(|g| gaps::ActiveModel {
+                id: NotSet,
+                pipeline: Set(pipeline.clone()),
+                topic: Set(g.topic),
+                partition: Set(g.partition),
+                from_offset: Set(g.from_offset),
+                to_offset: Set(g.to_offset),
+                records: Set(g.records),
+                reason: Set(g.reason),
+                detail: Set(g.detail),
+                at_ms: Set(g.at_ms),
+            }))
+            .exec_without_returning(&txn)
+            .await?;
+        }
+
         let snapshot_id = match snapshot {
             Some(s) => {
                 rows_written += 1;
@@ -254,7 +290,7 @@ impl Store {
     }
 
     /// Deletes every row of a pipeline: predictions, window results, checkpoints, keyed
-    /// state, model snapshots and deployments, in one transaction.
+    /// state, model snapshots, training runs, deployments and gaps, in one transaction.
     pub async fn reset_pipeline(&self, pipeline: &str) -> Result<(), StoreError> {
         let txn = self.db.begin().await?;
         predictions::Entity::delete_many()
@@ -283,6 +319,10 @@ impl Store {
             .await?;
         deployments::Entity::delete_many()
             .filter(deployments::Column::Pipeline.eq(pipeline))
+            .exec(&txn)
+            .await?;
+        gaps::Entity::delete_many()
+            .filter(gaps::Column::Pipeline.eq(pipeline))
             .exec(&txn)
             .await?;
         txn.commit().await?;

@@ -4,9 +4,31 @@
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
 use crate::entity::{
-    api_keys, checkpoints, deployments, model_snapshots, predictions, window_results,
+    api_keys, checkpoints, deployments, gaps, model_snapshots, predictions, window_results,
 };
-use crate::{Checkpoint, Deployment, ModelSnapshot, Prediction, Store, StoreError, WindowResult};
+use crate::{
+    Checkpoint, Deployment, Gap, ModelSnapshot, NewGap, Prediction, SourceIdentity, Store,
+    StoreError, WindowResult,
+};
+
+impl From<gaps::Model> for Gap {
+    fn from(m: gaps::Model) -> Self {
+        Gap {
+            id: m.id,
+            pipeline: m.pipeline,
+            gap: NewGap {
+                topic: m.topic,
+                partition: m.partition,
+                from_offset: m.from_offset,
+                to_offset: m.to_offset,
+                records: m.records,
+                reason: m.reason,
+                detail: m.detail,
+                at_ms: m.at_ms,
+            },
+        }
+    }
+}
 
 impl From<predictions::Model> for Prediction {
     fn from(m: predictions::Model) -> Self {
@@ -76,7 +98,35 @@ impl Store {
             owner_epoch: m.owner_epoch,
             commits: m.commits,
             updated_at: m.updated_at,
+            source: SourceIdentity {
+                cluster_id: m.cluster_id,
+                topic_id: m.topic_id,
+            },
+            offset_base: m.offset_base,
         }))
+    }
+
+    /// The recorded input gaps of several pipelines, oldest first.
+    pub async fn gaps_of(&self, pipelines: &[String]) -> Result<Vec<Gap>, StoreError> {
+        if pipelines.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = gaps::Entity::find()
+            .filter(gaps::Column::Pipeline.is_in(pipelines.iter().map(String::as_str)))
+            .order_by_asc(gaps::Column::Id)
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(Gap::from).collect())
+    }
+
+    /// A pipeline's recorded input gaps, oldest first.
+    pub async fn gaps(&self, pipeline: &str) -> Result<Vec<Gap>, StoreError> {
+        let rows = gaps::Entity::find()
+            .filter(gaps::Column::Pipeline.eq(pipeline))
+            .order_by_asc(gaps::Column::Id)
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(Gap::from).collect())
     }
 
     /// The newest snapshot (highest id) of a pipeline stage.

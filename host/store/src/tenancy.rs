@@ -75,6 +75,8 @@ pub struct PipelineRecord {
     pub status: String,
     /// Creation time, UTC ms.
     pub created_at: i64,
+    /// Why it failed, when its status is `failed`.
+    pub error: Option<String>,
 }
 
 /// A tenant.
@@ -131,6 +133,7 @@ fn pipeline_record(m: pipelines::Model) -> PipelineRecord {
         spec: m.spec,
         status: m.status,
         created_at: m.created_at,
+        error: m.error,
     }
 }
 
@@ -355,6 +358,7 @@ impl Store {
             spec: Set(spec.to_owned()),
             status: Set("created".into()),
             created_at: Set(at),
+            error: Set(None),
         })
         .exec(&self.db)
         .await
@@ -366,6 +370,7 @@ impl Store {
             spec: spec.to_owned(),
             status: "created".into(),
             created_at: at,
+            error: None,
         })
     }
 
@@ -415,6 +420,27 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let r = pipelines::Entity::update_many()
             .col_expr(pipelines::Column::Status, Expr::value(status))
+            .col_expr(
+                pipelines::Column::Error,
+                Expr::value(Option::<String>::None),
+            )
+            .filter(pipelines::Column::TenantId.eq(tenant_id))
+            .filter(pipelines::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(r.rows_affected > 0)
+    }
+
+    /// Marks a tenant's pipeline `failed`, with the reason (shown until it starts again).
+    pub async fn set_pipeline_failed(
+        &self,
+        tenant_id: i64,
+        id: i64,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let r = pipelines::Entity::update_many()
+            .col_expr(pipelines::Column::Status, Expr::value("failed"))
+            .col_expr(pipelines::Column::Error, Expr::value(error.to_owned()))
             .filter(pipelines::Column::TenantId.eq(tenant_id))
             .filter(pipelines::Column::Id.eq(id))
             .exec(&self.db)

@@ -23,6 +23,12 @@ pub struct Model {
     pub commits: i64,
     /// Time of the last claim or commit, UTC ms.
     pub updated_at: i64,
+    /// The Kafka cluster the position belongs to, when known.
+    pub cluster_id: Option<String>,
+    /// The topic's id (its incarnation) the position belongs to, when the broker tells.
+    pub topic_id: Option<String>,
+    /// Stream position minus broker offset: 0 until the source log was replaced.
+    pub offset_base: i64,
 }
 
 /// Relations: none; references between tables are by value, not foreign key.

@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod checkpoints;
 pub mod deployments;
+pub mod gaps;
 pub mod keyed_state;
 pub mod model_snapshots;
 pub mod pipelines;

@@ -20,6 +20,9 @@ pub struct Model {
     pub status: String,
     /// Creation time, UTC ms.
     pub created_at: i64,
+    /// Why it failed, when its status is `failed`.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub error: Option<String>,
 }
 
 /// Relations: none; references between tables are by value, not foreign key.

@@ -19,9 +19,11 @@ mod m20261125_000008_create_checkpoints;
 mod m20261125_000009_create_keyed_state;
 mod m20261125_000010_create_model_snapshots;
 mod m20261125_000011_create_training_runs;
+mod m20261130_000012_create_gaps;
+mod m20261130_000013_alter_checkpoints_source;
 
-/// How many migrations weir has (one per table).
-pub const MIGRATIONS: usize = 11;
+/// How many migrations weir has (one per table, then one per later change).
+pub const MIGRATIONS: usize = 13;
 
 /// All of weir's migrations, in order. [`crate::Store::connect`] runs `Migrator::up` itself.
 pub struct Migrator;
@@ -41,6 +43,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000009_create_keyed_state::Migration),
             Box::new(m20261125_000010_create_model_snapshots::Migration),
             Box::new(m20261125_000011_create_training_runs::Migration),
+            Box::new(m20261130_000012_create_gaps::Migration),
+            Box::new(m20261130_000013_alter_checkpoints_source::Migration),
         ]
     }
 }
@@ -97,6 +101,27 @@ pub(crate) fn long_blob<T: IntoIden>(manager: &SchemaManager<'_>, col: T) -> Col
         _ => def.blob(),
     };
     def.not_null().to_owned()
+}
+
+/// Adds a column to `table` unless it has one of that name (SQLite has no
+/// `ADD COLUMN IF NOT EXISTS`), so the migration stays idempotent.
+pub(crate) async fn add_column(
+    manager: &SchemaManager<'_>,
+    table: &str,
+    mut column: ColumnDef,
+) -> Result<(), DbErr> {
+    let name = column.get_column_name();
+    if manager.has_column(table, &name).await? {
+        return Ok(());
+    }
+    manager
+        .alter_table(
+            Table::alter()
+                .table(Alias::new(table))
+                .add_column(&mut column)
+                .to_owned(),
+        )
+        .await
 }
 
 /// Creates a non-unique index unless one of that name exists (MySQL has no
