@@ -31,6 +31,7 @@ fn main() -> Res<()> {
     }
     println!("cargo:rerun-if-env-changed=WEIR_GUESTS_TARGET_DIR");
 
+    ensure_target()?;
     let mut out = String::new();
     for (module, dir) in [("plugins", "plugins"), ("fixtures", "tests/fixtures")] {
         let ws = root.join(dir);
@@ -63,6 +64,35 @@ fn main() -> Res<()> {
     }
     let dest = PathBuf::from(env::var("OUT_DIR")?).join("guests.rs");
     std::fs::write(dest, out)?;
+    Ok(())
+}
+
+/// Makes sure the toolchain has the wasm32-wasip2 standard library. `rust-toolchain.toml`
+/// asks rustup for it, but rustup does not add targets to a toolchain that is already
+/// installed when automatic installs are off (`RUSTUP_AUTO_INSTALL=0`), so the build adds it
+/// itself, once, when rustup is there.
+fn ensure_target() -> Res<()> {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .map_err(|e| format!("cannot run {rustc}: {e}"))?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    if sysroot.join("lib/rustlib/wasm32-wasip2").exists() {
+        return Ok(());
+    }
+    println!("cargo:warning=adding the wasm32-wasip2 target (rustup target add wasm32-wasip2)");
+    let mut cmd = Command::new("rustup");
+    cmd.args(["target", "add", "wasm32-wasip2"]);
+    if let Ok(toolchain) = env::var("RUSTUP_TOOLCHAIN") {
+        cmd.args(["--toolchain", &toolchain]);
+    }
+    let status = cmd.status().map_err(|e| {
+        format!("the wasm32-wasip2 target is missing and rustup cannot add it ({e}): install it with `rustup target add wasm32-wasip2`")
+    })?;
+    if !status.success() {
+        return Err("`rustup target add wasm32-wasip2` failed".into());
+    }
     Ok(())
 }
 
