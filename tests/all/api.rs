@@ -7,14 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_server::api::{self, ApiConfig, AppState};
-use weir_server::kafka::{EmbeddedBroker, Producer};
+use weir_server::kafka::{Broker, EmbeddedBroker, Producer};
 use weir_store::Store;
 
 const ADMIN: &str = "wk_00000000000000000000000000000000000000000000000000000000000000ad";
 
 struct Api {
     state: Arc<AppState>,
-    _broker: Option<EmbeddedBroker>,
+    broker: Option<Arc<EmbeddedBroker>>,
 }
 
 struct Resp {
@@ -27,8 +27,11 @@ struct Resp {
 impl Api {
     async fn new(config: ApiConfig, broker: bool) -> Api {
         let store = Arc::new(Store::connect("sqlite::memory:").await.unwrap());
-        let b = broker.then(|| EmbeddedBroker::start().unwrap());
-        let kafka = b.as_ref().map_or("127.0.0.1:1".into(), |b| b.bootstrap());
+        let b = broker.then(|| Arc::new(EmbeddedBroker::start().unwrap()));
+        let kafka = match &b {
+            Some(b) => Broker::Embedded(b.clone()),
+            None => Broker::External("127.0.0.1:1".into()),
+        };
         let (state, printed) = AppState::new(
             store,
             crate::common::engine(),
@@ -39,11 +42,11 @@ impl Api {
         .await
         .unwrap();
         assert!(printed.is_none(), "a given admin key is not printed");
-        Api { state, _broker: b }
+        Api { state, broker: b }
     }
 
     fn bootstrap(&self) -> String {
-        self._broker.as_ref().unwrap().bootstrap()
+        self.broker.as_ref().unwrap().bootstrap()
     }
 
     async fn call(
@@ -178,6 +181,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/pipelines/1/training"),
     ("GET", "/v1/pipelines/1/predictions"),
     ("GET", "/v1/pipelines/1/windows"),
+    ("GET", "/v1/pipelines/1/gaps"),
     ("POST", "/v1/pipelines/1/stages/model/swap"),
     ("DELETE", "/v1/pipelines/1/stages/model/canary"),
 ];
@@ -626,6 +630,7 @@ async fn tenants_cannot_see_or_touch_each_other() {
         ("GET", format!("/v1/pipelines/{q}/training"), None),
         ("GET", format!("/v1/pipelines/{q}/predictions"), None),
         ("GET", format!("/v1/pipelines/{q}/windows"), None),
+        ("GET", format!("/v1/pipelines/{q}/gaps"), None),
         (
             "GET",
             format!("/v1/pipelines/{q}/predictions?cursor={b_cursor}"),
@@ -914,11 +919,7 @@ async fn live_pipeline_swap_rollback_canary_shadow_promote() {
         "acme.dead",
         "acme.scores.shadow",
     ] {
-        api._broker
-            .as_ref()
-            .unwrap()
-            .create_topic(topic, 1)
-            .unwrap();
+        api.broker.as_ref().unwrap().create_topic(topic, 1).unwrap();
     }
     let r = api
         .call(
@@ -1258,11 +1259,7 @@ async fn plugin_logs_and_a_failing_shadow() {
         "acme.dead",
         "acme.scores.shadow",
     ] {
-        api._broker
-            .as_ref()
-            .unwrap()
-            .create_topic(topic, 1)
-            .unwrap();
+        api.broker.as_ref().unwrap().create_topic(topic, 1).unwrap();
     }
     let pipe = api
         .post("/v1/pipelines", &key, json!({"spec": SPEC}))
@@ -1393,11 +1390,7 @@ async fn a_training_pipeline_retrains_and_resumes_over_the_api() {
     assert_eq!(r.status, 201, "{}", r.body);
     let pipe = r.body["id"].as_i64().unwrap();
     for topic in ["acme.events", "acme.scores", "acme.dead-letters"] {
-        api._broker
-            .as_ref()
-            .unwrap()
-            .create_topic(topic, 1)
-            .unwrap();
+        api.broker.as_ref().unwrap().create_topic(topic, 1).unwrap();
     }
     async fn start(api: &Api, key: &str, pipe: i64) {
         let r = api

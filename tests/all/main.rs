@@ -4,6 +4,7 @@
 
 mod api;
 mod common;
+mod edges;
 mod hostile;
 mod pipeline;
 mod plugins;

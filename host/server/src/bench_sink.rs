@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_engine::{Engine, EngineOptions};
 use weir_server::durable::{DurableOptions, run_durable};
-use weir_server::kafka::{EmbeddedBroker, Producer};
+use weir_server::kafka::{Broker, EmbeddedBroker, Producer};
 use weir_server::run::build_slots;
 use weir_store::{CommitBatch, PartitionCommit, Prediction, Store, WindowResult};
 use weir_stream::pipeline::Pipeline;
@@ -62,10 +62,13 @@ fn raw_sink(
                 next_offset: (written + n) as i64,
                 watermark: 0,
                 state: Vec::new(),
+                source: Default::default(),
+                offset_base: 0,
             }],
             predictions: Vec::new(),
             window_results: Vec::new(),
             snapshot: None,
+            gaps: Vec::new(),
         };
         for i in written..written + n {
             let key = format!("u{}", i % 1000);
@@ -117,9 +120,6 @@ fn end_to_end(
 ) -> Result<(f64, u64)> {
     let broker = EmbeddedBroker::start()?;
     broker.create_topic("events", 4)?;
-    for t in ["scores", "windows", "late-events", "dead-letters"] {
-        broker.create_topic(t, 1)?;
-    }
     let mut p = Producer::new(&broker.bootstrap())?;
     for (k, l) in lines {
         p.send("events", k, l.as_bytes())?;
@@ -132,13 +132,12 @@ fn end_to_end(
     let report = run_durable(
         spec,
         pipeline,
-        &broker.bootstrap(),
         store.clone(),
         rt.handle().clone(),
         DurableOptions {
             until_end: true,
             store_predictions,
-            ..DurableOptions::default()
+            ..DurableOptions::new(Broker::Embedded(Arc::new(broker)))
         },
     )?;
     let secs = started.elapsed().as_secs_f64();

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use weir_server::api::{ApiConfig, AppState};
-use weir_server::kafka::{EmbeddedBroker, Producer};
+use weir_server::kafka::{Broker, EmbeddedBroker, Producer};
 use weir_workload::{Generator, to_json_line};
 
 const ADMIN: &str = "wk_b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
@@ -113,7 +113,7 @@ pub fn run(warm: u64, swaps: usize) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let broker = EmbeddedBroker::start()?;
+    let broker = Arc::new(EmbeddedBroker::start()?);
     // Each partition of the embedded broker keeps 5 MiB: spread the load over 16.
     broker.create_topic("bench.events", 16)?;
     broker.create_topic("bench.scores", 4)?;
@@ -131,7 +131,7 @@ pub fn run(warm: u64, swaps: usize) -> Result<()> {
         let (state, _) = AppState::new(
             store,
             engine,
-            broker.bootstrap(),
+            Broker::Embedded(broker.clone()),
             config,
             Some(ADMIN.into()),
         )

@@ -483,9 +483,34 @@ fn print_pipeline(v: &Value) {
     }
     if let Some(c) = v["counters"].as_object() {
         println!(
-            "  in {} out {} windows {} late {} dead {}",
-            c["records_in"], c["results_out"], c["windows_out"], c["late"], c["dead"]
+            "  in {} out {} windows {} late {} dead {} (replays skipped {})",
+            c["records_in"], c["results_out"], c["windows_out"], c["late"], c["dead"], c["skipped"]
         );
+        match c["unassigned_s"].as_f64() {
+            Some(s) => println!("  partitions: none assigned for {s:.0} s"),
+            None => println!("  partitions: {}", c["partitions"]),
+        }
+        if c["source_errors"].as_u64().unwrap_or(0) > 0 {
+            println!("  source errors: {}", c["source_errors"]);
+        }
+    }
+    let gaps = &v["gaps"];
+    if gaps["count"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "  input gaps: {} ({} records lost where the broker could tell)",
+            gaps["count"], gaps["records"]
+        );
+        let g = &gaps["last"];
+        if !g.is_null() {
+            println!(
+                "    last: {} partition {} at {} ({}): {}",
+                g["topic"].as_str().unwrap_or(""),
+                g["partition"],
+                g["from_offset"],
+                g["reason"].as_str().unwrap_or(""),
+                g["detail"].as_str().unwrap_or("")
+            );
+        }
     }
     if let Some(e) = v["error"].as_str() {
         println!("  error: {e}");

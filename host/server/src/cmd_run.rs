@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use weir_engine::{Engine, EngineOptions};
 use weir_server::durable::{DurableOptions, run_durable};
-use weir_server::kafka::EmbeddedBroker;
+use weir_server::kafka::{Broker, EMBEDDED_LIMITS, EmbeddedBroker};
 use weir_server::run::build_slots;
 use weir_store::Store;
 use weir_stream::pipeline::Pipeline;
@@ -50,6 +50,9 @@ pub struct RunArgs {
     /// Delete the pipeline's stored results, state and positions first.
     #[arg(long)]
     reset: bool,
+    /// With --until-end: fail when no partition is assigned within this many seconds.
+    #[arg(long, default_value_t = 60)]
+    assign_timeout_s: u64,
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -76,27 +79,16 @@ pub fn run(args: RunArgs) -> Result<()> {
     if args.reset {
         rt.block_on(store.reset_pipeline(spec.name.get_ref()))?;
     }
-    let embedded;
-    let bootstrap = match &args.kafka {
-        Some(b) => b.clone(),
+    let broker = match &args.kafka {
+        Some(b) => Broker::External(b.clone()),
         None => {
-            embedded = EmbeddedBroker::start()?;
-            for t in [
-                Some(spec.source.topic.get_ref().as_str()),
-                Some(spec.sink.topic.as_str()),
-                spec.sink.windows_topic.as_deref(),
-                spec.sink.late_topic.as_deref(),
-                Some(spec.sink.dead_letter_topic.as_str()),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                embedded.create_topic(t, 1)?;
-            }
+            let embedded = EmbeddedBroker::start()?;
             println!("embedded Kafka broker at {}", embedded.bootstrap());
-            embedded.bootstrap()
+            eprintln!("note: {EMBEDDED_LIMITS}");
+            Broker::Embedded(Arc::new(embedded))
         }
     };
+    let bootstrap = broker.bootstrap();
     let engine = Engine::new(EngineOptions::default())?;
     let slots = build_slots(&engine, &spec)?;
     let pipeline = Pipeline::new(&spec, slots)?;
@@ -117,7 +109,6 @@ pub fn run(args: RunArgs) -> Result<()> {
     let report = run_durable(
         &spec,
         pipeline,
-        &bootstrap,
         store,
         rt.handle().clone(),
         DurableOptions {
@@ -127,18 +118,22 @@ pub fn run(args: RunArgs) -> Result<()> {
             commit_rows: args.commit_rows.max(1),
             store_predictions: !args.no_predictions,
             group: args.group.clone(),
-            ..DurableOptions::default()
+            assign_timeout: args
+                .until_end
+                .then(|| Duration::from_secs(args.assign_timeout_s.max(1))),
+            ..DurableOptions::new(broker)
         },
     )?;
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "processed {} records in {secs:.1}s ({:.0}/s); {} checkpoints wrote {} rows ({:.1}s in commits); {} redelivered records skipped",
+        "processed {} records in {secs:.1}s ({:.0}/s); {} checkpoints wrote {} rows ({:.1}s in commits); {} redelivered records skipped; {} input gaps recorded",
         report.records,
         report.records as f64 / secs.max(1e-9),
         report.commits,
         report.rows,
         report.commit_time.as_secs_f64(),
-        report.skipped
+        report.skipped,
+        report.gaps
     );
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use weir_server::api::{self, ApiConfig, AppState};
-use weir_server::kafka::EmbeddedBroker;
+use weir_server::kafka::{Broker, EMBEDDED_LIMITS, EmbeddedBroker};
 
 /// Arguments of `weir serve`.
 #[derive(Args)]
@@ -46,14 +46,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let broker = match &args.kafka {
-        Some(_) => None,
-        None => Some(EmbeddedBroker::start()?),
+        Some(k) => Broker::External(k.clone()),
+        None => Broker::Embedded(Arc::new(EmbeddedBroker::start()?)),
     };
-    let kafka = match (&args.kafka, &broker) {
-        (Some(k), _) => k.clone(),
-        (None, Some(b)) => b.bootstrap(),
-        (None, None) => unreachable!("a broker was started"),
-    };
+    let kafka = broker.bootstrap();
     let store = Arc::new(
         weir_store::Store::connect(&args.db)
             .await
@@ -79,7 +75,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             "WEIR_ADMIN_KEY must be `wk_` and 64 hex digits (for example from `openssl rand -hex 32`)"
         );
     }
-    let (state, printed) = AppState::new(store, engine, kafka.clone(), config, admin)
+    let (state, printed) = AppState::new(store, engine, broker.clone(), config, admin)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     if let Some(k) = printed {
@@ -91,6 +87,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     println!("kafka {kafka}");
+    if broker.is_embedded() {
+        println!("note: {EMBEDDED_LIMITS}");
+    }
     println!("listening on http://{addr}");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();

@@ -2,17 +2,21 @@
 //! and positions live in a database (MySQL/MariaDB or SQLite), written effectively once.
 //!
 //! How it holds together:
+//! - At start, the topics the spec names are created when missing.
 //! - On assignment, each partition is *claimed* in the database: its owner epoch goes up by
-//!   one, and the consumer starts the partition at the database's next offset (Kafka's
-//!   committed offsets are only updated afterwards, for monitoring). The partition's
-//!   watermark and keyed state are restored, and the model's latest snapshot is restored at
-//!   start.
+//!   one, and the consumer starts the partition at the database's position, after checking
+//!   it against the broker's log (see [`crate::gaps`]: a missing stretch of input stops the
+//!   pipeline, or with `on_gap = "skip"` is recorded and skipped; Kafka's committed offsets
+//!   are only updated afterwards, for monitoring). The partition's watermark and keyed
+//!   state are restored, and the model's latest snapshot is restored at start.
 //! - Records are processed in batches; their outputs and state changes accumulate until the
 //!   next checkpoint (every `commit_interval` or `commit_rows`). A checkpoint is one
 //!   transaction: the epoch-guarded position update of every partition first
 //!   (`UPDATE … WHERE owner_epoch = ?`: a stale owner is fenced and writes nothing), then
-//!   idempotent upserts of predictions and window results, the keyed-state changes, and the
-//!   model's snapshot when it trained.
+//!   idempotent upserts of predictions and window results, the keyed-state changes, the
+//!   model's snapshot when it trained, and the gaps the new positions move past. Before it,
+//!   every output sent so far is delivered to its topic, so the topics never hold less than
+//!   a checkpoint says was done; a record the broker refuses fails the worker.
 //! - A crash at any point loses only uncommitted work, which the next owner redoes from the
 //!   stored offsets with the stored state: the database ends up exactly as after a
 //!   crash-free run. Records at offsets below the stored position are skipped if the broker
@@ -22,16 +26,17 @@
 //! a replay after a crash can produce some of them again. The database is the
 //! effectively-once copy.
 
-use crate::kafka::{AssignHook, Consumer, Owned, Producer};
+use crate::kafka::{Broker, DELIVERY_TIMEOUT, Owned, Producer};
 use crate::run::{Progress, now_ms, produce_outputs};
-use anyhow::{Context, Result, anyhow, bail};
+use crate::source::{Change, Owning, Source, SourceOptions};
+use anyhow::{Context, Result, bail};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use weir_store::{
-    Claim, CommitBatch, NewDeployment, NewSnapshot, NewTrainingRun, PartitionCommit, Prediction,
+    CommitBatch, NewDeployment, NewGap, NewSnapshot, NewTrainingRun, PartitionCommit, Prediction,
     StateChange, Store, StoreError, WindowResult,
 };
 use weir_stream::pipeline::{Outputs, Pipeline, SourceRecord};
@@ -57,10 +62,15 @@ pub struct DurableOptions {
     pub store_predictions: bool,
     /// Consumer group (default `weir-<pipeline name>`).
     pub group: Option<String>,
+    /// The broker (its topics are created at start when missing).
+    pub broker: Broker,
+    /// Fail when no partition is assigned for this long (`None`: wait, warning every 30 s).
+    pub assign_timeout: Option<Duration>,
 }
 
-impl Default for DurableOptions {
-    fn default() -> Self {
+impl DurableOptions {
+    /// The defaults, on `broker`.
+    pub fn new(broker: Broker) -> Self {
         DurableOptions {
             stop: Arc::default(),
             progress: Arc::default(),
@@ -70,6 +80,8 @@ impl Default for DurableOptions {
             batch: 2048,
             store_predictions: true,
             group: None,
+            broker,
+            assign_timeout: None,
         }
     }
 }
@@ -89,20 +101,14 @@ pub struct DurableReport {
     pub commit_time: Duration,
     /// Version switches recorded in the `deployments` table.
     pub switches_recorded: usize,
-}
-
-struct Part {
-    epoch: i64,
-    next_offset: i64,
-    /// Offset where the run stops (`until_end`).
-    end: Option<i64>,
+    /// Input gaps recorded (`on_gap = "skip"`, or a restarted embedded broker).
+    pub gaps: u64,
 }
 
 /// Runs a durable worker until stopped (or, with `until_end`, until the input is consumed).
 pub fn run_durable(
     spec: &PipelineSpec,
     mut pipeline: Pipeline,
-    bootstrap: &str,
     store: Arc<Store>,
     rt: Handle,
     opts: DurableOptions,
@@ -138,42 +144,27 @@ pub fn run_durable(
         parent_snapshot = Some(snap.id);
     }
 
-    // Claims happen on the consumer's thread inside the rebalance; the worker loop picks
-    // them up to restore state.
-    let claims: Arc<Mutex<HashMap<i32, Claim>>> = Arc::default();
-    let hook: AssignHook = {
-        let (store, rt, claims, name) = (store.clone(), rt.clone(), claims.clone(), name.clone());
-        Arc::new(move |parts: &[i32]| {
-            let mut offsets = BTreeMap::new();
-            for &p in parts {
-                let claim = rt
-                    .block_on(store.claim(&name, p))
-                    .with_context(|| format!("claiming partition {p}"))?;
-                tracing::info!(
-                    "claimed {name}/{p}: epoch {}, next offset {}",
-                    claim.epoch,
-                    claim.next_offset
-                );
-                offsets.insert(p, claim.next_offset);
-                claims
-                    .lock()
-                    .map_err(|_| anyhow!("claims lock poisoned"))?
-                    .insert(p, claim);
-            }
-            Ok(offsets)
-        })
-    };
-    let mut consumer = Consumer::with_hook(
-        bootstrap,
-        &opts.group.clone().unwrap_or_else(|| format!("weir-{name}")),
-        spec.source.topic.get_ref(),
-        Some(hook),
+    let broker = &opts.broker;
+    broker.ensure_topics(&spec_topics(spec))?;
+    let bootstrap = broker.bootstrap();
+    let group = opts.group.clone().unwrap_or_else(|| format!("weir-{name}"));
+    let mut source = Source::open(
+        SourceOptions {
+            bootstrap: &bootstrap,
+            group: &group,
+            topic: spec.source.topic.get_ref(),
+            pipeline: &name,
+            on_gap: spec.source.on_gap,
+            embedded: broker.is_embedded(),
+            until_end: opts.until_end,
+        },
+        store.clone(),
+        rt.clone(),
     )?;
-    let mut producer = Producer::new(bootstrap)?;
+    let mut producer = Producer::new(&bootstrap)?;
     let sink = &spec.sink;
-    let mut parts: BTreeMap<i32, Part> = BTreeMap::new();
     let mut records: Vec<Owned> = Vec::with_capacity(opts.batch);
-    let mut kept: Vec<usize> = Vec::with_capacity(opts.batch);
+    let mut kept: Vec<(usize, i64)> = Vec::with_capacity(opts.batch);
     let mut out = Outputs::default();
     let mut pending = Outputs::default();
     let mut ck = Checkpointer {
@@ -187,103 +178,83 @@ pub fn run_durable(
         report: DurableReport::default(),
     };
     let mut last_commit = Instant::now();
-    let mut ever_assigned = false;
+    let mut last_idle_warning = Instant::now();
     let mut finished = false;
     loop {
         if opts.stop.load(Ordering::Relaxed) {
             break;
         }
         records.clear();
-        consumer.poll_batch(opts.batch, Duration::from_millis(50), &mut records)?;
-        // Rebalances run inside poll: take them before looking at the records, which may
-        // come from a partition assigned during this very poll.
-        for (assigned, ps) in consumer.take_rebalances()? {
-            for p in ps {
-                if assigned {
-                    let claim = claims
-                        .lock()
-                        .map_err(|_| anyhow!("claims lock poisoned"))?
-                        .remove(&p)
-                        .ok_or_else(|| anyhow!("partition {p} was assigned without a claim"))?;
-                    let entries: Vec<(String, String, Vec<u8>)> = claim
-                        .state
+        // Partition changes come with the poll: apply them before looking at the records,
+        // which may come from a partition assigned during this very poll.
+        for change in source.poll(opts.batch, Duration::from_millis(50), &mut records)? {
+            match change {
+                Change::Assigned {
+                    partition,
+                    watermark,
+                    state,
+                } => {
+                    let entries: Vec<(String, String, Vec<u8>)> = state
                         .into_iter()
                         .map(|e| (e.namespace, e.key, e.value))
                         .collect();
-                    pipeline.restore_partition(p, claim.watermark, &entries, now_ms())?;
-                    let end = if opts.until_end {
-                        Some(consumer.watermarks(p, Duration::from_secs(10))?.1)
-                    } else {
-                        None
-                    };
-                    tracing::debug!("partition {p}: start {}, end {end:?}", claim.next_offset);
-                    parts.insert(
-                        p,
-                        Part {
-                            epoch: claim.epoch,
-                            next_offset: claim.next_offset,
-                            end,
-                        },
-                    );
-                    ever_assigned = true;
-                } else if parts.contains_key(&p) {
+                    pipeline.restore_partition(partition, watermark, &entries, now_ms())?;
+                }
+                Change::Revoked(p) => {
                     // Commit what we have for it while we may still own it; if another
                     // worker claimed it already, the commit is fenced and its work redone.
-                    ck.commit(&mut pipeline, &parts, &mut pending)?;
+                    ck.commit(&mut pipeline, source.parts_mut(), &mut pending, &producer)?;
                     last_commit = Instant::now();
                     pipeline.revoke_partition(p);
-                    parts.remove(&p);
                 }
             }
         }
-        // Skip what the database already has (a broker may redeliver below the position
-        // the partition was assigned at) and records of partitions we do not own.
-        kept.clear();
-        for (i, r) in records.iter().enumerate() {
-            let Some(part) = parts.get_mut(&r.partition) else {
-                ck.report.skipped += 1;
-                continue;
-            };
-            if r.offset != part.next_offset {
-                tracing::debug!(
-                    "partition {}: expected offset {}, got {}",
-                    r.partition,
-                    part.next_offset,
-                    r.offset
+        if let Some(idle) = source.idle_for() {
+            if let Some(limit) = opts.assign_timeout
+                && idle >= limit
+            {
+                bail!(
+                    "no partition of `{}` was assigned to this worker within {} s: another \
+                     worker of group `{group}` holds them all, or the topic has none",
+                    spec.source.topic.get_ref(),
+                    limit.as_secs()
                 );
             }
-            if r.offset >= part.next_offset {
-                part.next_offset = r.offset + 1;
-                kept.push(i);
-            } else {
-                ck.report.skipped += 1;
+            if last_idle_warning.elapsed() >= Duration::from_secs(30)
+                && idle >= Duration::from_secs(30)
+            {
+                tracing::warn!(
+                    "{name}: no partition of `{}` assigned for {} s (group `{group}`)",
+                    spec.source.topic.get_ref(),
+                    idle.as_secs()
+                );
+                last_idle_warning = Instant::now();
             }
         }
+        kept.clear();
+        source.admit(&records, &mut kept)?;
         out.clear();
         if kept.is_empty() {
             pipeline.tick(now_ms(), &mut out)?;
         } else {
             let batch: Vec<SourceRecord<'_>> = kept
                 .iter()
-                .map(|&i| SourceRecord {
+                .map(|&(i, pos)| SourceRecord {
                     partition: records[i].partition,
-                    offset: records[i].offset,
+                    offset: pos,
                     payload: &records[i].payload,
                 })
                 .collect();
             pipeline.process(&batch, now_ms(), &mut out)?;
             ck.report.records += batch.len() as u64;
         }
-        let at_end = opts.until_end
-            && ever_assigned
-            && parts
-                .values()
-                .all(|p| p.end.is_some_and(|e| p.next_offset >= e));
-        if at_end {
+        source.judge_alerts()?;
+        if opts.until_end && source.at_end() {
             pipeline.flush(&mut out)?;
             finished = true;
         }
-        produce_outputs(&mut producer, sink, &out)?;
+        produce_outputs(&mut producer, sink, &mut out)?;
+        producer.check()?;
         if let Ok(mut p) = opts.progress.lock()
             && p.samples.len() < 3
         {
@@ -296,16 +267,19 @@ pub fn run_durable(
             || last_commit.elapsed() >= opts.commit_interval
             || finished
         {
-            ck.commit(&mut pipeline, &parts, &mut pending)?;
+            ck.commit(&mut pipeline, source.parts_mut(), &mut pending, &producer)?;
             last_commit = Instant::now();
-            let next: BTreeMap<i32, i64> = parts.iter().map(|(p, s)| (*p, s.next_offset)).collect();
-            if let Err(e) = consumer.commit_offsets(&next) {
+            if let Err(e) = source.consumer().commit_offsets(&source.broker_offsets()) {
                 tracing::debug!("committing offsets to Kafka (monitoring only): {e:#}");
             }
         }
         if let Ok(mut p) = opts.progress.lock() {
             p.stats = pipeline.stats().clone();
             p.produced = producer.sent();
+            p.partitions = source.parts().len();
+            p.idle_for = source.idle_for();
+            p.skipped = source.skipped;
+            p.source_errors = source.consumer().errors().0;
             if p.switches.len() != pipeline.switches().len() {
                 p.switches = pipeline.switches().to_vec();
             }
@@ -316,10 +290,37 @@ pub fn run_durable(
     }
     // Fits still running record their decisions with the last checkpoint.
     pipeline.settle_training();
-    ck.commit(&mut pipeline, &parts, &mut pending)?;
-    producer.flush(Duration::from_secs(30))?;
-    consumer.close(Duration::from_secs(5));
+    ck.commit(&mut pipeline, source.parts_mut(), &mut pending, &producer)?;
+    producer.flush(DELIVERY_TIMEOUT)?;
+    ck.report.skipped = source.skipped;
+    source.into_consumer().close(Duration::from_secs(5));
     Ok(ck.report)
+}
+
+/// Every topic a spec reads or writes, with the partitions weir creates it with when it is
+/// missing: the source's `partitions` (default 1) and one for each output. (A shadow's topic
+/// is created when a shadow starts.)
+pub fn spec_topics(spec: &PipelineSpec) -> Vec<(String, i32)> {
+    let source = spec
+        .source
+        .partitions
+        .as_ref()
+        .map_or(1, |p| i32::try_from(*p.get_ref()).unwrap_or(1));
+    let mut out = vec![(spec.source.topic.get_ref().clone(), source)];
+    for t in [
+        Some(spec.sink.topic.clone()),
+        spec.sink.windows_topic.clone(),
+        spec.sink.late_topic.clone(),
+        Some(spec.sink.dead_letter_topic.clone()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !out.iter().any(|(n, _)| *n == t) {
+            out.push((t, 1));
+        }
+    }
+    out
 }
 
 /// Writes checkpoints for one worker, and keeps what they need between calls.
@@ -340,11 +341,15 @@ struct Checkpointer<'a> {
 impl Checkpointer<'_> {
     /// One checkpoint: everything pending, the state changes and the positions, in one
     /// transaction.
+    ///
+    /// The outputs sent so far are delivered first: the topics always hold at least what a
+    /// checkpoint says was done, so a crash right after it loses no output.
     fn commit(
         &mut self,
         pipeline: &mut Pipeline,
-        parts: &BTreeMap<i32, Part>,
+        parts: &mut BTreeMap<i32, Owning>,
         pending: &mut Outputs,
+        producer: &Producer,
     ) -> Result<()> {
         let Checkpointer {
             rt,
@@ -384,10 +389,16 @@ impl Checkpointer<'_> {
             .map(|(&p, s)| PartitionCommit {
                 partition: p,
                 epoch: s.epoch,
-                next_offset: s.next_offset,
+                next_offset: s.position.next,
+                source: s.position.source.clone(),
+                offset_base: s.position.base,
                 watermark: pipeline.partition_watermark(p),
                 state: by_part.remove(&p).unwrap_or_default(),
             })
+            .collect();
+        let gaps: Vec<NewGap> = parts
+            .values()
+            .flat_map(|s| s.gaps.iter().cloned())
             .collect();
         let predictions = if *store_predictions {
             pending
@@ -429,6 +440,9 @@ impl Checkpointer<'_> {
             to_offset: None,
             metrics: "{}".into(),
         });
+        producer
+            .flush(DELIVERY_TIMEOUT)
+            .context("delivering outputs before a checkpoint")?;
         let started = Instant::now();
         let result = rt.block_on(store.commit(CommitBatch {
             pipeline: name.to_string(),
@@ -436,6 +450,7 @@ impl Checkpointer<'_> {
             predictions,
             window_results,
             snapshot,
+            gaps,
         }));
         report.commit_time += started.elapsed();
         match result {
@@ -463,6 +478,10 @@ impl Checkpointer<'_> {
                 }
                 report.commits += 1;
                 report.rows += stats.rows_written;
+                for s in parts.values_mut() {
+                    report.gaps += s.gaps.len() as u64;
+                    s.gaps.clear();
+                }
                 if stats.snapshot_id.is_some() {
                     *parent_snapshot = stats.snapshot_id;
                 }

@@ -10,8 +10,8 @@
 //!   recent labelled events and swaps a challenger in when it beats the serving model
 //!   (`[training]`), with drift detection.
 
-use crate::durable::{DurableOptions, run_durable};
-use crate::kafka::{EmbeddedBroker, Producer};
+use crate::durable::{DurableOptions, run_durable, spec_topics};
+use crate::kafka::{Broker, EmbeddedBroker, Producer};
 use crate::run::build_slots;
 use anyhow::{Context, Result, bail};
 use std::sync::atomic::Ordering;
@@ -147,18 +147,17 @@ pub fn run(
         .build()?;
     let store = Arc::new(rt.block_on(Store::connect(db_url))?);
     rt.block_on(store.reset_pipeline(&name))?;
-    let broker = EmbeddedBroker::start()?;
-    broker.create_topic("events", 1)?;
-    broker.create_topic("scores", 1)?;
-    broker.create_topic("dead-letters", 1)?;
+    let broker = Broker::Embedded(Arc::new(EmbeddedBroker::start()?));
     let engine = Engine::new(EngineOptions::default())?;
     let pipeline = Pipeline::new(&spec, build_slots(&engine, &spec)?)?;
     let training = pipeline.training();
     let opts = DurableOptions {
         batch: 2048,
         store_predictions: true,
-        ..DurableOptions::default()
+        ..DurableOptions::new(broker.clone())
     };
+    // The feeder writes before the worker starts: the topics must exist first.
+    broker.ensure_topics(&spec_topics(&spec))?;
     let (stop, progress) = (opts.stop.clone(), opts.progress.clone());
     let consumed = move || -> u64 {
         progress
@@ -214,14 +213,7 @@ pub fn run(
         })
     };
     let started = Instant::now();
-    let worker = run_durable(
-        &spec,
-        pipeline,
-        &broker.bootstrap(),
-        store.clone(),
-        rt.handle().clone(),
-        opts,
-    );
+    let worker = run_durable(&spec, pipeline, store.clone(), rt.handle().clone(), opts);
     let seconds = started.elapsed().as_secs_f64();
     let _ = feeder.join();
     worker.context("the durable worker")?;

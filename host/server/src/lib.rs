@@ -4,6 +4,8 @@
 
 pub mod api;
 pub mod durable;
+pub mod gaps;
 pub mod job3;
 pub mod kafka;
 pub mod run;
+pub mod source;

@@ -225,6 +225,7 @@ fn broker(topics: &[String]) -> Result<()> {
         "embedded Kafka broker listening at {}; Ctrl-C stops it",
         broker.bootstrap()
     );
+    eprintln!("note: {}", kafka::EMBEDDED_LIMITS);
     let (tx, rx) = std::sync::mpsc::channel();
     ctrlc::set_handler(move || {
         let _ = tx.send(());
@@ -264,6 +265,7 @@ fn produce(file: &std::path::Path, topic: &str, kafka: &str, key_field: &str) ->
             bad += 1;
         }
         producer.send(topic, key.as_deref().unwrap_or(""), line.as_bytes())?;
+        producer.check()?;
         n += 1;
         if n % 10_000 == 0 {
             producer.poll();

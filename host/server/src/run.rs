@@ -1,14 +1,17 @@
 //! Wiring: resolves a spec's plugins, builds the stage slots, and runs a pipeline worker
 //! over Kafka (consume → pipeline → produce, commit after delivery).
 
-use crate::kafka::{Consumer, Owned, Producer};
+use crate::kafka::{Consumer, Owned, Producer, SendError};
 use anyhow::{Context, Result, bail};
+use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weir_engine::{Deployment, Engine, Manifest, Slot};
-use weir_stream::pipeline::{Outputs, Pipeline, SourceRecord, StageSlots, Stats, Switch};
+use weir_stream::pipeline::{
+    Outputs, Pipeline, SinkRecord, SourceRecord, StageSlots, Stats, Switch, push_json_str,
+};
 use weir_stream::spec::{PipelineSpec, SinkSpec, StageSpec};
 
 /// Finds a plugin's bytes: a built-in example plugin by name, or a path to a `.wasm`.
@@ -79,6 +82,14 @@ pub struct Progress {
     pub switches: Vec<Switch>,
     /// Messages produced.
     pub produced: u64,
+    /// Partitions of the source owned now.
+    pub partitions: usize,
+    /// How long no partition has been owned, if none is.
+    pub idle_for: Option<std::time::Duration>,
+    /// Source records skipped as already processed (replays after a restart).
+    pub skipped: u64,
+    /// Consumer errors so far (the broker unreachable, for example).
+    pub source_errors: u64,
 }
 
 /// Milliseconds since the Unix epoch (processing time).
@@ -89,32 +100,72 @@ pub fn now_ms() -> u64 {
 }
 
 /// Sends a batch's outputs to the sink's topics (results, windows, late events, dead
-/// letters) and serves delivery reports.
-pub fn produce_outputs(producer: &mut Producer, sink: &SinkSpec, out: &Outputs) -> Result<()> {
+/// letters) and serves delivery reports. A result or window record too large for its topic
+/// becomes a dead letter that says so (without the record); a dead letter that cannot be
+/// written is an error.
+pub fn produce_outputs(producer: &mut Producer, sink: &SinkSpec, out: &mut Outputs) -> Result<()> {
+    let mut oversize = Vec::new();
+    let mut send = |producer: &mut Producer, topic: &str, r: &SinkRecord| -> Result<()> {
+        match producer.send(topic, &r.key, r.payload.as_bytes()) {
+            Ok(()) => Ok(()),
+            Err(SendError::TooLarge { topic, size }) => {
+                oversize.push(too_large(&topic, size, r));
+                Ok(())
+            }
+            Err(SendError::Failed(e)) => Err(e),
+        }
+    };
     for r in &out.results {
-        producer.send(&sink.topic, &r.key, r.payload.as_bytes())?;
+        send(producer, &sink.topic, r)?;
     }
     if let Some(t) = &sink.windows_topic {
         for r in &out.windows {
-            producer.send(t, &r.key, r.payload.as_bytes())?;
+            send(producer, t, r)?;
         }
     }
     if let Some(t) = &sink.late_topic {
         for r in &out.late {
-            producer.send(t, &r.key, r.payload.as_bytes())?;
+            send(producer, t, r)?;
         }
-    }
-    for r in &out.dead {
-        producer.send(&sink.dead_letter_topic, &r.key, r.payload.as_bytes())?;
     }
     if !out.shadow.is_empty() {
         let topic = sink.shadow_topic();
         for r in &out.shadow {
-            producer.send(&topic, &r.key, r.payload.as_bytes())?;
+            send(producer, &topic, r)?;
         }
+    }
+    out.dead.append(&mut oversize);
+    for r in &out.dead {
+        producer
+            .send(&sink.dead_letter_topic, &r.key, r.payload.as_bytes())
+            .with_context(|| {
+                format!(
+                    "writing a dead letter to `{}` (records that fail must not vanish)",
+                    sink.dead_letter_topic
+                )
+            })?;
     }
     producer.poll();
     Ok(())
+}
+
+/// The dead letter for an output record its topic would not take.
+fn too_large(topic: &str, size: usize, r: &SinkRecord) -> SinkRecord {
+    let mut p = String::with_capacity(160);
+    p.push_str("{\"reason\":\"output too large for its topic\",\"stage\":\"sink\",\"topic\":");
+    push_json_str(&mut p, topic);
+    let _ = write!(
+        p,
+        ",\"bytes\":{size},\"key\":{},\"partition\":{},\"offset\":{}}}",
+        serde_json::Value::from(r.key.as_str()),
+        r.meta.partition,
+        r.meta.offset
+    );
+    SinkRecord {
+        key: r.key.clone(),
+        payload: p,
+        meta: r.meta.clone(),
+    }
 }
 
 /// How a worker runs.
@@ -197,7 +248,7 @@ pub fn run_worker(
                 pipeline.flush(&mut out)?;
             }
         }
-        produce_outputs(&mut producer, sink, &out)?;
+        produce_outputs(&mut producer, sink, &mut out)?;
         // At-least-once without stalling the stream: every second, note the offsets
         // consumed so far and how many messages had been sent for them; commit those
         // offsets once that many deliveries are acknowledged.

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weir_engine::{Engine, EngineOptions};
-use weir_server::durable::{DurableOptions, run_durable};
-use weir_server::kafka::{EmbeddedBroker, Producer};
+use weir_server::durable::{DurableOptions, run_durable, spec_topics};
+use weir_server::kafka::{Broker, EMBEDDED_LIMITS, EmbeddedBroker, Producer};
 use weir_server::run::{Progress, build_slots};
 use weir_store::Store;
 use weir_stream::pipeline::Pipeline;
@@ -36,7 +36,8 @@ pub struct UpArgs {
     /// Generator rate in events per second (0 = as fast as possible).
     #[arg(long, default_value_t = 20_000)]
     rate: u64,
-    /// Partitions of the input topic (embedded broker only).
+    /// Partitions of the input topic when weir creates it (unless the spec sets
+    /// `source.partitions`).
     #[arg(long, default_value_t = 4)]
     partitions: i32,
     /// Generator seed.
@@ -68,30 +69,30 @@ pub fn run(args: UpArgs) -> Result<()> {
     let spec =
         PipelineSpec::parse(&spec_text).map_err(|e| anyhow::anyhow!("pipeline spec: {e}"))?;
 
-    let embedded;
-    let bootstrap = match &args.kafka {
-        Some(b) => b.clone(),
+    let broker = match &args.kafka {
+        Some(b) => Broker::External(b.clone()),
         None => {
-            embedded = EmbeddedBroker::start()?;
-            let topics = [
-                Some(spec.source.topic.get_ref().as_str()),
-                Some(spec.sink.topic.as_str()),
-                spec.sink.windows_topic.as_deref(),
-                spec.sink.late_topic.as_deref(),
-                Some(spec.sink.dead_letter_topic.as_str()),
-            ];
-            for (i, t) in topics.into_iter().flatten().enumerate() {
-                embedded.create_topic(t, if i == 0 { args.partitions } else { 1 })?;
-            }
+            let embedded = EmbeddedBroker::start()?;
             println!(
                 "embedded Kafka broker at {} (try: kcat -b {} -C -t {} -o -5 -e)",
                 embedded.bootstrap(),
                 embedded.bootstrap(),
                 spec.sink.topic
             );
-            embedded.bootstrap()
+            println!("note: {EMBEDDED_LIMITS}");
+            Broker::Embedded(Arc::new(embedded))
         }
     };
+    let bootstrap = broker.bootstrap();
+    // The topics exist before the generator writes to them, the input one with
+    // --partitions unless the spec says otherwise.
+    let mut topics = spec_topics(&spec);
+    if spec.source.partitions.is_none()
+        && let Some(t) = topics.first_mut()
+    {
+        t.1 = args.partitions.max(1);
+    }
+    broker.ensure_topics(&topics)?;
 
     let engine = Engine::new(EngineOptions::default())?;
     let started_load = Instant::now();
@@ -128,9 +129,16 @@ pub fn run(args: UpArgs) -> Result<()> {
             format!("opening the database {}", crate::cmd_run::redact(&args.db))
         })?);
     if args.kafka.is_none() {
-        // The embedded broker starts empty: positions stored by an earlier run refer to a
-        // topic that no longer exists.
+        // The generator starts the workload again from its first event, into an embedded
+        // broker that starts empty: an earlier run's results and open windows for this
+        // pipeline would mix with the new ones, so the main job starts afresh.
         rt.block_on(store.reset_pipeline(spec.name.get_ref()))?;
+        println!(
+            "pipeline `{}` starts afresh: its earlier results in {} are cleared (the generator \
+             replays the workload from its start)",
+            spec.name.get_ref(),
+            crate::cmd_run::redact(&args.db)
+        );
     }
     let inspect = match args.db.strip_prefix("sqlite://") {
         Some(path) => format!("sqlite3 {path} 'select * from window_results limit 5'"),
@@ -186,10 +194,10 @@ pub fn run(args: UpArgs) -> Result<()> {
     let progress = Arc::new(Mutex::new(Progress::default()));
     let training = pipeline.training();
     let worker = {
-        let (stop, progress, bootstrap, spec, handle) = (
+        let (stop, progress, broker, spec, handle) = (
             stop.clone(),
             progress.clone(),
-            bootstrap.clone(),
+            broker.clone(),
             spec.clone(),
             rt.handle().clone(),
         );
@@ -200,14 +208,13 @@ pub fn run(args: UpArgs) -> Result<()> {
                 run_durable(
                     &spec,
                     pipeline,
-                    &bootstrap,
                     store,
                     handle,
                     DurableOptions {
                         stop,
                         progress,
                         store_predictions,
-                        ..DurableOptions::default()
+                        ..DurableOptions::new(broker)
                     },
                 )
             })?

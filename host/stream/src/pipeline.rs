@@ -1393,16 +1393,30 @@ struct Scored {
     operator_outputs: Vec<(VersionId, EventBatch)>,
 }
 
+/// The most of a failed record's payload a dead letter carries: the dead letter of a record
+/// near the topic's size limit must still fit in the dead-letter topic. The partition and
+/// offset always point at the whole record.
+pub const DEAD_LETTER_PAYLOAD_MAX: usize = 256 << 10;
+
 fn dead_letter(r: &SourceRecord<'_>, stage: &str, reason: &str) -> SinkRecord {
-    let mut p = String::with_capacity(64 + reason.len() + r.payload.len());
+    let kept = r.payload.len().min(DEAD_LETTER_PAYLOAD_MAX);
+    let mut p = String::with_capacity(96 + reason.len() + kept);
     p.push_str("{\"reason\":");
     push_json_str(&mut p, reason);
     let _ = write!(
         p,
-        ",\"stage\":\"{stage}\",\"partition\":{},\"offset\":{},\"payload\":",
+        ",\"stage\":\"{stage}\",\"partition\":{},\"offset\":{},",
         r.partition, r.offset
     );
-    push_json_str(&mut p, &String::from_utf8_lossy(r.payload));
+    if kept < r.payload.len() {
+        let _ = write!(
+            p,
+            "\"payload_bytes\":{},\"truncated\":true,",
+            r.payload.len()
+        );
+    }
+    p.push_str("\"payload\":");
+    push_json_str(&mut p, &String::from_utf8_lossy(&r.payload[..kept]));
     p.push('}');
     SinkRecord {
         key: String::new(),
@@ -1432,5 +1446,47 @@ pub fn fmt_f64(x: f64) -> String {
         serde_json::Number::from_f64(x).map_or_else(|| "null".into(), |n| n.to_string())
     } else {
         "null".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letters_keep_a_bounded_part_of_huge_records() {
+        let small = SourceRecord {
+            partition: 2,
+            offset: 7,
+            payload: b"{\"bad\":1",
+        };
+        let d = dead_letter(&small, "parse", "no key");
+        let v: serde_json::Value = serde_json::from_str(&d.payload).unwrap();
+        assert_eq!(v["payload"], "{\"bad\":1");
+        assert!(v.get("truncated").is_none());
+        assert_eq!(
+            (v["partition"].as_i64(), v["offset"].as_i64()),
+            (Some(2), Some(7))
+        );
+
+        let huge = vec![b'x'; 3 << 20];
+        let big = SourceRecord {
+            partition: 0,
+            offset: 9,
+            payload: &huge,
+        };
+        let d = dead_letter(&big, "parse", "not JSON");
+        assert!(
+            d.payload.len() < DEAD_LETTER_PAYLOAD_MAX + 200,
+            "{}",
+            d.payload.len()
+        );
+        let v: serde_json::Value = serde_json::from_str(&d.payload).unwrap();
+        assert_eq!(v["truncated"], true);
+        assert_eq!(v["payload_bytes"].as_u64(), Some(3 << 20));
+        assert_eq!(
+            v["payload"].as_str().map(str::len),
+            Some(DEAD_LETTER_PAYLOAD_MAX)
+        );
     }
 }

@@ -91,7 +91,30 @@ pub struct SourceSpec {
     /// JSON field with the event's label (a number or a boolean), for a model stage with
     /// `train = true`.
     pub label_field: Option<String>,
+    /// What to do when input is missing from the topic: `fail` (the default) or `skip`.
+    #[serde(default)]
+    pub on_gap: OnGap,
+    /// Partitions of the topic when weir creates it (default 1). A topic that exists keeps
+    /// its own.
+    pub partitions: Option<Spanned<u32>>,
 }
+
+/// What a worker does when records it has not processed are no longer in the source topic
+/// (retention deleted them, or the broker or topic was replaced), or when its stored position
+/// points past the topic's end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnGap {
+    /// Stop the pipeline with an error naming the topic, partition, range and likely cause.
+    #[default]
+    Fail,
+    /// Go on from the first record that is there, recording the gap (the `gaps` table, the
+    /// `weir_input_gap_records_total` metric and the pipeline's status).
+    Skip,
+}
+
+/// Most partitions weir creates a topic with.
+pub const MAX_PARTITIONS: u32 = 1024;
 
 fn default_key() -> String {
     "key".into()
@@ -271,6 +294,14 @@ impl PipelineSpec {
             return Err(at(
                 self.source.topic.span(),
                 "source.topic must not be empty".into(),
+            ));
+        }
+        if let Some(p) = &self.source.partitions
+            && !(1..=MAX_PARTITIONS).contains(p.get_ref())
+        {
+            return Err(at(
+                p.span(),
+                format!("source.partitions must be between 1 and {MAX_PARTITIONS}"),
             ));
         }
         if *self.source.input_dims.get_ref() == 0 {
@@ -474,5 +505,31 @@ dead_letter_topic = "dlq"
         let e = PipelineSpec::parse(&GOOD.replace("[sink]\ntopic = \"scores\"\n", "[sink]\n"))
             .unwrap_err();
         assert!(e.message.contains("missing field `topic`"), "{e}");
+
+        let e = PipelineSpec::parse(
+            &GOOD.replace("input_dims = 8", "input_dims = 8\non_gap = \"ignore\""),
+        )
+        .unwrap_err();
+        assert_eq!(e.location.map(|l| l.0), Some(7), "{e}");
+        assert!(e.message.contains("unknown variant `ignore`"), "{e}");
+
+        let e =
+            PipelineSpec::parse(&GOOD.replace("input_dims = 8", "input_dims = 8\npartitions = 0"))
+                .unwrap_err();
+        assert_eq!(e.location, Some((7, 14)), "{e}");
+        assert!(e.message.contains("between 1 and 1024"), "{e}");
+    }
+
+    #[test]
+    fn gaps_fail_unless_the_spec_says_skip() {
+        let s = PipelineSpec::parse(GOOD).unwrap();
+        assert_eq!((s.source.on_gap, s.source.partitions), (OnGap::Fail, None));
+        let s = PipelineSpec::parse(&GOOD.replace(
+            "input_dims = 8",
+            "input_dims = 8\non_gap = \"skip\"\npartitions = 16",
+        ))
+        .unwrap();
+        assert_eq!(s.source.on_gap, OnGap::Skip);
+        assert_eq!(s.source.partitions.map(|p| p.into_inner()), Some(16));
     }
 }

@@ -171,6 +171,63 @@ pub async fn metrics(authz: Option<String>, state: Arc<AppState>) -> Reply {
             );
         }
     }
+    // Input gaps come from the database, so they outlive restarts and failed workers.
+    let visible: Vec<(i64, String)> = match &who {
+        Caller::Admin => names.iter().map(|(i, n)| (*i, n.clone())).collect(),
+        Caller::Tenant { id, name } => vec![(*id, name.clone())],
+    };
+    let mut shown: std::collections::HashMap<String, (String, String)> = Default::default();
+    for (tid, tname) in &visible {
+        for p in state.store.pipelines(*tid).await.map_err(ApiError::from)? {
+            shown.insert(
+                super::manager::internal_name(*tid, &p.name),
+                (tname.clone(), p.name),
+            );
+        }
+    }
+    let internal: Vec<String> = shown.keys().cloned().collect();
+    let mut gap_totals: std::collections::BTreeMap<(String, String, String), (u64, u64)> =
+        Default::default();
+    for g in state
+        .store
+        .gaps_of(&internal)
+        .await
+        .map_err(ApiError::from)?
+    {
+        let Some((t, p)) = shown.get(&g.pipeline) else {
+            continue;
+        };
+        let e = gap_totals
+            .entry((t.clone(), p.clone(), g.gap.reason.clone()))
+            .or_default();
+        e.0 += 1;
+        e.1 += g.gap.records.unwrap_or(0).max(0) as u64;
+    }
+    for (i, (name, help)) in [
+        (
+            "weir_input_gaps_total",
+            "Gaps recorded in a pipeline's input, by reason.",
+        ),
+        (
+            "weir_input_gap_records_total",
+            "Input records lost in recorded gaps, where the broker could tell.",
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+        for ((t, p, reason), (count, records)) in &gap_totals {
+            let v = if i == 0 { *count } else { *records };
+            let _ = writeln!(
+                o,
+                "{name}{{tenant=\"{}\",pipeline=\"{}\",reason=\"{}\"}} {v}",
+                label(t),
+                label(p),
+                label(reason)
+            );
+        }
+    }
     let stage_series = [
         (
             "weir_stage_calls_total",

@@ -7,7 +7,8 @@
 //! write another tenant's topics.
 
 use super::error::ApiError;
-use crate::durable::{DurableOptions, run_durable};
+use crate::durable::{DurableOptions, run_durable, spec_topics};
+use crate::kafka::Broker;
 use crate::run::Progress;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -201,31 +202,31 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Manager {
     store: Arc<Store>,
     engine: Engine,
-    kafka: String,
+    broker: Broker,
     compile_timeout: Duration,
     running: Mutex<HashMap<i64, Arc<Running>>>,
 }
 
 impl Manager {
-    /// A manager running pipelines over the broker at `kafka`.
+    /// A manager running pipelines over `broker`.
     pub fn new(
         store: Arc<Store>,
         engine: Engine,
-        kafka: String,
+        broker: Broker,
         compile_timeout: Duration,
     ) -> Self {
         Manager {
             store,
             engine,
-            kafka,
+            broker,
             compile_timeout,
             running: Mutex::default(),
         }
     }
 
     /// The Kafka bootstrap servers.
-    pub fn kafka(&self) -> &str {
-        &self.kafka
+    pub fn kafka(&self) -> String {
+        self.broker.bootstrap()
     }
 
     /// The running pipeline with this id, if any (callers check the tenant first).
@@ -368,6 +369,18 @@ impl Manager {
             .await;
         let pipeline = Pipeline::new(&spec, slots.clone())
             .map_err(|e| ApiError::unprocessable("invalid_spec", e.to_string()))?;
+        // The topics exist when `start` answers, so records produced right after it land
+        // in the topic the pipeline reads, with its partitions.
+        // A shadow can start at any time through the API: its topic exists from the start.
+        let mut topics = spec_topics(&spec);
+        if spec.model.is_some() {
+            topics.push((spec.sink.shadow_topic(), 1));
+        }
+        let broker = self.broker.clone();
+        tokio::task::spawn_blocking(move || broker.ensure_topics(&topics))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::unavailable(format!("{e:#}")))?;
         let running = Arc::new(Running {
             tenant,
             pipeline_id: record.id,
@@ -390,18 +403,19 @@ impl Manager {
             progress: running.progress.clone(),
             store_predictions: true,
             group: Some(format!("weir-{}", running.internal)),
-            ..DurableOptions::default()
+            ..DurableOptions::new(self.broker.clone())
         };
-        let (store, kafka, rt) = (self.store.clone(), self.kafka.clone(), Handle::current());
+        let (store, rt) = (self.store.clone(), Handle::current());
         let (finished, error, id) = (running.finished.clone(), running.error.clone(), record.id);
         let thread = std::thread::Builder::new()
             .name(format!("pipeline-{}", record.id))
             .spawn(move || {
-                let result = run_durable(&spec, pipeline, &kafka, store.clone(), rt.clone(), opts);
+                let result = run_durable(&spec, pipeline, store.clone(), rt.clone(), opts);
                 if let Err(e) = result {
-                    tracing::error!("pipeline {id} failed: {e:#}");
-                    *lock(&error) = Some(format!("{e:#}"));
-                    let _ = rt.block_on(store.set_pipeline_status(tenant, id, "failed"));
+                    let message = format!("{e:#}");
+                    tracing::error!("pipeline {id} failed: {message}");
+                    *lock(&error) = Some(message.clone());
+                    let _ = rt.block_on(store.set_pipeline_failed(tenant, id, &message));
                 }
                 finished.store(true, Ordering::Relaxed);
             })

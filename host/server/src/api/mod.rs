@@ -9,11 +9,13 @@
 
 pub mod auth;
 pub mod error;
+mod gaps;
 mod handlers;
 pub mod manager;
 pub mod openapi;
 mod pipelines;
 
+use crate::kafka::Broker;
 use auth::{CursorSigner, RateLimiter};
 use error::ApiError;
 use manager::Manager;
@@ -81,7 +83,7 @@ impl AppState {
     pub async fn new(
         store: Arc<Store>,
         engine: Engine,
-        kafka: String,
+        broker: Broker,
         config: ApiConfig,
         admin_key: Option<String>,
     ) -> Result<(Arc<AppState>, Option<String>), ApiError> {
@@ -102,7 +104,7 @@ impl AppState {
         // hashes of the admin keys, so cursors stay valid across restarts.
         let secret = store.admin_secret().await?;
         let state = Arc::new(AppState {
-            manager: Manager::new(store.clone(), engine, kafka, config.compile_timeout),
+            manager: Manager::new(store.clone(), engine, broker, config.compile_timeout),
             limiter: RateLimiter::new(config.rate_per_minute, config.rate_burst),
             cursors: CursorSigner::new(secret.as_bytes()),
             store,
@@ -331,6 +333,12 @@ pub fn routes(
             .and(warp::query::<p::TrainingQuery>())
             .and(s())
             .and_then(p::training))
+        .unify()
+        .or(path!("v1" / "pipelines" / i64 / "gaps")
+            .and(get())
+            .and(authz())
+            .and(s())
+            .and_then(gaps::list))
         .unify()
         .or(path!("v1" / "pipelines" / i64 / "metrics")
             .and(get())

@@ -1,6 +1,6 @@
 //! The OpenAPI document, generated from the handlers' `#[utoipa::path]` annotations.
 
-use super::{error, handlers, pipelines};
+use super::{error, gaps, handlers, pipelines};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
@@ -39,6 +39,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         pipelines::predictions,
         pipelines::windows,
         pipelines::training,
+        gaps::list,
     ),
     components(schemas(error::ErrorBody)),
     modifiers(&BearerAuth),

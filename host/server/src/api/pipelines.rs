@@ -3,6 +3,7 @@
 
 use super::auth::CursorBody;
 use super::error::{ApiError, ErrorBody};
+use super::gaps::GapSummary;
 use super::handlers::{json, parse, tenant};
 use super::manager::{VariantInfo, internal_name, lock, parse_spec, stages, valid_name};
 use super::{AppState, Reply};
@@ -77,6 +78,15 @@ pub struct Counters {
     pub dead: u64,
     /// Current watermark, ms.
     pub watermark: i64,
+    /// Partitions of the source topic this worker owns.
+    pub partitions: usize,
+    /// Seconds without any partition assigned, while none is (another worker of the group
+    /// holds them all, or the topic has none).
+    pub unassigned_s: Option<f64>,
+    /// Records skipped because they were processed before (replays after a restart).
+    pub skipped: u64,
+    /// Errors the consumer reported (the broker unreachable, for example).
+    pub source_errors: u64,
 }
 
 /// A pipeline.
@@ -106,6 +116,8 @@ pub struct PipelineInfo {
     pub shadow: Option<VariantView>,
     /// Counters, when running.
     pub counters: Option<Counters>,
+    /// Input lost or skipped (see `GET /v1/pipelines/{id}/gaps`).
+    pub gaps: GapSummary,
     /// Why it failed.
     pub error: Option<String>,
 }
@@ -156,7 +168,8 @@ async fn info(
     }
     let (canary, shadow, counters, error) = match running.as_ref() {
         Some(r) => {
-            let st = lock(&r.progress).stats.clone();
+            let pr = lock(&r.progress);
+            let st = &pr.stats;
             (
                 lock(&r.canary).as_ref().map(VariantView::from),
                 lock(&r.shadow).as_ref().map(VariantView::from),
@@ -167,12 +180,17 @@ async fn info(
                     late: st.late,
                     dead: st.dead,
                     watermark: st.watermark,
+                    partitions: pr.partitions,
+                    unassigned_s: pr.idle_for.map(|d| d.as_secs_f64()),
+                    skipped: pr.skipped,
+                    source_errors: pr.source_errors,
                 }),
-                lock(&r.error).clone(),
+                lock(&r.error).clone().or_else(|| p.error.clone()),
             )
         }
-        None => (None, None, None, None),
+        None => (None, None, None, p.error.clone()),
     };
+    let gaps = super::gaps::summary(state, tenant, &p).await?;
     Ok(PipelineInfo {
         id: p.id,
         name: p.name,
@@ -186,6 +204,7 @@ async fn info(
         canary,
         shadow,
         counters,
+        gaps,
         error,
     })
 }
@@ -273,7 +292,8 @@ pub async fn get(id: i64, authz: Option<String>, state: Arc<AppState>) -> Reply 
               (status = 401, description = "No valid key", body = ErrorBody),
               (status = 404, description = "No such pipeline", body = ErrorBody),
               (status = 409, description = "Already running", body = ErrorBody),
-              (status = 422, description = "A stage cannot be served", body = ErrorBody)))]
+              (status = 422, description = "A stage cannot be served", body = ErrorBody),
+              (status = 503, description = "The broker cannot be reached, or refused to create the pipeline's topics", body = ErrorBody)))]
 pub async fn start(id: i64, authz: Option<String>, state: Arc<AppState>) -> Reply {
     let (tenant, tname) = tenant(&state, authz).await?;
     let p = own(&state, tenant, id).await?;

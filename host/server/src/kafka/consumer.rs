@@ -1,189 +1,64 @@
-//! Kafka I/O with rdkafka: the embedded broker (librdkafka's mock cluster, a real
-//! Kafka-protocol broker on loopback), a group consumer with manual offsets, batch polling
-//! and a bounded close, and an idempotent `acks=all` producer with backpressure.
+//! The consumer: a group member on one topic with manual offsets, batch polling, a bounded
+//! close, and no implicit offset resets. Where a partition starts is weir's decision (an
+//! [`AssignHook`] sees what the broker says about the topic first); librdkafka's
+//! `auto.offset.reset` is `error`, so a position the broker cannot serve comes back as a
+//! [`SourceAlert`] for the worker to judge, never as a silent jump.
 
+use super::topic_id::topic_id;
 use anyhow::{Context, Result, anyhow};
 use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{
-    BaseRecord, DefaultProducerContext, DeliveryResult, Producer as _, ProducerContext,
-};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, producer::BaseProducer};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use weir_store::SourceIdentity;
 
-/// The embedded broker.
-///
-/// A real Kafka-protocol broker, with one limit to know: librdkafka's mock partitions keep
-/// only their last 5 MiB of record batches (compressed size; hard-coded in librdkafka), and
-/// drop older ones as new ones arrive. A consumer that keeps up never notices; a topic
-/// loaded far ahead of its consumers should use enough partitions (our producer compresses
-/// with lz4, about 2x on the workload's JSON). A real broker has no such limit.
-pub struct EmbeddedBroker {
-    cluster: MockCluster<'static, DefaultProducerContext>,
+/// How long a metadata or offset query to the broker may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often librdkafka reports its statistics.
+const STATS_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Where a partition's log starts and ends, in broker offsets: `low` is the first offset the
+/// broker still has, `high` the offset the next produced record gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogBounds {
+    /// Log start offset.
+    pub low: i64,
+    /// High watermark.
+    pub high: i64,
 }
 
-impl EmbeddedBroker {
-    /// Starts a mock cluster with one broker on a random loopback port.
-    pub fn start() -> Result<Self> {
-        let cluster = MockCluster::new(1).context("starting the embedded Kafka broker")?;
-        Ok(EmbeddedBroker { cluster })
-    }
-
-    /// Its `bootstrap.servers`.
-    pub fn bootstrap(&self) -> String {
-        self.cluster.bootstrap_servers()
-    }
-
-    /// Creates a topic (the mock broker does not support the CreateTopics admin API).
-    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {
-        self.cluster
-            .create_topic(topic, partitions, 1)
-            .with_context(|| format!("creating topic {topic}"))
-    }
+/// What the broker says about the source topic: which log it is, and the bounds of some of
+/// its partitions.
+#[derive(Debug, Clone, Default)]
+pub struct SourceLog {
+    /// The cluster id and the topic id.
+    pub identity: SourceIdentity,
+    /// Bounds per partition.
+    pub bounds: BTreeMap<i32, LogBounds>,
 }
 
-/// Counts deliveries and failures of a producer.
-#[derive(Default)]
-pub struct Deliveries {
-    /// Acknowledged messages.
-    pub delivered: AtomicU64,
-    /// Failed messages.
-    pub failed: AtomicU64,
-    /// The last failure.
-    pub last_error: Mutex<Option<String>>,
+/// Decides where newly assigned partitions start: given the partitions and what the broker
+/// says about them, returns the broker offset to start each one at (for example the next
+/// offset stored in the database, or the first one the broker still has). Called on the
+/// consumer's thread during a rebalance; an error leaves the partitions unassigned and is
+/// reported by the next [`Consumer::take_rebalances`].
+pub type AssignHook = Arc<dyn Fn(&[i32], &SourceLog) -> Result<BTreeMap<i32, i64>> + Send + Sync>;
+
+/// Something the broker said while polling that the worker must judge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceAlert {
+    /// A partition's position is outside its log (`auto.offset.reset = error`): records were
+    /// deleted under it, or the topic was replaced. The partition stops until it is sought.
+    OutOfRange(String),
+    /// The topic or a partition is not there.
+    UnknownTopic(String),
 }
-
-/// Producer context that counts acknowledgements.
-#[derive(Clone, Default)]
-pub struct CountingContext(pub Arc<Deliveries>);
-
-impl ClientContext for CountingContext {}
-
-impl ProducerContext for CountingContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => self.0.delivered.fetch_add(1, Ordering::Relaxed),
-            Err((e, _)) => {
-                if let Ok(mut g) = self.0.last_error.lock() {
-                    *g = Some(e.to_string());
-                }
-                self.0.failed.fetch_add(1, Ordering::Relaxed)
-            }
-        };
-    }
-}
-
-/// An idempotent, `acks=all` producer that batches for throughput. Its local queue is
-/// bounded: when it is full, [`Producer::send`] polls for acknowledgements and retries, so a
-/// slow broker slows the caller instead of growing memory.
-pub struct Producer {
-    inner: BaseProducer<CountingContext>,
-    deliveries: Arc<Deliveries>,
-    sent: u64,
-}
-
-impl Producer {
-    /// Connects to `bootstrap`.
-    pub fn new(bootstrap: &str) -> Result<Self> {
-        let ctx = CountingContext::default();
-        let deliveries = ctx.0.clone();
-        let inner: BaseProducer<CountingContext> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            // lz4: cheap, and it matters doubly on the embedded broker, whose mock
-            // partitions keep only the last 5 MiB of (compressed) record batches.
-            .set("compression.type", "lz4")
-            .set("linger.ms", "5")
-            .set("batch.num.messages", "10000")
-            .set("batch.size", "1000000")
-            .set("queue.buffering.max.messages", "200000")
-            .set("queue.buffering.max.kbytes", "262144")
-            .set("message.timeout.ms", "30000")
-            .create_with_context(ctx)
-            .context("creating the Kafka producer")?;
-        Ok(Producer {
-            inner,
-            deliveries,
-            sent: 0,
-        })
-    }
-
-    /// Queues one message, waiting for room when the local queue is full.
-    pub fn send(&mut self, topic: &str, key: &str, payload: &[u8]) -> Result<()> {
-        // An empty key means no key: the partitioner then spreads records over partitions.
-        let mut record = BaseRecord::to(topic).payload(payload);
-        if !key.is_empty() {
-            record = record.key(key.as_bytes());
-        }
-        loop {
-            match self.inner.send(record) {
-                Ok(()) => {
-                    self.sent += 1;
-                    return Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    self.inner.poll(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(anyhow!("producing to {topic}: {e}")),
-            }
-        }
-    }
-
-    /// Serves delivery callbacks without blocking.
-    pub fn poll(&self) {
-        self.inner.poll(Duration::ZERO);
-    }
-
-    /// Messages acknowledged by the broker so far.
-    pub fn delivered(&self) -> u64 {
-        self.deliveries.delivered.load(Ordering::Relaxed)
-    }
-
-    /// Messages the broker refused for good so far.
-    pub fn failed(&self) -> u64 {
-        self.deliveries.failed.load(Ordering::Relaxed)
-    }
-
-    /// Messages queued so far.
-    pub fn sent(&self) -> u64 {
-        self.sent
-    }
-
-    /// Waits until everything queued is acknowledged.
-    pub fn flush(&self, timeout: Duration) -> Result<()> {
-        self.inner.flush(timeout).context("flushing the producer")?;
-        let failed = self.deliveries.failed.load(Ordering::Relaxed);
-        if failed > 0 {
-            let last = self
-                .deliveries
-                .last_error
-                .lock()
-                .ok()
-                .and_then(|g| g.clone())
-                .unwrap_or_default();
-            return Err(anyhow!(
-                "{failed} messages were not delivered (last error: {last})"
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Decides where a newly assigned partition starts: given the partitions, returns the
-/// offset to start each one at (for example the next offset stored in the database).
-/// Called on the consumer's thread during a rebalance.
-pub type AssignHook = Arc<dyn Fn(&[i32]) -> Result<BTreeMap<i32, i64>> + Send + Sync>;
 
 /// The consumer's rebalance context: logs assignments and revocations for the worker loop
 /// and, when it has an [`AssignHook`], assigns each partition at the hook's offset instead
@@ -194,7 +69,12 @@ pub struct RebalanceLog {
     hook: Option<AssignHook>,
     hook_error: Arc<Mutex<Option<String>>>,
     topic: String,
+    /// librdkafka's latest statistics; parsed only when needed.
+    stats: Arc<Mutex<Option<StatsSnapshot>>>,
 }
+
+/// librdkafka's statistics (JSON), and when they came.
+type StatsSnapshot = (Instant, Vec<u8>);
 
 /// `(assigned, partitions)`: true for an assignment, false for a revocation.
 pub type Rebalanced = (bool, Vec<i32>);
@@ -205,9 +85,25 @@ impl RebalanceLog {
             g.push(entry);
         }
     }
+
+    fn fail(&self, message: String) {
+        tracing::error!("{message}");
+        if let Ok(mut g) = self.hook_error.lock() {
+            *g = Some(message);
+        }
+    }
 }
 
-impl ClientContext for RebalanceLog {}
+impl ClientContext for RebalanceLog {
+    fn stats_raw(&self, statistics: &[u8]) {
+        if let Ok(mut g) = self.stats.lock() {
+            let buf = g.get_or_insert_with(|| (Instant::now(), Vec::new()));
+            buf.0 = Instant::now();
+            buf.1.clear();
+            buf.1.extend_from_slice(statistics);
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceLog {
     fn rebalance(
@@ -220,12 +116,14 @@ impl ConsumerContext for RebalanceLog {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 if let Some(hook) = &self.hook {
-                    match hook(&parts) {
+                    let decided = describe(base_consumer, &self.topic, &parts)
+                        .and_then(|log| hook(&parts, &log));
+                    match decided {
                         Ok(offsets) => {
                             for (p, o) in offsets {
                                 // An explicit offset, even 0: librdkafka's mock broker
                                 // was seen to answer a `Beginning` lookup with a later
-                                // offset. Out of range falls back to auto.offset.reset.
+                                // offset.
                                 let at = Offset::Offset(o.max(0));
                                 if let Err(e) = tpl.set_partition_offset(&self.topic, p, at) {
                                     tracing::warn!("setting the start offset of {p}: {e}");
@@ -235,17 +133,14 @@ impl ConsumerContext for RebalanceLog {
                         Err(e) => {
                             // Not assigning leaves the partitions to the group's next
                             // rebalance; the worker sees the error and stops.
-                            tracing::error!("claiming partitions {parts:?} failed: {e:#}");
-                            if let Ok(mut g) = self.hook_error.lock() {
-                                *g = Some(format!("claiming partitions {parts:?}: {e:#}"));
-                            }
+                            self.fail(format!("starting partitions {parts:?}: {e:#}"));
                             return;
                         }
                     }
                 }
                 tracing::debug!("assigning {:?}", tpl.to_topic_map());
                 if let Err(e) = base_consumer.assign(tpl) {
-                    tracing::error!("assigning partitions {parts:?}: {e}");
+                    self.fail(format!("assigning partitions {parts:?}: {e}"));
                     return;
                 }
                 self.push((true, parts));
@@ -267,6 +162,47 @@ impl ConsumerContext for RebalanceLog {
     }
 }
 
+/// Asks the broker which log `topic` is and where the logs of `partitions` start and end.
+fn describe<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<SourceLog> {
+    let client = consumer.client();
+    let cluster_id = client.fetch_cluster_id(QUERY_TIMEOUT);
+    // librdkafka's mock cluster (the embedded broker, and `weir broker`) names no controller,
+    // and DescribeTopics waits for one: it is known by its cluster id (a new one per broker)
+    // and its offsets alone.
+    let mock = cluster_id
+        .as_deref()
+        .is_some_and(|c| c.starts_with("mockCluster"));
+    let topic_id = if mock {
+        None
+    } else {
+        match topic_id(client, topic, QUERY_TIMEOUT) {
+            Ok(id) => id,
+            Err(e) => {
+                // Brokers without topic ids (or without the DescribeTopics API) still get
+                // the checks on offsets; only a recreated topic goes unnoticed by its id.
+                tracing::debug!("no topic id for `{topic}`: {e}");
+                None
+            }
+        }
+    };
+    let identity = SourceIdentity {
+        cluster_id,
+        topic_id,
+    };
+    let mut bounds = BTreeMap::new();
+    for &p in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, QUERY_TIMEOUT)
+            .with_context(|| format!("asking the broker where {topic}/{p} starts and ends"))?;
+        bounds.insert(p, LogBounds { low, high });
+    }
+    Ok(SourceLog { identity, bounds })
+}
+
 /// A record copied out of the consumer.
 pub struct Owned {
     /// Partition.
@@ -285,6 +221,10 @@ pub struct Consumer {
     rebalances: RebalanceLog,
     topic: String,
     next: BTreeMap<i32, i64>,
+    alerts: Vec<SourceAlert>,
+    errors: u64,
+    last_error: Option<String>,
+    last_warned: Option<Instant>,
 }
 
 impl Consumer {
@@ -301,6 +241,9 @@ impl Consumer {
         topic: &str,
         hook: Option<AssignHook>,
     ) -> Result<Self> {
+        // Without a hook nothing decides where a partition starts, so a new group starts at
+        // the beginning; with one, an unservable position is an error the worker judges.
+        let reset = if hook.is_some() { "error" } else { "earliest" };
         let rebalances = RebalanceLog {
             hook,
             topic: topic.to_string(),
@@ -311,10 +254,16 @@ impl Consumer {
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+            .set("auto.offset.reset", reset)
             .set("fetch.wait.max.ms", "5")
             .set("queued.min.messages", "100000")
             .set("session.timeout.ms", "10000")
+            // Statistics say which partitions stopped fetching (after an out-of-range
+            // position), which the error itself does not.
+            .set(
+                "statistics.interval.ms",
+                STATS_INTERVAL.as_millis().to_string(),
+            )
             .create_with_context(rebalances.clone())
             .context("creating the Kafka consumer")?;
         inner
@@ -325,7 +274,22 @@ impl Consumer {
             rebalances,
             topic: topic.to_string(),
             next: BTreeMap::new(),
+            alerts: Vec::new(),
+            errors: 0,
+            last_error: None,
+            last_warned: None,
         })
+    }
+
+    fn client(&self) -> Result<&BaseConsumer<RebalanceLog>> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| anyhow!("the consumer is closed"))
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
     }
 
     /// Rebalances since the last call: `(assigned, partitions)`. Fails when the assign
@@ -348,15 +312,68 @@ impl Consumer {
             .unwrap_or_default())
     }
 
+    /// Alerts since the last call.
+    pub fn take_alerts(&mut self) -> Vec<SourceAlert> {
+        std::mem::take(&mut self.alerts)
+    }
+
+    /// Other consumer errors so far (the broker unreachable, for example), and the last one.
+    pub fn errors(&self) -> (u64, Option<&str>) {
+        (self.errors, self.last_error.as_deref())
+    }
+
     /// The partition's low and high watermarks (the high one is the offset the next
     /// produced record gets).
     pub fn watermarks(&self, partition: i32, timeout: Duration) -> Result<(i64, i64)> {
-        let c = self
-            .inner
-            .as_ref()
-            .ok_or_else(|| anyhow!("consumer is closed"))?;
-        c.fetch_watermarks(&self.topic, partition, timeout)
+        self.client()?
+            .fetch_watermarks(&self.topic, partition, timeout)
             .with_context(|| format!("fetching the watermarks of {}/{partition}", self.topic))
+    }
+
+    /// What the broker says about the topic and these partitions now.
+    pub fn describe(&self, partitions: &[i32]) -> Result<SourceLog> {
+        describe(self.client()?, &self.topic, partitions)
+    }
+
+    /// Assigns these partitions again, each at its broker offset: after an out-of-range
+    /// position stopped a partition's fetcher, only a new assignment starts it again (a seek
+    /// is refused then). Records prefetched for the others are dropped and fetched again
+    /// from the given offsets, so give every owned partition its exact position.
+    pub fn reassign(&mut self, offsets: &BTreeMap<i32, i64>) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in offsets {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o))?;
+        }
+        self.client()?
+            .assign(&tpl)
+            .with_context(|| format!("assigning {} again at {offsets:?}", self.topic))?;
+        self.next.extend(offsets.iter().map(|(p, o)| (*p, *o)));
+        Ok(())
+    }
+
+    /// The partitions of the topic whose fetcher has stopped (after an out-of-range
+    /// position), from statistics taken after `since`; `None` until such statistics came.
+    pub fn stopped_partitions(&self, since: Instant) -> Option<Vec<i32>> {
+        let g = self.rebalances.stats.lock().ok()?;
+        let (at, json) = g.as_ref()?;
+        if *at <= since {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+        let parts = v
+            .get("topics")?
+            .get(&self.topic)?
+            .get("partitions")?
+            .as_object()?;
+        Some(
+            parts
+                .values()
+                .filter(|p| p.get("fetch_state").and_then(|s| s.as_str()) == Some("none"))
+                .filter_map(|p| p.get("partition").and_then(|n| n.as_i64()))
+                .filter_map(|n| i32::try_from(n).ok())
+                .filter(|&n| n >= 0)
+                .collect(),
+        )
     }
 
     /// The next offset of every partition consumed so far.
@@ -381,7 +398,8 @@ impl Consumer {
             .context("committing offsets")
     }
 
-    /// Appends up to `max` more records to `out`, waiting at most `timeout` for the first one.
+    /// Appends up to `max` more records to `out`, waiting at most `timeout` for the first
+    /// one. Returns early when the broker raises a [`SourceAlert`].
     pub fn poll_batch(
         &mut self,
         max: usize,
@@ -389,7 +407,7 @@ impl Consumer {
         out: &mut Vec<Owned>,
     ) -> Result<()> {
         let Some(c) = self.inner.as_ref() else {
-            return Err(anyhow!("consumer is closed"));
+            return Err(anyhow!("the consumer is closed"));
         };
         let deadline = Instant::now() + timeout;
         let start = out.len();
@@ -410,9 +428,34 @@ impl Consumer {
                     });
                 }
                 Some(Err(e)) => {
-                    tracing::warn!("consumer error: {e}");
-                    if out.len() == start && Instant::now() >= deadline {
-                        break;
+                    let text = format!("{}: {e}", self.topic);
+                    match e.rdkafka_error_code() {
+                        Some(RDKafkaErrorCode::AutoOffsetReset) => {
+                            self.alerts.push(SourceAlert::OutOfRange(text));
+                            break;
+                        }
+                        Some(
+                            RDKafkaErrorCode::UnknownTopicOrPartition
+                            | RDKafkaErrorCode::UnknownTopic
+                            | RDKafkaErrorCode::UnknownPartition,
+                        ) => {
+                            self.alerts.push(SourceAlert::UnknownTopic(text));
+                            break;
+                        }
+                        _ => {
+                            self.errors += 1;
+                            if self
+                                .last_warned
+                                .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+                            {
+                                tracing::warn!("consumer error: {text}");
+                                self.last_warned = Some(Instant::now());
+                            }
+                            self.last_error = Some(text);
+                            if out.len() == start && Instant::now() >= deadline {
+                                break;
+                            }
+                        }
                     }
                 }
                 None => break,
@@ -429,31 +472,27 @@ impl Consumer {
     /// Leaves the group, bounded by `timeout`: librdkafka's destroy can hang against some
     /// brokers, so the close runs on its own thread and is abandoned after the timeout.
     pub fn close(mut self, timeout: Duration) {
-        let Some(c) = self.inner.take() else { return };
-        let (tx, rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("weir-consumer-close".into())
-            .spawn(move || {
-                c.unsubscribe();
-                drop(c);
-                let _ = tx.send(());
-            });
-        if spawned.is_ok() && rx.recv_timeout(timeout).is_err() {
-            tracing::warn!("the Kafka consumer did not close within {timeout:?}; continuing");
-        }
+        close(self.inner.take(), timeout);
+    }
+}
+
+fn close(consumer: Option<BaseConsumer<RebalanceLog>>, timeout: Duration) {
+    let Some(c) = consumer else { return };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("weir-consumer-close".into())
+        .spawn(move || {
+            c.unsubscribe();
+            drop(c);
+            let _ = tx.send(());
+        });
+    if spawned.is_ok() && rx.recv_timeout(timeout).is_err() {
+        tracing::warn!("the Kafka consumer did not close within {timeout:?}; continuing");
     }
 }
 
 impl Drop for Consumer {
     fn drop(&mut self) {
-        if self.inner.is_some() {
-            let me = Consumer {
-                inner: self.inner.take(),
-                rebalances: self.rebalances.clone(),
-                topic: String::new(),
-                next: BTreeMap::new(),
-            };
-            me.close(Duration::from_secs(5));
-        }
+        close(self.inner.take(), Duration::from_secs(5));
     }
 }

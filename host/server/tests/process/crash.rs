@@ -18,19 +18,28 @@ fn crash_recovery(db: TestDb, clean: TestDb) {
     let (_broker, addr) = start_broker(&[
         "events:8",
         "scores",
+        "scores-crash:4",
         "windows",
         "late-events",
         "dead-letters",
     ]);
     produce_workload(&addr, "events", 0, EVENTS);
     let dir = TempDir::new("crash");
-    let spec = write_spec(&dir.0, WORKLOAD_SPEC);
+    let clean_spec = write_spec(&dir.0, WORKLOAD_SPEC);
+    let clean_spec = clean_spec.to_str().expect("utf-8 path");
+    // The crashing lives write their scores to a topic of their own, to be checked
+    // against the database.
+    let crash_dir = TempDir::new("crash-spec");
+    let spec = write_spec(
+        &crash_dir.0,
+        &WORKLOAD_SPEC.replace("topic = \"scores\"", "topic = \"scores-crash\""),
+    );
     let spec = spec.to_str().expect("utf-8 path");
 
     // The crash-free run.
     let (status, out) = run_to_end(
         &[
-            "--spec", spec, "--kafka", &addr, "--db", &clean.url, "--group", "clean",
+            "--spec", clean_spec, "--kafka", &addr, "--db", &clean.url, "--group", "clean",
         ],
         &[],
         Duration::from_secs(600),
@@ -154,6 +163,22 @@ fn crash_recovery(db: TestDb, clean: TestDb) {
     );
     assert!(want == got, "every prediction equals the crash-free run's");
 
+    // Outputs never run behind a checkpoint: every position the database says was done has
+    // its output on the topic, whatever moment the kills hit. (Outputs are at-least-once:
+    // the replays after the kills wrote some twice.)
+    let on_topic = topic_positions(&addr, "scores-crash", &got_keys);
+    let covered = got_keys.iter().filter(|k| on_topic.contains_key(k)).count();
+    let twice: usize = on_topic.values().filter(|&&n| n > 1).count();
+    eprintln!(
+        "scores-crash: {} positions, {twice} of them written more than once by replays",
+        on_topic.len()
+    );
+    assert_eq!(
+        covered,
+        got_keys.len(),
+        "stored predictions whose output is on the topic"
+    );
+
     let want = block_on(clean.store().window_results("workload")).expect("windows");
     let got = block_on(store.window_results("workload")).expect("windows");
     // weir's generator port is not bit-identical to the Python reference (43,338 windows
@@ -167,6 +192,40 @@ fn crash_recovery(db: TestDb, clean: TestDb) {
     for (w, g) in want.iter().zip(&got) {
         assert_eq!(w, g, "window result differs");
     }
+}
+
+/// Reads `topic` to its end and counts its records by the (partition, offset) of the input
+/// record each one scores, until every position of `want` was seen.
+fn topic_positions(
+    kafka: &str,
+    topic: &str,
+    want: &BTreeSet<(i32, i64)>,
+) -> std::collections::BTreeMap<(i32, i64), usize> {
+    let mut c = weir_server::kafka::Consumer::new(kafka, &format!("read-{}", nanos()), topic)
+        .expect("consumer");
+    let mut seen = std::collections::BTreeMap::new();
+    let mut records = Vec::new();
+    let mut idle = Instant::now();
+    while idle.elapsed() < Duration::from_secs(10) {
+        records.clear();
+        c.poll_batch(10_000, Duration::from_millis(200), &mut records)
+            .expect("reading the topic");
+        if !records.is_empty() {
+            idle = Instant::now();
+        }
+        for r in &records {
+            let v: serde_json::Value = serde_json::from_slice(&r.payload).expect("a JSON result");
+            let at = (
+                v["partition"].as_i64().expect("partition") as i32,
+                v["offset"].as_i64().expect("offset"),
+            );
+            *seen.entry(at).or_insert(0) += 1;
+        }
+        if want.iter().all(|k| seen.contains_key(k)) {
+            break;
+        }
+    }
+    seen
 }
 
 #[test]
@@ -344,7 +403,10 @@ fn a_zombie_worker_is_fenced() {
     if let Some(mut e) = zombie.0.stderr.take() {
         let _ = std::io::Read::read_to_string(&mut e, &mut err);
     }
-    assert!(!status.success(), "the zombie must stop with an error");
+    assert!(
+        !status.success(),
+        "the zombie must stop with an error:\n{err}"
+    );
     assert!(err.contains("fenced"), "the zombie says why:\n{err}");
 
     let after = checkpoints();
