@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_server::api::{self, ApiConfig, AppState};
-use weir_server::kafka::{Broker, EmbeddedBroker, Producer};
 use weir_store::Store;
+use weir_worker::kafka::{Broker, EmbeddedBroker, Producer};
 
 const ADMIN: &str = "wk_00000000000000000000000000000000000000000000000000000000000000ad";
 

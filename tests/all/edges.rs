@@ -3,10 +3,10 @@
 //! topic, and a dead letter that cannot be written is an error.
 
 use std::time::{Duration, Instant};
-use weir_server::kafka::{Consumer, EmbeddedBroker, Owned, Producer};
-use weir_server::run::produce_outputs;
 use weir_stream::pipeline::{Outputs, RecordMeta, SinkRecord};
 use weir_stream::spec::PipelineSpec;
+use weir_worker::kafka::{Consumer, EmbeddedBroker, Owned, Producer};
+use weir_worker::produce_outputs;
 
 fn record(key: &str, payload: String, offset: i64) -> SinkRecord {
     SinkRecord {

@@ -6,10 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use weir_server::kafka::{Consumer, EmbeddedBroker, Owned, Producer};
-use weir_server::run::{Progress, WorkerOptions, build_slots, run_worker};
+use weir_server::run::build_slots;
+use weir_store::Store;
 use weir_stream::pipeline::Pipeline;
 use weir_stream::spec::PipelineSpec;
+use weir_worker::kafka::{Broker, Consumer, EmbeddedBroker, Owned, Producer};
+use weir_worker::{Durability, Progress, WorkerOptions, WorkerReport};
 use weir_workload::{Event, to_json_line};
 
 const WORKLOAD: &str = include_str!("../../examples/workload.toml");
@@ -82,15 +84,44 @@ fn read(bootstrap: &str, topic: &str, n: u64) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn run(spec: &PipelineSpec, bootstrap: &str, n: u64, batch: usize) -> Pipeline {
+/// The worker as users run it: checkpoints (every prediction, window results, keyed state
+/// and positions) in a database, here SQLite in memory on a runtime of its own.
+struct Db {
+    rt: tokio::runtime::Runtime,
+    store: Arc<Store>,
+}
+
+impl Db {
+    fn new() -> Db {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = Arc::new(rt.block_on(Store::connect("sqlite::memory:")).unwrap());
+        Db { rt, store }
+    }
+
+    fn options(&self, bootstrap: &str, n: u64, batch: usize) -> WorkerOptions {
+        WorkerOptions {
+            max_records: Some(n),
+            batch,
+            ..WorkerOptions::new(
+                Broker::External(bootstrap.to_owned()),
+                Durability::Database {
+                    store: self.store.clone(),
+                    rt: self.rt.handle().clone(),
+                    predictions: true,
+                },
+            )
+        }
+    }
+}
+
+fn run(db: &Db, spec: &PipelineSpec, bootstrap: &str, n: u64, batch: usize) -> WorkerReport {
     let slots = build_slots(&engine(), spec).unwrap();
     let pipeline = Pipeline::new(spec, slots).unwrap();
-    let opts = WorkerOptions {
-        max_records: Some(n),
-        batch: Some(batch),
-        ..WorkerOptions::default()
-    };
-    run_worker(spec, pipeline, bootstrap, opts).unwrap()
+    weir_worker::run(spec, pipeline, db.options(bootstrap, n, batch)).unwrap()
 }
 
 #[test]
@@ -109,8 +140,9 @@ fn window_results_equal_an_independent_reference() {
     );
 
     let spec = PipelineSpec::parse(WORKLOAD).unwrap();
-    let p = run(&spec, &b.bootstrap(), evs.len() as u64, 1024);
-    let stats = p.stats().clone();
+    let db = Db::new();
+    let p = run(&db, &spec, &b.bootstrap(), evs.len() as u64, 1024);
+    let stats = p.stats.clone();
     assert_eq!(stats.records_in, evs.len() as u64);
     assert_eq!(stats.dead, 0);
 
@@ -238,22 +270,15 @@ fn fifty_swaps_under_load_lose_and_duplicate_nothing() {
     let pipeline = Pipeline::new(&spec, slots).unwrap();
     let progress = Arc::new(Mutex::new(Progress::default()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let db = Db::new();
     let worker = {
-        let (spec, bootstrap, progress, stop) =
-            (spec.clone(), b.bootstrap(), progress.clone(), stop.clone());
-        std::thread::spawn(move || {
-            run_worker(
-                &spec,
-                pipeline,
-                &bootstrap,
-                WorkerOptions {
-                    stop,
-                    progress,
-                    max_records: Some(n),
-                    batch: Some(256),
-                },
-            )
-        })
+        let (spec, progress, stop) = (spec.clone(), progress.clone(), stop.clone());
+        let opts = WorkerOptions {
+            stop,
+            progress,
+            ..db.options(&b.bootstrap(), n, 256)
+        };
+        std::thread::spawn(move || weir_worker::run(&spec, pipeline, opts))
     };
     // Swap 50 times, spread over the stream by progress.
     let mut swaps = 0;
@@ -280,7 +305,7 @@ fn fifty_swaps_under_load_lose_and_duplicate_nothing() {
     assert_eq!(swaps, 50, "all swaps happened while events were flowing");
     assert_eq!(model.swaps(), 50);
 
-    let results = read(&b.bootstrap(), "scores", p.stats().results_out);
+    let results = read(&b.bootstrap(), "scores", p.stats.results_out);
     assert_eq!(results.len() as u64, n, "one result per input");
     // Exactly one output per (partition, offset), each naming one of the two versions.
     let mut by_partition: BTreeMap<i64, BTreeMap<i64, String>> = BTreeMap::new();
@@ -300,7 +325,7 @@ fn fifty_swaps_under_load_lose_and_duplicate_nothing() {
     assert_eq!(total as u64, n);
     // Per partition, the version changes exactly at the recorded switch offsets.
     let mut recorded: HashMap<i64, Vec<(i64, String)>> = HashMap::new();
-    for s in p.switches().iter().filter(|s| s.stage == "model") {
+    for s in p.switches.iter().filter(|s| s.stage == "model") {
         recorded
             .entry(s.partition as i64)
             .or_default()
@@ -370,9 +395,9 @@ dead_letter_topic = "dead-letters"
         &b.bootstrap(),
         lines.iter().map(|l| (String::new(), l.to_string())),
     );
-    let p = run(&spec, &b.bootstrap(), lines.len() as u64, 1024);
-    assert_eq!(p.stats().dead, 4);
-    assert_eq!(p.stats().results_out, 2);
+    let p = run(&Db::new(), &spec, &b.bootstrap(), lines.len() as u64, 1024);
+    assert_eq!(p.stats.dead, 4);
+    assert_eq!(p.stats.results_out, 2);
 
     let scores = read(&b.bootstrap(), "scores", 2);
     let keys: Vec<_> = scores

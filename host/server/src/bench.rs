@@ -308,3 +308,17 @@ fn instantiate_us(plugin: &Arc<Plugin>, n: usize) -> Result<f64> {
     xs.sort();
     Ok(xs[xs.len() / 2].as_secs_f64() * 1e6)
 }
+
+/// Nanoseconds since the epoch, for unique names.
+pub fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Milliseconds since the epoch (Kafka timestamps' clock).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

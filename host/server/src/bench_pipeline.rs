@@ -1,31 +1,62 @@
-//! `scripts/bench pipeline`: jobs 1 and 2 of the workload through the full pipeline, in
-//! memory (engine only) and end to end through the embedded Kafka broker.
+//! `scripts/bench pipeline`: jobs 1 and 2 of the workload through the one worker loop, as
+//! users run it. Every figure is timed from the pipeline's start (the worker's call: topics,
+//! consumer, claims included; plugin compilation excluded) to the last output acknowledged
+//! by the broker, and is the median of several runs, all in this one invocation:
+//!
+//! - `passthrough`: rdkafka alone, through weir's consumer and producer: every input record
+//!   produced again unchanged. The broker's (and the clients') limit in the same run.
+//! - `e2e`: the pipeline, results to topics, no database (Kafka offsets, at least once).
+//! - `durable_sqlite`, `durable_mysql`: the same with every window result, the keyed state
+//!   and the positions committed to the database (effectively once); per-event predictions
+//!   go to the topic. The variant with every prediction in the database too is printed.
+//! - `engine`: the pipeline in memory, no Kafka.
+//! - latency at half the durable (SQLite) rate: event → result on the output topic, and
+//!   event → its checkpoint committed;
+//! - `recovery_s`: a `weir run` killed with SIGKILL and started again, from the kill to the
+//!   first result of the new process.
+//!
+//! The input is produced once, without keys, over 64 partitions: the embedded broker keeps
+//! only the last 5 MiB of each partition, and a keyed topic would put the hottest key's 15%
+//! of a million events (about 8 MB compressed) in one partition.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weir_engine::{Engine, EngineOptions};
-use weir_server::kafka::{Consumer, EmbeddedBroker, Producer};
-use weir_server::run::{Progress, WorkerOptions, build_slots, run_worker};
+use weir_server::run::build_slots;
+use weir_store::Store;
 use weir_stream::pipeline::{Outputs, Pipeline, SourceRecord};
 use weir_stream::spec::PipelineSpec;
+use weir_worker::kafka::{
+    AssignHook, Broker, Consumer, EmbeddedBroker, Membership, Owned, Producer, SourceLog,
+};
+use weir_worker::{Durability, WorkerOptions};
 use weir_workload::{Event, to_json_line};
 
 const WORKLOAD: &str = include_str!("../../../examples/workload.toml");
+const INPUT_PARTITIONS: i32 = 64;
+const MARIADB: &str = "mysql://root@127.0.0.1:3306";
 
-fn spec() -> Result<PipelineSpec> {
-    PipelineSpec::parse(WORKLOAD).map_err(|e| anyhow::anyhow!("examples/workload.toml: {e}"))
+fn spec(name: &str) -> Result<PipelineSpec> {
+    PipelineSpec::parse(&WORKLOAD.replace("name = \"workload\"", &format!("name = \"{name}\"")))
+        .map_err(|e| anyhow!("examples/workload.toml: {e}"))
 }
 
 fn pipeline(engine: &Engine, spec: &PipelineSpec) -> Result<Pipeline> {
     Ok(Pipeline::new(spec, build_slots(engine, spec)?)?)
 }
 
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
 /// Engine only: in-memory source and sink, one worker.
 fn engine_only(lines: &[Vec<u8>], runs: usize) -> Result<(f64, u64, u64)> {
     let engine = Engine::new(EngineOptions::default())?;
-    let spec = spec()?;
+    let spec = spec("workload")?;
     let mut rates = Vec::new();
     let (mut results, mut windows) = (0, 0);
     for _ in 0..runs {
@@ -33,13 +64,13 @@ fn engine_only(lines: &[Vec<u8>], runs: usize) -> Result<(f64, u64, u64)> {
         let mut out = Outputs::default();
         let started = Instant::now();
         let (mut r, mut w) = (0u64, 0u64);
-        for (ci, chunk) in lines.chunks(1024).enumerate() {
+        for (ci, chunk) in lines.chunks(2048).enumerate() {
             let batch: Vec<SourceRecord<'_>> = chunk
                 .iter()
                 .enumerate()
                 .map(|(i, l)| SourceRecord {
                     partition: 0,
-                    offset: (ci * 1024 + i) as i64,
+                    offset: (ci * 2048 + i) as i64,
                     payload: l,
                 })
                 .collect();
@@ -54,112 +85,176 @@ fn engine_only(lines: &[Vec<u8>], runs: usize) -> Result<(f64, u64, u64)> {
         rates.push(lines.len() as f64 / started.elapsed().as_secs_f64());
         (results, windows) = (r, w);
     }
-    rates.sort_by(f64::total_cmp);
-    Ok((rates[rates.len() / 2], results, windows))
+    Ok((median(rates), results, windows))
 }
 
-fn produce_all(bootstrap: &str, lines: &[Vec<u8>]) -> Result<f64> {
-    let mut p = Producer::new(bootstrap)?;
+/// The embedded broker with the input produced into it.
+fn loaded_broker(lines: &[Vec<u8>]) -> Result<(Arc<EmbeddedBroker>, f64)> {
+    let b = EmbeddedBroker::start()?;
+    b.create_topic("events", INPUT_PARTITIONS)?;
+    for t in [
+        "scores",
+        "windows",
+        "late-events",
+        "dead-letters",
+        "passthrough",
+    ] {
+        b.create_topic(t, 4)?;
+    }
+    let mut p = Producer::new(&b.bootstrap())?;
     let t = Instant::now();
     for l in lines {
         p.send("events", "", l)?;
     }
     p.flush(Duration::from_secs(120))?;
-    Ok(lines.len() as f64 / t.elapsed().as_secs_f64())
+    Ok((Arc::new(b), lines.len() as f64 / t.elapsed().as_secs_f64()))
 }
 
-/// Partitions of the input topic. The embedded broker keeps only the last 5 MiB of each
-/// partition, and the end-to-end run loads all its events before it starts: 1M events are
-/// about 129 MB before compression, so they are spread without keys over 64 partitions (a single
-/// worker's results do not depend on how the input is partitioned).
-const INPUT_PARTITIONS: i32 = 64;
-
-fn fresh_broker() -> Result<EmbeddedBroker> {
-    let b = EmbeddedBroker::start()?;
-    b.create_topic("events", INPUT_PARTITIONS)?;
-    for t in ["scores", "windows", "late-events", "dead-letters"] {
-        b.create_topic(t, 4)?;
-    }
-    Ok(b)
-}
-
-/// End to end through Kafka: everything produced first, then consume → pipeline → produce.
-fn end_to_end(lines: &[Vec<u8>]) -> Result<(f64, f64, f64)> {
-    let broker = fresh_broker()?;
-    let produce_rate = produce_all(&broker.bootstrap(), lines)?;
-    let engine = Engine::new(EngineOptions::default())?;
-    let spec = spec()?;
-    let p = pipeline(&engine, &spec)?;
-    let progress = Arc::new(Mutex::new(Progress::default()));
+/// Every record of the input produced again unchanged, by weir's consumer (every partition
+/// assigned at its start, no group join) and producer. Returns events/s.
+fn passthrough(bootstrap: &str, n: u64) -> Result<f64> {
+    let hook: AssignHook = Arc::new(|parts: &[i32], log: &SourceLog| {
+        Ok(parts
+            .iter()
+            .map(|p| (*p, log.bounds.get(p).map_or(0, |b| b.low)))
+            .collect::<BTreeMap<i32, i64>>())
+    });
     let started = Instant::now();
-    let first = Arc::new(Mutex::new(None::<Instant>));
-    let watcher = {
-        let (progress, first) = (progress.clone(), first.clone());
-        std::thread::spawn(move || {
-            while started.elapsed() < Duration::from_secs(60) {
-                if progress
-                    .lock()
-                    .map(|p| p.stats.records_in > 0)
-                    .unwrap_or(false)
-                {
-                    if let Ok(mut f) = first.lock() {
-                        *f = Some(Instant::now());
-                    }
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
-    let opts = WorkerOptions {
-        progress,
-        max_records: Some(lines.len() as u64),
-        ..WorkerOptions::default()
-    };
-    let p = run_worker(&spec, p, &broker.bootstrap(), opts)?;
-    let total = started.elapsed().as_secs_f64();
-    let _ = watcher.join();
-    let since_first = first
-        .lock()
-        .ok()
-        .and_then(|f| *f)
-        .map_or(total, |f| f.elapsed().as_secs_f64());
-    if p.stats().results_out != lines.len() as u64 {
-        bail!(
-            "{} results for {} events",
-            p.stats().results_out,
-            lines.len()
-        );
+    let mut c = Consumer::with_hook(
+        bootstrap,
+        &format!("passthrough-{}", crate::bench::nanos()),
+        "events",
+        hook,
+        &Membership::All,
+    )?;
+    let all = c.partitions()?;
+    c.take_partitions(&all, &BTreeMap::new())?;
+    let mut producer = Producer::new(bootstrap)?;
+    let mut records: Vec<Owned> = Vec::with_capacity(2048);
+    let mut seen = 0u64;
+    while seen < n {
+        records.clear();
+        c.poll_batch(2048, Duration::from_millis(50), &mut records)?;
+        for r in &records {
+            producer.send("passthrough", "", &r.payload)?;
+        }
+        seen += records.len() as u64;
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("passthrough stalled at {seen} of {n}");
+        }
     }
-    Ok((
-        lines.len() as f64 / total,
-        lines.len() as f64 / since_first,
-        produce_rate,
-    ))
+    producer.flush(Duration::from_secs(60))?;
+    let secs = started.elapsed().as_secs_f64();
+    c.close(Duration::from_secs(5));
+    Ok(n as f64 / secs)
 }
 
-/// Event-to-result latency while events are produced live at `rate` per second.
-fn latency(lines: &[Vec<u8>], keys: &[String], rate: f64) -> Result<(f64, f64, f64)> {
-    let broker = fresh_broker()?;
-    let engine = Engine::new(EngineOptions::default())?;
-    let spec = spec()?;
-    let p = pipeline(&engine, &spec)?;
+/// A database for the durable runs.
+enum Db {
+    Sqlite(std::path::PathBuf),
+    Mysql(String, String),
+}
+
+impl Db {
+    fn url(&self) -> String {
+        match self {
+            Db::Sqlite(p) => format!("sqlite://{}", p.display()),
+            Db::Mysql(url, _) => url.clone(),
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        match self {
+            Db::Sqlite(p) => {
+                for s in ["", "-wal", "-shm", "-journal"] {
+                    let _ = std::fs::remove_file(format!("{}{s}", p.display()));
+                }
+            }
+            Db::Mysql(_, name) => {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    let _ = rt.block_on(weir_store::drop_mysql_database(MARIADB, name));
+                }
+            }
+        }
+    }
+}
+
+fn sqlite_db(tag: &str) -> Db {
+    Db::Sqlite(std::env::temp_dir().join(format!(
+        "weir-bench-{tag}-{}-{}.db",
+        std::process::id(),
+        crate::bench::nanos()
+    )))
+}
+
+fn mysql_db(rt: &tokio::runtime::Runtime, tag: &str) -> Result<Db> {
+    let name = format!("weir_bench_{tag}_{}", std::process::id());
+    let url = rt
+        .block_on(weir_store::create_mysql_database(MARIADB, &name))
+        .context("MariaDB on 127.0.0.1:3306 (scripts/bench starts it when it can)")?;
+    Ok(Db::Mysql(url, name))
+}
+
+/// One run of the pipeline through the broker: from the worker's start to its last output
+/// acknowledged (and, with a database, its last checkpoint committed). Returns events/s.
+fn through_kafka(
+    engine: &Engine,
+    broker: &Arc<EmbeddedBroker>,
+    n: u64,
+    durability: Durability,
+    name: &str,
+) -> Result<f64> {
+    let spec = spec(name)?;
+    let p = pipeline(engine, &spec)?;
+    let started = Instant::now();
+    let report = weir_worker::run(
+        &spec,
+        p,
+        WorkerOptions {
+            until_end: true,
+            ..WorkerOptions::new(Broker::Embedded(broker.clone()), durability)
+        },
+    )?;
+    let secs = started.elapsed().as_secs_f64();
+    if report.stats.results_out != n {
+        bail!("{} results for {n} events", report.stats.results_out);
+    }
+    Ok(n as f64 / secs)
+}
+
+/// Event-to-result latency while events are produced live at `rate` per second, through the
+/// durable worker (SQLite). Returns (p50, p99) to the output topic and (p50, p99) to the
+/// committed checkpoint, in ms, and the rate achieved.
+fn latency(engine: &Engine, lines: &[Vec<u8>], rate: f64) -> Result<((f64, f64), (f64, f64), f64)> {
+    let broker = Arc::new(EmbeddedBroker::start()?);
+    broker.create_topic("events", INPUT_PARTITIONS)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let db = sqlite_db("latency");
+    let store = Arc::new(rt.block_on(Store::connect(&db.url()))?);
+    let spec = spec("latency")?;
+    let p = pipeline(engine, &spec)?;
     let stop = Arc::new(AtomicBool::new(false));
     let worker = {
-        let (spec, bootstrap, stop) = (spec.clone(), broker.bootstrap(), stop.clone());
-        let n = lines.len() as u64;
-        std::thread::spawn(move || {
-            run_worker(
-                &spec,
-                p,
-                &bootstrap,
-                WorkerOptions {
-                    stop,
-                    max_records: Some(n),
-                    ..WorkerOptions::default()
+        let opts = WorkerOptions {
+            stop: stop.clone(),
+            ..WorkerOptions::new(
+                Broker::Embedded(broker.clone()),
+                Durability::Database {
+                    store: store.clone(),
+                    rt: rt.handle().clone(),
+                    predictions: false,
                 },
             )
-        })
+        };
+        std::thread::spawn(move || weir_worker::run(&spec, p, opts))
     };
     // Readers of the input and the results run alongside (the embedded broker keeps only
     // the last 5 MiB of a partition, so reading afterwards would miss the start).
@@ -200,14 +295,35 @@ fn latency(lines: &[Vec<u8>], keys: &[String], rate: f64) -> Result<(f64, f64, f
     };
     let inputs_reader = reader("events", lines.len());
     let results_reader = reader("scores", lines.len());
-    // Let the worker and the readers join their groups before the clock starts.
+    // The committed positions, polled: when each event's checkpoint landed.
+    let committed: Arc<Mutex<Vec<(i64, BTreeMap<i32, i64>)>>> = Arc::default();
+    let poller = {
+        let (store, committed, stop, handle) = (
+            store.clone(),
+            committed.clone(),
+            stop.clone(),
+            rt.handle().clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(cps) = handle.block_on(store.checkpoints("latency")) {
+                    let at = crate::bench::now_ms();
+                    let m = cps.iter().map(|c| (c.partition, c.next_offset)).collect();
+                    if let Ok(mut g) = committed.lock() {
+                        g.push((at, m));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    // Let the readers join their groups before the clock starts.
     std::thread::sleep(Duration::from_secs(4));
     let mut prod = Producer::new(&broker.bootstrap())?;
     let t = Instant::now();
-    for (i, (l, k)) in lines.iter().zip(keys).enumerate() {
-        prod.send("events", k, l)?;
+    for (i, l) in lines.iter().enumerate() {
+        prod.send("events", "", l)?;
         if i % 64 == 0 {
-            prod.poll();
             let due = Duration::from_secs_f64(i as f64 / rate);
             if let Some(wait) = due.checked_sub(t.elapsed()) {
                 std::thread::sleep(wait);
@@ -216,29 +332,185 @@ fn latency(lines: &[Vec<u8>], keys: &[String], rate: f64) -> Result<(f64, f64, f
     }
     prod.flush(Duration::from_secs(60))?;
     let achieved = lines.len() as f64 / t.elapsed().as_secs_f64();
+    let join = |h: std::thread::JoinHandle<Result<Vec<(i32, i64, i64)>>>| match h.join() {
+        Ok(r) => r,
+        Err(_) => Err(anyhow!("a reader panicked")),
+    };
+    let inputs = join(inputs_reader)?;
+    let results = join(results_reader)?;
+    // Two more checkpoints land every event in the database.
+    std::thread::sleep(Duration::from_millis(2500));
+    stop.store(true, Ordering::Relaxed);
     match worker.join() {
         Ok(r) => drop(r?),
         Err(_) => bail!("worker panicked"),
     }
-    stop.store(true, Ordering::Relaxed);
-    let join = |h: std::thread::JoinHandle<Result<Vec<(i32, i64, i64)>>>| match h.join() {
-        Ok(r) => r,
-        Err(_) => Err(anyhow::anyhow!("a reader panicked")),
-    };
-    let inputs = join(inputs_reader)?;
-    let results = join(results_reader)?;
-    let sent: std::collections::HashMap<(i32, i64), i64> =
-        inputs.iter().map(|&(p, o, ts)| ((p, o), ts)).collect();
-    let mut lat: Vec<f64> = Vec::with_capacity(results.len());
+    let _ = poller.join();
+    let sent: HashMap<(i32, i64), i64> = inputs.iter().map(|&(p, o, ts)| ((p, o), ts)).collect();
+    let mut to_topic: Vec<f64> = Vec::with_capacity(results.len());
     for &(p, o, ts) in &results {
         let Some(t0) = sent.get(&(p, o)) else {
             bail!("result for an unknown input {:?}", (p, o))
         };
-        lat.push((ts - t0) as f64);
+        to_topic.push((ts - t0) as f64);
     }
-    lat.sort_by(f64::total_cmp);
-    let pct = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize];
-    Ok((pct(0.5), pct(0.99), achieved))
+    let committed = committed.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    let mut to_db: Vec<f64> = Vec::with_capacity(inputs.len());
+    for &(p, o, t0) in &inputs {
+        // The first poll that saw the position past this event.
+        let i = committed.partition_point(|(_, m)| m.get(&p).is_none_or(|&next| next <= o));
+        if let Some((at, _)) = committed.get(i) {
+            to_db.push((at - t0) as f64);
+        }
+    }
+    let pct = |v: &mut Vec<f64>, q: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() as f64 - 1.0) * q) as usize]
+    };
+    if to_db.len() < inputs.len() {
+        bail!(
+            "{} of {} events reached a checkpoint",
+            to_db.len(),
+            inputs.len()
+        );
+    }
+    Ok((
+        (pct(&mut to_topic, 0.5), pct(&mut to_topic, 0.99)),
+        (pct(&mut to_db, 0.5), pct(&mut to_db, 0.99)),
+        achieved,
+    ))
+}
+
+/// Kills a `weir run` with SIGKILL while events stream in, starts it again, and measures
+/// from the kill to the new process's first result on the output topic. Returns seconds,
+/// one per kill.
+fn recovery(lines: &[Vec<u8>], kills: usize) -> Result<Vec<f64>> {
+    let exe = std::env::current_exe().context("locating the weir binary")?;
+    let (_broker_proc, bootstrap) = spawn_broker(&exe)?;
+    let dir = std::env::temp_dir().join(format!("weir-bench-recovery-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let spec_path = dir.join("spec.toml");
+    std::fs::write(
+        &spec_path,
+        WORKLOAD
+            .replace("name = \"workload\"", "name = \"recovery\"")
+            .replace("input_dims = 8", "input_dims = 8\npartitions = 8"),
+    )?;
+    let db = format!("sqlite://{}", dir.join("weir.db").display());
+    let cache = dir.join("cache");
+    let start = || -> Result<std::process::Child> {
+        std::process::Command::new(&exe)
+            .args(["run", "--spec"])
+            .arg(&spec_path)
+            .args(["--kafka", &bootstrap, "--db", &db, "--cache-dir"])
+            .arg(&cache)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting weir run")
+    };
+    // The first start compiles the plugins into the artifact cache, as any first start does.
+    let mut child = start()?;
+    // Events stream in at 20,000/s for the whole measurement.
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (stop, bootstrap, lines) = (stop.clone(), bootstrap.clone(), lines.to_vec());
+        std::thread::spawn(move || -> Result<()> {
+            let mut p = Producer::new(&bootstrap)?;
+            let t = Instant::now();
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                p.send("events", "", &lines[i % lines.len()])?;
+                i += 1;
+                if i % 64 == 0 {
+                    let due = Duration::from_secs_f64(i as f64 / 20_000.0);
+                    if let Some(wait) = due.checked_sub(t.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            }
+            p.flush(Duration::from_secs(30))
+        })
+    };
+    let mut results = Consumer::new(&bootstrap, "bench-recovery-reader", "scores")?;
+    let mut chunk = Vec::new();
+    // The newest result's timestamp, reading everything so far.
+    let mut newest = |wait: Duration| -> Result<Option<i64>> {
+        chunk.clear();
+        results.poll_batch(100_000, wait, &mut chunk)?;
+        Ok(chunk.iter().filter_map(|r| r.timestamp).max())
+    };
+    let mut times = Vec::new();
+    let warm = Instant::now();
+    while newest(Duration::from_millis(200))?.is_none() {
+        if warm.elapsed() > Duration::from_secs(60) {
+            bail!("the first weir run produced nothing");
+        }
+    }
+    for _ in 0..kills {
+        // Run a while, then kill.
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(3) {
+            newest(Duration::from_millis(100))?;
+        }
+        child.kill().context("SIGKILL")?;
+        let killed = crate::bench::now_ms();
+        let killed_at = Instant::now();
+        let _ = child.wait();
+        // Whatever it wrote before the kill is read and dropped.
+        while newest(Duration::from_millis(20))?.is_some_and(|ts| ts < killed) {}
+        child = start()?;
+        loop {
+            if newest(Duration::from_millis(20))?.is_some_and(|ts| ts >= killed) {
+                break;
+            }
+            if killed_at.elapsed() > Duration::from_secs(120) {
+                bail!("no result within 120 s of a restart");
+            }
+        }
+        times.push(killed_at.elapsed().as_secs_f64());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = child.kill();
+    let _ = child.wait();
+    match producer.join() {
+        Ok(r) => r?,
+        Err(_) => bail!("the producer panicked"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(times)
+}
+
+/// `weir broker` as a child process (so a killed worker does not take it along).
+fn spawn_broker(exe: &std::path::Path) -> Result<(KillOnDrop, String)> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(exe)
+        .args(["broker", "--topic", "events:8", "--topic", "scores:4"])
+        .args([
+            "--topic",
+            "windows",
+            "--topic",
+            "late-events",
+            "--topic",
+            "dead-letters",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting weir broker")?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    Ok((KillOnDrop(child), line.trim().to_owned()))
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 pub fn run(n: u64, events: Option<Vec<Event>>, runs: usize) -> Result<()> {
@@ -247,36 +519,97 @@ pub fn run(n: u64, events: Option<Vec<Event>>, runs: usize) -> Result<()> {
         None => weir_workload::Generator::new(n, 42).collect(),
     };
     let lines: Vec<Vec<u8>> = evs.iter().map(|e| to_json_line(e).into_bytes()).collect();
-    let keys: Vec<String> = evs.iter().map(|e| e.key.clone()).collect();
     drop(evs);
+    let n = lines.len() as u64;
+    let runs = runs.max(3);
     println!(
-        "bench pipeline: jobs 1 + 2 of the workload (examples/workload.toml) over {} events",
-        lines.len()
+        "bench pipeline: jobs 1 + 2 of the workload (examples/workload.toml) over {n} events, medians of {runs} runs"
     );
-
     let (engine_rate, results, windows) = engine_only(&lines, runs).context("engine-only run")?;
     println!(
-        "  engine only (in-memory source and sink, 1 worker)   {engine_rate:>10.0} events/s  ({results} results, {windows} window results)"
+        "  engine only (in memory, 1 worker)                       {engine_rate:>10.0} events/s  ({results} results, {windows} window results)"
     );
 
-    let (e2e, e2e_after_join, produce_rate) = end_to_end(&lines).context("end-to-end run")?;
-    println!("  produce the input first (acks=all, idempotent)      {produce_rate:>10.0} events/s");
+    let engine = Engine::new(EngineOptions::default())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let (broker, produce_rate) = loaded_broker(&lines)?;
     println!(
-        "  end to end through Kafka, from pipeline start       {e2e:>10.0} events/s  (includes the ~3 s consumer-group join)"
+        "  producing the input (acks=all, idempotent)              {produce_rate:>10.0} events/s"
     );
-    println!(
-        "  end to end through Kafka, from the first record     {e2e_after_join:>10.0} events/s"
+    let (mut pass, mut e2e, mut lite, mut maria, mut every) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        pass.push(passthrough(&broker.bootstrap(), n).context("passthrough")?);
+        e2e.push(
+            through_kafka(
+                &engine,
+                &broker,
+                n,
+                Durability::KafkaOffsets,
+                &format!("e2e{i}"),
+            )
+            .context("end to end")?,
+        );
+        for (db, out, predictions) in [
+            (sqlite_db("sqlite"), &mut lite, false),
+            (mysql_db(&rt, "mysql")?, &mut maria, false),
+            (sqlite_db("every"), &mut every, true),
+        ] {
+            let store = Arc::new(rt.block_on(Store::connect(&db.url()))?);
+            out.push(
+                through_kafka(
+                    &engine,
+                    &broker,
+                    n,
+                    Durability::Database {
+                        store,
+                        rt: rt.handle().clone(),
+                        predictions,
+                    },
+                    &format!("durable{i}"),
+                )
+                .with_context(|| format!("durable run on {}", db.url()))?,
+            );
+        }
+    }
+    let (pass, e2e, lite, maria, every) = (
+        median(pass),
+        median(e2e),
+        median(lite),
+        median(maria),
+        median(every),
     );
+    println!("  passthrough (rdkafka consume -> produce, no pipeline)   {pass:>10.0} events/s");
+    println!("  end to end, results to topics, no database              {e2e:>10.0} events/s");
+    println!("  durable, SQLite (windows, state, positions)             {lite:>10.0} events/s");
+    println!("  durable, MariaDB (windows, state, positions)            {maria:>10.0} events/s");
+    println!("  durable, SQLite, every prediction stored too            {every:>10.0} events/s");
+    drop(broker);
 
-    let half = (e2e_after_join / 2.0).max(1_000.0);
+    let half = (lite / 2.0).max(1_000.0);
     let n_lat = (lines.len() as f64).min(half * 10.0) as usize;
-    let (p50, p99, achieved) =
-        latency(&lines[..n_lat], &keys[..n_lat], half).context("latency run")?;
+    let ((p50, p99), (db50, db99), achieved) =
+        latency(&engine, &lines[..n_lat], half).context("latency run")?;
     println!(
-        "  event-to-result latency at {achieved:.0} events/s (half the e2e rate), {n_lat} events: p50 {p50:.0} ms, p99 {p99:.0} ms"
+        "  latency at {achieved:.0} events/s (half the durable SQLite rate), {n_lat} events: to the output topic p50 {p50:.0} ms, p99 {p99:.0} ms; to the committed checkpoint p50 {db50:.0} ms, p99 {db99:.0} ms"
+    );
+    let rec = recovery(&lines[..200_000.min(lines.len())], 3).context("recovery run")?;
+    let recovery_s = median(rec.clone());
+    println!(
+        "  recovery after SIGKILL (kill -> first new result): {} s",
+        rec.iter()
+            .map(|s| format!("{s:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
-        "e2e_events_per_s={e2e_after_join:.0} engine_events_per_s={engine_rate:.0} p99_latency_ms={p99:.0}"
+        "passthrough_events_per_s={pass:.0} e2e_events_per_s={e2e:.0} durable_sqlite_events_per_s={lite:.0} durable_mysql_events_per_s={maria:.0} engine_events_per_s={engine_rate:.0} p99_latency_ms={p99:.0} recovery_s={recovery_s:.2} e2e_vs_passthrough={:.3} durable_sqlite_vs_e2e={:.3} durable_mysql_vs_e2e={:.3}",
+        e2e / pass,
+        lite / e2e,
+        maria / e2e
     );
     Ok(())
 }

@@ -12,12 +12,12 @@ use anyhow::{Context, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_engine::{Engine, EngineOptions};
-use weir_server::durable::{DurableOptions, run_durable};
-use weir_server::kafka::{Broker, EmbeddedBroker, Producer};
 use weir_server::run::build_slots;
 use weir_store::{CommitBatch, PartitionCommit, Prediction, Store, WindowResult};
 use weir_stream::pipeline::Pipeline;
 use weir_stream::spec::PipelineSpec;
+use weir_worker::kafka::{Broker, EmbeddedBroker, Producer};
+use weir_worker::{Durability, WorkerOptions};
 use weir_workload::{Generator, to_json_line};
 
 const WORKLOAD: &str = include_str!("../../../examples/workload.toml");
@@ -129,15 +129,19 @@ fn end_to_end(
     let engine = Engine::new(EngineOptions::default())?;
     let pipeline = Pipeline::new(spec, build_slots(&engine, spec)?)?;
     let started = Instant::now();
-    let report = run_durable(
+    let report = weir_worker::run(
         spec,
         pipeline,
-        store.clone(),
-        rt.handle().clone(),
-        DurableOptions {
+        WorkerOptions {
             until_end: true,
-            store_predictions,
-            ..DurableOptions::new(Broker::Embedded(Arc::new(broker)))
+            ..WorkerOptions::new(
+                Broker::Embedded(Arc::new(broker)),
+                Durability::Database {
+                    store: store.clone(),
+                    rt: rt.handle().clone(),
+                    predictions: store_predictions,
+                },
+            )
         },
     )?;
     let secs = started.elapsed().as_secs_f64();
@@ -148,7 +152,7 @@ fn end_to_end(
         lines.len()
     );
     rt.block_on(store.reset_pipeline(spec.name.get_ref()))?;
-    Ok((lines.len() as f64 / secs, report.rows))
+    Ok((lines.len() as f64 / secs, report.commits.rows))
 }
 
 /// Runs the benchmark over `n` events (end to end) and `rows` rows (raw sink).

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use weir_server::api::{ApiConfig, AppState};
-use weir_server::kafka::{Broker, EmbeddedBroker, Producer};
+use weir_worker::kafka::{Broker, EmbeddedBroker, Producer};
 use weir_workload::{Generator, to_json_line};
 
 const ADMIN: &str = "wk_b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
@@ -224,7 +224,6 @@ pub fn run(warm: u64, swaps: usize) -> Result<()> {
                     producer.send("bench.events", &lines[i].0, lines[i].1.as_bytes())?;
                     i += 1;
                 }
-                producer.poll();
                 sent.store(i as u64, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(2));
             }

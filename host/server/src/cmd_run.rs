@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use weir_engine::{Engine, EngineOptions};
-use weir_server::durable::{DurableOptions, run_durable};
-use weir_server::kafka::{Broker, EMBEDDED_LIMITS, EmbeddedBroker};
 use weir_server::run::build_slots;
 use weir_store::Store;
 use weir_stream::pipeline::Pipeline;
 use weir_stream::spec::PipelineSpec;
+use weir_worker::kafka::{Broker, EMBEDDED_LIMITS, EmbeddedBroker, Membership};
+use weir_worker::{Durability, WorkerOptions};
 
 /// Options of `weir run`.
 #[derive(clap::Args)]
@@ -37,19 +37,25 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1000)]
     commit_ms: u64,
     /// Checkpoint once this many output rows are pending.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 50_000)]
     commit_rows: usize,
     /// Do not write per-event predictions to the database (the output topic still gets
     /// them); window results are always written.
     #[arg(long)]
     no_predictions: bool,
-    /// Kafka consumer group (default `weir-<pipeline name>`). Workers of one pipeline in
-    /// the same group share its partitions.
+    /// Share the topic's partitions with the other workers of this Kafka consumer group.
+    /// Without it the worker takes every partition itself: no group join, so it starts and
+    /// restarts at once (a second worker of the pipeline takes over from the first, which
+    /// its checkpoints then fence).
     #[arg(long)]
     group: Option<String>,
     /// Delete the pipeline's stored results, state and positions first.
     #[arg(long)]
     reset: bool,
+    /// Directory for compiled plugin artifacts, so a restart loads them instead of compiling
+    /// (default: `$XDG_CACHE_HOME/weir` or `~/.cache/weir`; `--cache-dir ''` turns it off).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
     /// With --until-end: fail when no partition is assigned within this many seconds.
     #[arg(long, default_value_t = 60)]
     assign_timeout_s: u64,
@@ -89,7 +95,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
     };
     let bootstrap = broker.bootstrap();
-    let engine = Engine::new(EngineOptions::default())?;
+    let engine = Engine::new(EngineOptions {
+        cache_dir: cache_dir(args.cache_dir.clone()),
+        ..EngineOptions::default()
+    })?;
     let slots = build_slots(&engine, &spec)?;
     let pipeline = Pipeline::new(&spec, slots)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -106,36 +115,58 @@ pub fn run(args: RunArgs) -> Result<()> {
         store.backend_name()
     );
     let started = Instant::now();
-    let report = run_durable(
+    let membership = if args.group.is_some() {
+        Membership::Group
+    } else {
+        Membership::All
+    };
+    let report = weir_worker::run(
         &spec,
         pipeline,
-        store,
-        rt.handle().clone(),
-        DurableOptions {
+        WorkerOptions {
             stop,
             until_end: args.until_end,
             commit_interval: Duration::from_millis(args.commit_ms.max(1)),
             commit_rows: args.commit_rows.max(1),
-            store_predictions: !args.no_predictions,
             group: args.group.clone(),
+            membership,
             assign_timeout: args
                 .until_end
                 .then(|| Duration::from_secs(args.assign_timeout_s.max(1))),
-            ..DurableOptions::new(broker)
+            ..WorkerOptions::new(
+                broker,
+                Durability::Database {
+                    store,
+                    rt: rt.handle().clone(),
+                    predictions: !args.no_predictions,
+                },
+            )
         },
     )?;
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "processed {} records in {secs:.1}s ({:.0}/s); {} checkpoints wrote {} rows ({:.1}s in commits); {} redelivered records skipped; {} input gaps recorded",
+        "processed {} records in {secs:.1}s ({:.0}/s); {} checkpoints wrote {} rows ({:.1}s in commits, off the worker's thread); {} redelivered records skipped; {} input gaps recorded",
         report.records,
         report.records as f64 / secs.max(1e-9),
-        report.commits,
-        report.rows,
-        report.commit_time.as_secs_f64(),
+        report.commits.commits,
+        report.commits.rows,
+        report.commits.commit_time.as_secs_f64(),
         report.skipped,
-        report.gaps
+        report.commits.gaps
     );
     Ok(())
+}
+
+/// The artifact cache: the one given (none when empty), else the user's cache directory.
+pub fn cache_dir(given: Option<PathBuf>) -> Option<PathBuf> {
+    match given {
+        Some(p) if p.as_os_str().is_empty() => None,
+        Some(p) => Some(p),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|d| d.join("weir")),
+    }
 }
 
 /// The URL without its password.

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use weir_server::api::{self, ApiConfig, AppState};
-use weir_server::kafka::{Broker, EMBEDDED_LIMITS, EmbeddedBroker};
+use weir_worker::kafka::{Broker, EMBEDDED_LIMITS, EmbeddedBroker};
 
 /// Arguments of `weir serve`.
 #[derive(Args)]

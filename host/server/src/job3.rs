@@ -10,8 +10,6 @@
 //!   recent labelled events and swaps a challenger in when it beats the serving model
 //!   (`[training]`), with drift detection.
 
-use crate::durable::{DurableOptions, run_durable, spec_topics};
-use crate::kafka::{Broker, EmbeddedBroker, Producer};
 use crate::run::build_slots;
 use anyhow::{Context, Result, bail};
 use std::sync::atomic::Ordering;
@@ -22,6 +20,8 @@ use weir_store::Store;
 use weir_stream::pipeline::Pipeline;
 use weir_stream::spec::PipelineSpec;
 use weir_stream::training::TrainingStatus;
+use weir_worker::kafka::{Broker, EmbeddedBroker, Producer};
+use weir_worker::{Durability, WorkerOptions, spec_topics};
 use weir_workload::Models;
 
 /// Which job 3.
@@ -151,10 +151,16 @@ pub fn run(
     let engine = Engine::new(EngineOptions::default())?;
     let pipeline = Pipeline::new(&spec, build_slots(&engine, &spec)?)?;
     let training = pipeline.training();
-    let opts = DurableOptions {
+    let opts = WorkerOptions {
         batch: 2048,
-        store_predictions: true,
-        ..DurableOptions::new(broker.clone())
+        ..WorkerOptions::new(
+            broker.clone(),
+            Durability::Database {
+                store: store.clone(),
+                rt: rt.handle().clone(),
+                predictions: true,
+            },
+        )
     };
     // The feeder writes before the worker starts: the topics must exist first.
     broker.ensure_topics(&spec_topics(&spec))?;
@@ -213,7 +219,7 @@ pub fn run(
         })
     };
     let started = Instant::now();
-    let worker = run_durable(&spec, pipeline, store.clone(), rt.handle().clone(), opts);
+    let worker = weir_worker::run(&spec, pipeline, opts);
     let seconds = started.elapsed().as_secs_f64();
     let _ = feeder.join();
     worker.context("the durable worker")?;

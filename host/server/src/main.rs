@@ -10,7 +10,7 @@ mod cmd_run;
 mod cmd_serve;
 mod up;
 
-use weir_server::kafka;
+use weir_worker::kafka;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -268,7 +268,6 @@ fn produce(file: &std::path::Path, topic: &str, kafka: &str, key_field: &str) ->
         producer.check()?;
         n += 1;
         if n % 10_000 == 0 {
-            producer.poll();
             bar.set_message(format!("{n} records"));
         }
     }

@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weir_engine::{Engine, EngineOptions};
-use weir_server::durable::{DurableOptions, run_durable, spec_topics};
-use weir_server::kafka::{Broker, EMBEDDED_LIMITS, EmbeddedBroker, Producer};
-use weir_server::run::{Progress, build_slots};
+use weir_server::run::build_slots;
 use weir_store::Store;
 use weir_stream::pipeline::Pipeline;
 use weir_stream::spec::PipelineSpec;
+use weir_worker::kafka::{Broker, EMBEDDED_LIMITS, EmbeddedBroker, Producer};
+use weir_worker::{Durability, Progress, WorkerOptions, spec_topics};
 use weir_workload::{Generator, to_json_line};
 
 const EXAMPLE_SPEC: &str = include_str!("../../../examples/workload.toml");
@@ -180,7 +180,6 @@ pub fn run(args: UpArgs) -> Result<()> {
                     producer.send(&topic, &e.key, to_json_line(&e).as_bytes())?;
                     generated.store(i as u64 + 1, Ordering::Relaxed);
                     if rate > 0 && i % 256 == 0 {
-                        producer.poll();
                         let due = Duration::from_secs_f64(i as f64 / rate as f64);
                         if let Some(wait) = due.checked_sub(start.elapsed()) {
                             std::thread::sleep(wait);
@@ -205,16 +204,20 @@ pub fn run(args: UpArgs) -> Result<()> {
         std::thread::Builder::new()
             .name("weir-worker".into())
             .spawn(move || {
-                run_durable(
+                weir_worker::run(
                     &spec,
                     pipeline,
-                    store,
-                    handle,
-                    DurableOptions {
+                    WorkerOptions {
                         stop,
                         progress,
-                        store_predictions,
-                        ..DurableOptions::new(broker)
+                        ..WorkerOptions::new(
+                            broker,
+                            Durability::Database {
+                                store,
+                                rt: handle,
+                                predictions: store_predictions,
+                            },
+                        )
                     },
                 )
             })?

@@ -370,6 +370,19 @@ impl Store {
         options
             .sqlx_logging(false)
             .connect_timeout(Duration::from_secs(10));
+        if !memory && url.starts_with("sqlite:") {
+            // Write-ahead logging: readers (the API, paging results) never wait for the
+            // worker's checkpoint transactions, nor they for readers; and a commit appends to
+            // the log instead of rewriting pages. `synchronous = NORMAL` syncs at WAL
+            // checkpoints: a crash of weir loses nothing committed; a power loss can roll
+            // back the last checkpoints, positions and results together, and they are
+            // replayed.
+            use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+            options.map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+            });
+        }
         if memory {
             // Every SQLite connection to :memory: is its own database: keep exactly one alive.
             options

@@ -11,6 +11,25 @@ use crate::{
     StoreError, WindowResult,
 };
 
+impl From<checkpoints::Model> for Checkpoint {
+    fn from(m: checkpoints::Model) -> Self {
+        Checkpoint {
+            pipeline: m.pipeline,
+            partition: m.partition,
+            next_offset: m.next_offset,
+            watermark: m.watermark,
+            owner_epoch: m.owner_epoch,
+            commits: m.commits,
+            updated_at: m.updated_at,
+            source: SourceIdentity {
+                cluster_id: m.cluster_id,
+                topic_id: m.topic_id,
+            },
+            offset_base: m.offset_base,
+        }
+    }
+}
+
 impl From<gaps::Model> for Gap {
     fn from(m: gaps::Model) -> Self {
         Gap {
@@ -90,20 +109,17 @@ impl Store {
         let row = checkpoints::Entity::find_by_id((pipeline.to_owned(), partition))
             .one(&self.db)
             .await?;
-        Ok(row.map(|m| Checkpoint {
-            pipeline: m.pipeline,
-            partition: m.partition,
-            next_offset: m.next_offset,
-            watermark: m.watermark,
-            owner_epoch: m.owner_epoch,
-            commits: m.commits,
-            updated_at: m.updated_at,
-            source: SourceIdentity {
-                cluster_id: m.cluster_id,
-                topic_id: m.topic_id,
-            },
-            offset_base: m.offset_base,
-        }))
+        Ok(row.map(Checkpoint::from))
+    }
+
+    /// Every partition's checkpoint of a pipeline, by partition.
+    pub async fn checkpoints(&self, pipeline: &str) -> Result<Vec<Checkpoint>, StoreError> {
+        let rows = checkpoints::Entity::find()
+            .filter(checkpoints::Column::Pipeline.eq(pipeline))
+            .order_by_asc(checkpoints::Column::Partition)
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(Checkpoint::from).collect())
     }
 
     /// The recorded input gaps of several pipelines, oldest first.

@@ -7,6 +7,7 @@
 //! tests drive everything here in memory, with processing time passed in explicitly.
 
 pub mod aggregate;
+pub mod checkpoint;
 pub mod metrics;
 pub mod parse;
 pub mod pipeline;

@@ -11,10 +11,12 @@
 
 use crate::SourcePos;
 use crate::aggregate::AggKind;
+pub use crate::checkpoint::StateChange;
+use crate::checkpoint::Tracking;
 use crate::metrics::{ModelVariants, PipelineMetrics, Role, in_canary};
 use crate::parse::RecordParser;
 use crate::spec::PipelineSpec;
-use crate::state::TrackedState;
+
 use crate::training::{Trainer, TrainingShared};
 use crate::watermark::Watermarks;
 use crate::window::{Fired, Lateness, Windower};
@@ -78,19 +80,6 @@ impl Default for RecordMeta {
             extractor_version: String::new(),
         }
     }
-}
-
-/// A keyed-state change since the last checkpoint, for a durable store.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StateChange {
-    /// The partition that owns the key.
-    pub partition: i32,
-    /// `window` for the windower's panes, `<stage>/<name>` for a plugin's entries.
-    pub namespace: String,
-    /// Record key.
-    pub key: String,
-    /// New value, `None` when deleted.
-    pub value: Option<Vec<u8>>,
 }
 
 /// What one call produced, by output.
@@ -192,11 +181,11 @@ pub enum PipelineError {
     Engine(#[from] weir_engine::Error),
 }
 
-struct WindowStage {
-    windower: Windower,
+pub(crate) struct WindowStage {
+    pub(crate) windower: Windower,
     aggs: Vec<AggKind>,
     value_index: usize,
-    operator: Option<Runner>,
+    pub(crate) operator: Option<Runner>,
     outputs: Vec<String>,
 }
 
@@ -206,14 +195,14 @@ pub struct Pipeline {
     with_payload: bool,
     dims: usize,
     extractor: Option<Runner>,
-    model: Option<Runner>,
-    operators: Vec<Runner>,
-    window: Option<WindowStage>,
-    watermarks: Watermarks,
+    pub(crate) model: Option<Runner>,
+    pub(crate) operators: Vec<Runner>,
+    pub(crate) window: Option<WindowStage>,
+    pub(crate) watermarks: Watermarks,
     stats: Stats,
     /// The version that last served each (stage, partition).
     versions: HashMap<(String, i32), VersionId>,
-    switches: Vec<Switch>,
+    pub(crate) switches: Vec<Switch>,
     batch: EventBatch,
     positions: Vec<SourcePos>,
     raw: Vec<(usize, usize)>,
@@ -228,23 +217,15 @@ pub struct Pipeline {
     variants: Arc<ModelVariants>,
     canary: Option<Runner>,
     shadow: Option<Runner>,
-    trained_since_snapshot: bool,
+    pub(crate) trained_since_snapshot: bool,
     /// Set by [`Pipeline::enable_checkpoints`].
-    checkpoints: Option<Checkpoints>,
+    pub(crate) checkpoints: Option<Tracking>,
     /// Host-side training of the model stage (`[training]`).
-    trainer: Option<Trainer>,
+    pub(crate) trainer: Option<Trainer>,
     /// Each row's id, when labels join later.
     ids: Vec<Option<String>>,
     /// Label records of the current step: (key, id, label).
     label_records: Vec<(String, String, f64)>,
-}
-
-/// What checkpointing tracks: which partition owns each key, and the plugins' state.
-#[derive(Default)]
-struct Checkpoints {
-    key_partition: HashMap<String, i32>,
-    /// `(stage name, its state)` for every stateful Wasm stage.
-    states: Vec<(String, TrackedState)>,
 }
 
 impl Pipeline {
@@ -344,129 +325,6 @@ impl Pipeline {
         })
     }
 
-    /// Turns on checkpoint tracking: which partition each key belongs to, the windower's
-    /// changed panes, and the keyed state of the Wasm operators (held in a
-    /// [`TrackedState`] each). Call it before the first batch; afterwards
-    /// [`Pipeline::take_changes`] returns what changed since the previous call.
-    pub fn enable_checkpoints(&mut self) {
-        if self.checkpoints.is_some() {
-            return;
-        }
-        let mut cp = Checkpoints::default();
-        if let Some(w) = self.window.as_mut() {
-            w.windower.track_changes();
-            if let Some(op) = w.operator.take() {
-                let st = TrackedState::default();
-                cp.states.push(("window".into(), st.clone()));
-                w.operator = Some(Runner::new(op.slot().clone()).with_state(Box::new(st)));
-            }
-        }
-        for (i, op) in self.operators.iter_mut().enumerate() {
-            let st = TrackedState::default();
-            cp.states.push((format!("operator-{i}"), st.clone()));
-            *op = Runner::new(op.slot().clone()).with_state(Box::new(st));
-        }
-        self.checkpoints = Some(cp);
-    }
-
-    /// The keyed-state changes since the last call (empty unless checkpoints are on): the
-    /// windower's panes of every changed key, and every changed plugin state entry.
-    pub fn take_changes(&mut self) -> Vec<StateChange> {
-        let Some(cp) = self.checkpoints.as_ref() else {
-            return Vec::new();
-        };
-        let part = |key: &str| cp.key_partition.get(key).copied().unwrap_or(-1);
-        let mut out = Vec::new();
-        if let Some(w) = self.window.as_mut() {
-            for (key, value) in w.windower.take_touched() {
-                out.push(StateChange {
-                    partition: part(&key),
-                    namespace: "window".into(),
-                    key,
-                    value,
-                });
-            }
-        }
-        for (stage, st) in &cp.states {
-            for (key, name, value) in st.take_changes() {
-                out.push(StateChange {
-                    partition: part(&key),
-                    namespace: format!("{stage}/{name}"),
-                    key,
-                    value,
-                });
-            }
-        }
-        out
-    }
-
-    /// Restores a partition from its checkpoint: its watermark and the keyed state it owns
-    /// (`(namespace, key, value)` as [`Pipeline::take_changes`] produced them).
-    pub fn restore_partition(
-        &mut self,
-        partition: i32,
-        watermark: i64,
-        entries: &[(String, String, Vec<u8>)],
-        now_ms: u64,
-    ) -> Result<(), PipelineError> {
-        self.watermarks.restore(partition, watermark, now_ms);
-        let Some(cp) = self.checkpoints.as_mut() else {
-            return Err(PipelineError::Setup(
-                "restoring a partition needs checkpoints enabled".into(),
-            ));
-        };
-        for (namespace, key, value) in entries {
-            cp.key_partition.insert(key.clone(), partition);
-            if namespace == "window" {
-                let w = self.window.as_mut().ok_or_else(|| {
-                    PipelineError::Setup(
-                        "the checkpoint has window state but the pipeline has no window".into(),
-                    )
-                })?;
-                w.windower
-                    .restore_key(key, value)
-                    .map_err(|e| PipelineError::Setup(format!("key `{key}`: {e}")))?;
-                continue;
-            }
-            let (stage, name) = namespace.split_once('/').ok_or_else(|| {
-                PipelineError::Setup(format!("unknown state namespace `{namespace}`"))
-            })?;
-            let st = cp
-                .states
-                .iter()
-                .find(|(s, _)| s == stage)
-                .map(|(_, st)| st)
-                .ok_or_else(|| {
-                    PipelineError::Setup(format!(
-                        "the checkpoint has state for stage `{stage}`, which this pipeline lacks"
-                    ))
-                })?;
-            st.load(key, name, value.clone());
-        }
-        Ok(())
-    }
-
-    /// One partition's watermark (stored with its checkpoint).
-    pub fn partition_watermark(&self, partition: i32) -> i64 {
-        self.watermarks.partition_watermark(partition)
-    }
-
-    /// The model's parameters when it trained since the last call: `(plugin sha256,
-    /// snapshot bytes)`.
-    pub fn model_snapshot(&mut self) -> Result<Option<(String, Vec<u8>)>, PipelineError> {
-        if !self.trained_since_snapshot {
-            return Ok(None);
-        }
-        let Some(r) = self.model.as_mut() else {
-            return Ok(None);
-        };
-        let inst = r.instance()?;
-        let bytes = inst.snapshot()?;
-        let sha = inst.deployment().plugin.id().0.clone();
-        self.trained_since_snapshot = false;
-        Ok(Some((sha, bytes)))
-    }
-
     /// Restores the model's parameters from a snapshot.
     pub fn restore_model(&mut self, bytes: &[u8]) -> Result<(), PipelineError> {
         let Some(r) = self.model.as_mut() else {
@@ -553,14 +411,17 @@ impl Pipeline {
         now_ms: u64,
         out: &mut Outputs,
     ) -> Result<(), PipelineError> {
+        let mark = (out.results.len(), out.windows.len());
         let step = self.trainer.as_ref().map_or(usize::MAX, Trainer::step_rows);
-        if records.len() <= step {
-            return self.process_step(records, now_ms, out);
-        }
-        for chunk in records.chunks(step) {
-            self.process_step(chunk, now_ms, out)?;
-        }
-        Ok(())
+        let done = if records.len() <= step {
+            self.process_step(records, now_ms, out)
+        } else {
+            records
+                .chunks(step)
+                .try_for_each(|chunk| self.process_step(chunk, now_ms, out))
+        };
+        self.keep_for_checkpoint(&out.results[mark.0..], &out.windows[mark.1..]);
+        done
     }
 
     fn process_step(
@@ -654,7 +515,10 @@ impl Pipeline {
     /// Advances the watermark with no new records (idle partitions stop holding it back)
     /// and fires due windows.
     pub fn tick(&mut self, now_ms: u64, out: &mut Outputs) -> Result<(), PipelineError> {
-        self.fire_windows(now_ms, out)
+        let mark = out.windows.len();
+        let done = self.fire_windows(now_ms, out);
+        self.keep_for_checkpoint(&[], &out.windows[mark..]);
+        done
     }
 
     /// End of a bounded input: fires and releases every window.
@@ -663,7 +527,10 @@ impl Pipeline {
             return Ok(());
         };
         let fired = w.windower.flush();
-        self.emit_windows(fired, out)
+        let mark = out.windows.len();
+        let done = self.emit_windows(fired, out);
+        self.keep_for_checkpoint(&[], &out.windows[mark..]);
+        done
     }
 
     /// Advances the watermarks event by event and assigns events to windows. Lateness is

@@ -76,6 +76,11 @@ impl Watermarks {
         self.current
     }
 
+    /// Every assigned partition with its own watermark, for checkpoints.
+    pub fn partitions(&self) -> impl Iterator<Item = (i32, i64)> + '_ {
+        self.parts.keys().map(|&p| (p, self.partition_watermark(p)))
+    }
+
     /// One partition's own watermark (`max ts − delay − 1`; `i64::MIN` before its first
     /// event). Used to judge its events' lateness, and stored in checkpoints.
     #[inline]

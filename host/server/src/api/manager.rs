@@ -7,9 +7,6 @@
 //! write another tenant's topics.
 
 use super::error::ApiError;
-use crate::durable::{DurableOptions, run_durable, spec_topics};
-use crate::kafka::Broker;
-use crate::run::Progress;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +17,8 @@ use weir_store::{NewDeployment, PipelineRecord, PluginRecord, Store};
 use weir_stream::metrics::{ModelVariants, PipelineMetrics};
 use weir_stream::pipeline::{Pipeline, StageSlots};
 use weir_stream::spec::{PipelineSpec, StageSpec};
+use weir_worker::kafka::Broker;
+use weir_worker::{Durability, Progress, WorkerOptions, spec_topics};
 
 /// Actions recorded in `deployments.actor` that change what a stage serves.
 const SERVING_ACTIONS: [&str; 5] = [
@@ -398,19 +397,25 @@ impl Manager {
             canary: Mutex::new(canary),
             shadow: Mutex::new(shadow),
         });
-        let opts = DurableOptions {
+        let (store, rt) = (self.store.clone(), Handle::current());
+        let opts = WorkerOptions {
             stop: running.stop.clone(),
             progress: running.progress.clone(),
-            store_predictions: true,
             group: Some(format!("weir-{}", running.internal)),
-            ..DurableOptions::new(self.broker.clone())
+            ..WorkerOptions::new(
+                self.broker.clone(),
+                Durability::Database {
+                    store: store.clone(),
+                    rt: rt.clone(),
+                    predictions: true,
+                },
+            )
         };
-        let (store, rt) = (self.store.clone(), Handle::current());
         let (finished, error, id) = (running.finished.clone(), running.error.clone(), record.id);
         let thread = std::thread::Builder::new()
             .name(format!("pipeline-{}", record.id))
             .spawn(move || {
-                let result = run_durable(&spec, pipeline, store.clone(), rt.clone(), opts);
+                let result = weir_worker::run(&spec, pipeline, opts);
                 if let Err(e) = result {
                     let message = format!("{e:#}");
                     tracing::error!("pipeline {id} failed: {message}");

@@ -15,7 +15,6 @@ pub mod manager;
 pub mod openapi;
 mod pipelines;
 
-use crate::kafka::Broker;
 use auth::{CursorSigner, RateLimiter};
 use error::ApiError;
 use manager::Manager;
@@ -29,6 +28,7 @@ use warp::Filter;
 use warp::reply::Response;
 use weir_engine::Engine;
 use weir_store::{ADMIN_TENANT, Store};
+use weir_worker::kafka::Broker;
 
 /// Settings of the API server.
 #[derive(Debug, Clone)]

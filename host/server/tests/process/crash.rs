@@ -38,9 +38,7 @@ fn crash_recovery(db: TestDb, clean: TestDb) {
 
     // The crash-free run.
     let (status, out) = run_to_end(
-        &[
-            "--spec", clean_spec, "--kafka", &addr, "--db", &clean.url, "--group", "clean",
-        ],
+        &["--spec", clean_spec, "--kafka", &addr, "--db", &clean.url],
         &[],
         Duration::from_secs(600),
     );
@@ -80,8 +78,6 @@ fn crash_recovery(db: TestDb, clean: TestDb) {
                     "--until-end",
                     "--commit-rows",
                     "1000",
-                    "--group",
-                    &format!("crash-{lives}"),
                 ])
                 .env("WEIR_FAILPOINT_COMMIT_PAUSE_MS", "40")
                 .stdout(Stdio::null())
@@ -201,7 +197,7 @@ fn topic_positions(
     topic: &str,
     want: &BTreeSet<(i32, i64)>,
 ) -> std::collections::BTreeMap<(i32, i64), usize> {
-    let mut c = weir_server::kafka::Consumer::new(kafka, &format!("read-{}", nanos()), topic)
+    let mut c = weir_worker::kafka::Consumer::new(kafka, &format!("read-{}", nanos()), topic)
         .expect("consumer");
     let mut seen = std::collections::BTreeMap::new();
     let mut records = Vec::new();

@@ -13,8 +13,8 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-use weir_server::kafka::Consumer;
 use weir_store::Store;
+use weir_worker::kafka::Consumer;
 use weir_workload::{Generator, to_json_line};
 
 /// The scoring part of the workload (no window: these tests are about the source).
@@ -285,7 +285,7 @@ fn cli(api: &str, key: &str, args: &[&str]) -> Value {
 }
 
 fn produce_events(kafka: &str, topic: &str, events: &[weir_workload::Event]) {
-    let mut p = weir_server::kafka::Producer::new(kafka).unwrap();
+    let mut p = weir_worker::kafka::Producer::new(kafka).unwrap();
     for e in events {
         p.send(topic, &e.key, to_json_line(e).as_bytes()).unwrap();
     }

@@ -4,8 +4,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-use weir_server::kafka::Producer;
 use weir_store::Store;
+use weir_worker::kafka::Producer;
 use weir_workload::{Generator, to_json_line};
 
 /// The `weir` binary under test.

@@ -6,15 +6,21 @@ use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a message may wait for its acknowledgement before it counts as failed.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Counts deliveries and failures of a producer.
+/// Counts deliveries and failures of a producer, and tracks which messages are settled
+/// (acknowledged or failed for good): every message gets a sequence number when it is
+/// queued, and [`Deliveries::settled`] is the number of messages from the first on that are
+/// all settled, whatever order the broker acknowledged them in.
 #[derive(Default)]
 pub struct Deliveries {
     /// Acknowledged messages.
@@ -23,26 +29,104 @@ pub struct Deliveries {
     pub failed: AtomicU64,
     /// The last failure, with its topic.
     pub last_error: Mutex<Option<String>>,
+    acks: Mutex<Acks>,
+    changed: Condvar,
 }
 
-/// Producer context that counts acknowledgements.
+/// Settled sequence numbers: every one below `low` is settled; `done[i]` says whether
+/// `low + i` is.
+#[derive(Default)]
+struct Acks {
+    low: u64,
+    done: VecDeque<bool>,
+}
+
+impl Deliveries {
+    fn settle(&self, seq: u64) {
+        let mut a = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        if seq < a.low {
+            return;
+        }
+        let i = (seq - a.low) as usize;
+        if a.done.len() <= i {
+            a.done.resize(i + 1, false);
+        }
+        a.done[i] = true;
+        let mut moved = false;
+        while a.done.front() == Some(&true) {
+            a.done.pop_front();
+            a.low += 1;
+            moved = true;
+        }
+        drop(a);
+        if moved {
+            self.changed.notify_all();
+        }
+    }
+
+    /// How many messages, from the first one queued on, are all settled.
+    pub fn settled(&self) -> u64 {
+        self.acks.lock().unwrap_or_else(|p| p.into_inner()).low
+    }
+
+    /// Waits until the first `n` messages are settled; false after `timeout`.
+    pub fn wait_settled(&self, n: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut a = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        while a.low < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            a = self
+                .changed
+                .wait_timeout(a, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        true
+    }
+
+    /// Fails once any message was refused for good (after librdkafka's own retries), naming
+    /// the topic and the broker's reason.
+    pub fn check(&self) -> Result<()> {
+        let failed = self.failed.load(Ordering::Relaxed);
+        if failed == 0 {
+            return Ok(());
+        }
+        let last = self
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|g| g.clone())
+            .unwrap_or_default();
+        Err(anyhow!(
+            "{failed} output records were not delivered (last: {last})"
+        ))
+    }
+}
+
+/// Producer context that counts acknowledgements and settles sequence numbers.
 #[derive(Clone, Default)]
 pub struct CountingContext(pub Arc<Deliveries>);
 
 impl ClientContext for CountingContext {}
 
 impl ProducerContext for CountingContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
         match result {
-            Ok(_) => self.0.delivered.fetch_add(1, Ordering::Relaxed),
+            Ok(_) => {
+                self.0.delivered.fetch_add(1, Ordering::Relaxed);
+            }
             Err((e, m)) => {
                 if let Ok(mut g) = self.0.last_error.lock() {
                     *g = Some(format!("topic `{}`: {e}", m.topic()));
                 }
-                self.0.failed.fetch_add(1, Ordering::Relaxed)
+                self.0.failed.fetch_add(1, Ordering::Relaxed);
             }
-        };
+        }
+        self.0.settle(seq as u64);
     }
 }
 
@@ -62,12 +146,12 @@ pub enum SendError {
     Failed(#[from] anyhow::Error),
 }
 
-/// An idempotent, `acks=all` producer that batches for throughput. Its local queue is
-/// bounded: when it is full, [`Producer::send`] polls for acknowledgements and retries, so a
-/// slow broker slows the caller instead of growing memory; a broker that acknowledges
-/// nothing for [`DELIVERY_TIMEOUT`] fails the send.
+/// An idempotent, `acks=all` producer that batches for throughput, with a thread of its own
+/// serving delivery reports. Its local queue is bounded: when it is full,
+/// [`Producer::send`] waits for room, so a slow broker slows the caller instead of growing
+/// memory; a broker that acknowledges nothing for the delivery timeout fails the send.
 pub struct Producer {
-    inner: BaseProducer<CountingContext>,
+    inner: ThreadedProducer<CountingContext>,
     deliveries: Arc<Deliveries>,
     sent: u64,
     timeout: Duration,
@@ -83,7 +167,7 @@ impl Producer {
     pub fn with_delivery_timeout(bootstrap: &str, timeout: Duration) -> Result<Self> {
         let ctx = CountingContext::default();
         let deliveries = ctx.0.clone();
-        let inner: BaseProducer<CountingContext> = ClientConfig::new()
+        let inner: ThreadedProducer<CountingContext> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("acks", "all")
             .set("enable.idempotence", "true")
@@ -109,7 +193,8 @@ impl Producer {
     /// Queues one message, waiting for room when the local queue is full.
     pub fn send(&mut self, topic: &str, key: &str, payload: &[u8]) -> Result<(), SendError> {
         // An empty key means no key: the partitioner then spreads records over partitions.
-        let mut record = BaseRecord::to(topic).payload(payload);
+        let seq = usize::try_from(self.sent).unwrap_or(usize::MAX);
+        let mut record = BaseRecord::with_opaque_to(topic, seq).payload(payload);
         if !key.is_empty() {
             record = record.key(key.as_bytes());
         }
@@ -122,7 +207,7 @@ impl Producer {
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    self.inner.poll(Duration::from_millis(1));
+                    std::thread::sleep(Duration::from_micros(500));
                     self.check()?;
                     let since = *full_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > self.timeout {
@@ -144,9 +229,9 @@ impl Producer {
         }
     }
 
-    /// Serves delivery callbacks without blocking.
-    pub fn poll(&self) {
-        self.inner.poll(Duration::ZERO);
+    /// The delivery counters, shared with whoever waits for acknowledgements.
+    pub fn deliveries(&self) -> Arc<Deliveries> {
+        self.deliveries.clone()
     }
 
     /// Messages acknowledged by the broker so far.
@@ -167,25 +252,17 @@ impl Producer {
     /// Fails once any message was refused for good (after librdkafka's own retries), naming
     /// the topic and the broker's reason.
     pub fn check(&self) -> Result<()> {
-        let failed = self.failed();
-        if failed == 0 {
-            return Ok(());
-        }
-        let last = self
-            .deliveries
-            .last_error
-            .lock()
-            .ok()
-            .and_then(|g| g.clone())
-            .unwrap_or_default();
-        Err(anyhow!(
-            "{failed} output records were not delivered (last: {last})"
-        ))
+        self.deliveries.check()
     }
 
     /// Waits until everything queued is acknowledged.
     pub fn flush(&self, timeout: Duration) -> Result<()> {
         self.inner.flush(timeout).context("flushing the producer")?;
+        if !self.deliveries.wait_settled(self.sent, timeout) {
+            return Err(anyhow!(
+                "flushing the producer: acknowledgements still missing"
+            ));
+        }
         self.check()
     }
 }

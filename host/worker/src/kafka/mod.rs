@@ -9,6 +9,7 @@ mod topic_id;
 
 pub use broker::{Broker, EMBEDDED_LIMITS, EMBEDDED_RETENTION_BYTES, EmbeddedBroker};
 pub use consumer::{
-    AssignHook, Consumer, LogBounds, Owned, RebalanceLog, Rebalanced, SourceAlert, SourceLog,
+    AssignHook, Consumer, LogBounds, Membership, Owned, RebalanceLog, Rebalanced, SourceAlert,
+    SourceLog,
 };
 pub use producer::{CountingContext, DELIVERY_TIMEOUT, Deliveries, Producer, SendError};

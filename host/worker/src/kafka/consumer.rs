@@ -33,14 +33,28 @@ pub struct LogBounds {
     pub high: i64,
 }
 
-/// What the broker says about the source topic: which log it is, and the bounds of some of
-/// its partitions.
+/// What the broker says about the source topic: which log it is, the bounds of some of its
+/// partitions, and the group's committed offsets for them.
 #[derive(Debug, Clone, Default)]
 pub struct SourceLog {
     /// The cluster id and the topic id.
     pub identity: SourceIdentity,
     /// Bounds per partition.
     pub bounds: BTreeMap<i32, LogBounds>,
+    /// The consumer group's committed offset per partition (only those it has one for).
+    pub committed: BTreeMap<i32, i64>,
+}
+
+/// How a consumer gets its partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Membership {
+    /// All of the topic's partitions, assigned directly: no group join (a start takes no
+    /// rebalance), and a worker that restarts owns its partitions at once. The group id only
+    /// names the offsets committed for monitoring. Two workers that both take everything
+    /// fence each other through the database's owner epochs.
+    All,
+    /// A share of the partitions, from a consumer group the workers of a pipeline join.
+    Group,
 }
 
 /// Decides where newly assigned partitions start: given the partitions and what the broker
@@ -168,6 +182,20 @@ fn describe<C: ConsumerContext>(
     topic: &str,
     partitions: &[i32],
 ) -> Result<SourceLog> {
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition(topic, p);
+    }
+    let mut committed = BTreeMap::new();
+    for e in consumer
+        .committed_offsets(tpl, QUERY_TIMEOUT)
+        .with_context(|| format!("reading the group's committed offsets of {topic}"))?
+        .elements()
+    {
+        if let Offset::Offset(o) = e.offset() {
+            committed.insert(e.partition(), o);
+        }
+    }
     let client = consumer.client();
     let cluster_id = client.fetch_cluster_id(QUERY_TIMEOUT);
     // librdkafka's mock cluster (the embedded broker, and `weir broker`) names no controller,
@@ -200,7 +228,11 @@ fn describe<C: ConsumerContext>(
             .with_context(|| format!("asking the broker where {topic}/{p} starts and ends"))?;
         bounds.insert(p, LogBounds { low, high });
     }
-    Ok(SourceLog { identity, bounds })
+    Ok(SourceLog {
+        identity,
+        bounds,
+        committed,
+    })
 }
 
 /// A record copied out of the consumer.
@@ -228,18 +260,31 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Joins `group` on `topic`. Offsets are never committed automatically.
+    /// Joins `group` on `topic`, starting where the group left off (or at the beginning).
+    /// Offsets are never committed automatically. (For readers and tests: a worker's
+    /// consumer is [`Consumer::with_hook`].)
     pub fn new(bootstrap: &str, group: &str, topic: &str) -> Result<Self> {
-        Self::with_hook(bootstrap, group, topic, None)
+        Self::open(bootstrap, group, topic, None, &Membership::Group)
     }
 
-    /// Like [`Consumer::new`], with an [`AssignHook`] that decides where each assigned
-    /// partition starts (Kafka's committed offsets are then only for monitoring).
+    /// A consumer whose [`AssignHook`] decides where each partition it gets starts:
+    /// assigned all of them at once, or by the consumer group.
     pub fn with_hook(
         bootstrap: &str,
         group: &str,
         topic: &str,
+        hook: AssignHook,
+        membership: &Membership,
+    ) -> Result<Self> {
+        Self::open(bootstrap, group, topic, Some(hook), membership)
+    }
+
+    fn open(
+        bootstrap: &str,
+        group: &str,
+        topic: &str,
         hook: Option<AssignHook>,
+        membership: &Membership,
     ) -> Result<Self> {
         // Without a hook nothing decides where a partition starts, so a new group starts at
         // the beginning; with one, an unservable position is an error the worker judges.
@@ -266,9 +311,11 @@ impl Consumer {
             )
             .create_with_context(rebalances.clone())
             .context("creating the Kafka consumer")?;
-        inner
-            .subscribe(&[topic])
-            .with_context(|| format!("subscribing to {topic}"))?;
+        if *membership == Membership::Group {
+            inner
+                .subscribe(&[topic])
+                .with_context(|| format!("subscribing to {topic}"))?;
+        }
         Ok(Consumer {
             inner: Some(inner),
             rebalances,
@@ -333,6 +380,41 @@ impl Consumer {
     /// What the broker says about the topic and these partitions now.
     pub fn describe(&self, partitions: &[i32]) -> Result<SourceLog> {
         describe(self.client()?, &self.topic, partitions)
+    }
+
+    /// The topic's partitions, from the broker's metadata.
+    pub fn partitions(&self) -> Result<Vec<i32>> {
+        let md = self
+            .client()?
+            .fetch_metadata(Some(&self.topic), QUERY_TIMEOUT)
+            .with_context(|| format!("reading the metadata of {}", self.topic))?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .ok_or_else(|| anyhow!("the broker does not know topic `{}`", self.topic))?;
+        if let Some(e) = t.error() {
+            let code: RDKafkaErrorCode = e.into();
+            return Err(anyhow!("topic `{}`: {code}", self.topic));
+        }
+        Ok(t.partitions().iter().map(|p| p.id()).collect())
+    }
+
+    /// Takes `partitions` without a group (see [`Membership::All`]) on top of `kept`, which
+    /// it owns already at the given broker offsets: the hook decides where the new ones
+    /// start, and they are reported as assigned by the next [`Consumer::take_rebalances`].
+    pub fn take_partitions(&mut self, partitions: &[i32], kept: &BTreeMap<i32, i64>) -> Result<()> {
+        let hook = self
+            .rebalances
+            .hook
+            .clone()
+            .ok_or_else(|| anyhow!("taking partitions needs an assign hook"))?;
+        let log = self.describe(partitions)?;
+        let mut offsets = hook(partitions, &log)?;
+        offsets.extend(kept.iter().map(|(p, o)| (*p, *o)));
+        self.reassign(&offsets)?;
+        self.rebalances.push((true, partitions.to_vec()));
+        Ok(())
     }
 
     /// Assigns these partitions again, each at its broker offset: after an out-of-range

@@ -1,28 +1,29 @@
-//! A durable worker's input: the consumer, the partitions it owns with their stream
-//! positions, and the gap checks (see [`crate::gaps`]).
+//! A worker's input: the consumer, the partitions it owns with their stream positions, and
+//! the gap checks (see [`crate::gaps`]).
 //!
-//! Each assigned partition is claimed in the database on the consumer's thread, during the
-//! rebalance: the claim's stored position is compared with what the broker says about the
-//! log, and the partition is assigned at the offset that decision gives (or not at all, when
-//! the spec says a gap stops the pipeline). While running, records whose offsets jump are
-//! judged the same way, and an out-of-range position (librdkafka's `auto.offset.reset` is
-//! `error`, so it never jumps on its own) is judged once librdkafka's statistics say which
-//! partition stopped.
+//! Where a partition starts is decided when it is assigned, on the consumer's thread: its
+//! stored position is *claimed* (in the database, with a new owner epoch and the
+//! partition's keyed state; or, for at-least-once runs, the group's committed offset) and
+//! compared with what the broker says about the log, and the partition is assigned at the
+//! offset that decision gives (or not at all, when the spec says a gap stops the pipeline).
+//! While running, records whose offsets jump are judged the same way, and an out-of-range
+//! position (librdkafka's `auto.offset.reset` is `error`, so it never jumps on its own) is
+//! judged once librdkafka's statistics say which partition stopped.
 
 use crate::gaps::{self, GapPolicy, Position, Resume};
-use crate::kafka::{AssignHook, Consumer, LogBounds, Owned, SourceAlert, SourceLog};
+use crate::kafka::{AssignHook, Consumer, LogBounds, Membership, Owned, SourceAlert, SourceLog};
 use anyhow::{Context, Result, anyhow};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
-use weir_store::{NewGap, StateEntry, Store};
+use weir_store::{NewGap, SourceIdentity, StateEntry, Store};
 use weir_stream::spec::OnGap;
 
 /// A partition this worker owns.
 #[derive(Debug, Clone)]
 pub struct Owning {
-    /// The owner epoch its checkpoints carry.
+    /// The owner epoch its checkpoints carry (0 without a database).
     pub epoch: i64,
     /// Where it stands.
     pub position: Position,
@@ -47,6 +48,22 @@ pub enum Change {
     Revoked(i32),
 }
 
+/// Where a worker's positions are kept.
+#[derive(Clone)]
+pub enum Positions {
+    /// In the database: each partition claimed with a new owner epoch, with its keyed state.
+    Database {
+        /// The store.
+        store: Arc<Store>,
+        /// The runtime its calls run on.
+        rt: Handle,
+        /// The pipeline's name there.
+        pipeline: String,
+    },
+    /// The consumer group's committed offsets (at least once; no keyed state is kept).
+    Kafka,
+}
+
 struct Claimed {
     epoch: i64,
     watermark: i64,
@@ -59,12 +76,15 @@ struct Claimed {
 pub struct SourceOptions<'a> {
     /// Kafka bootstrap servers.
     pub bootstrap: &'a str,
-    /// The consumer group.
+    /// The consumer group (with [`Membership::All`], only the name of its committed
+    /// offsets).
     pub group: &'a str,
+    /// How the worker gets its partitions.
+    pub membership: Membership,
     /// The topic.
     pub topic: &'a str,
-    /// The pipeline's name in the database.
-    pub pipeline: &'a str,
+    /// Where positions are kept.
+    pub positions: Positions,
     /// What a gap does.
     pub on_gap: OnGap,
     /// The broker is the embedded one.
@@ -80,29 +100,76 @@ pub struct Source {
     on_gap: OnGap,
     embedded: bool,
     until_end: bool,
+    membership: Membership,
     claims: Arc<Mutex<HashMap<i32, Claimed>>>,
     parts: BTreeMap<i32, Owning>,
     /// An out-of-range alert waiting for statistics taken after it.
     check_since: Option<Instant>,
     /// Since when no partition is owned.
     idle_since: Option<Instant>,
+    /// When the topic's partitions were last listed ([`Membership::All`]).
+    listed: Instant,
     ever_assigned: bool,
     /// Records skipped as already processed, or of partitions not owned.
     pub skipped: u64,
 }
 
 fn now_ms() -> i64 {
-    i64::try_from(crate::run::now_ms()).unwrap_or(i64::MAX)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// How often a worker that takes every partition looks for new ones.
+const LIST_EVERY: Duration = Duration::from_secs(10);
+
+/// Claims `p`: its stored position, owner epoch and keyed state.
+fn claim(
+    positions: &Positions,
+    p: i32,
+    log: &SourceLog,
+) -> Result<(i64, i64, Vec<StateEntry>, Position)> {
+    match positions {
+        Positions::Database {
+            store,
+            rt,
+            pipeline,
+        } => {
+            let c = rt
+                .block_on(store.claim(pipeline, p))
+                .with_context(|| format!("claiming partition {p}"))?;
+            let at = Position {
+                next: c.next_offset,
+                base: c.offset_base,
+                source: c.source,
+            };
+            Ok((c.epoch, c.watermark, c.state, at))
+        }
+        Positions::Kafka => {
+            // A group that never committed starts at the log's start.
+            let next = match log.committed.get(&p) {
+                Some(&o) => o,
+                None => log.bounds.get(&p).map_or(0, |b| b.low),
+            };
+            let at = Position {
+                next,
+                base: 0,
+                source: SourceIdentity::default(),
+            };
+            Ok((0, i64::MIN, Vec::new(), at))
+        }
+    }
 }
 
 impl Source {
-    /// Joins the group; partitions are claimed as they are assigned.
-    pub fn open(opts: SourceOptions<'_>, store: Arc<Store>, rt: Handle) -> Result<Source> {
+    /// Opens the consumer; partitions are claimed as they are assigned (at once with
+    /// [`Membership::All`]).
+    pub fn open(opts: SourceOptions<'_>) -> Result<Source> {
         let claims: Arc<Mutex<HashMap<i32, Claimed>>> = Arc::default();
         let hook: AssignHook = {
             let claims = claims.clone();
-            let (name, topic) = (opts.pipeline.to_owned(), opts.topic.to_owned());
-            let (on_gap, embedded) = (opts.on_gap, opts.embedded);
+            let topic = opts.topic.to_owned();
+            let (on_gap, embedded, positions) = (opts.on_gap, opts.embedded, opts.positions);
             Arc::new(move |parts: &[i32], log: &SourceLog| {
                 let policy = GapPolicy {
                     topic: &topic,
@@ -111,25 +178,17 @@ impl Source {
                 };
                 let mut offsets = BTreeMap::new();
                 for &p in parts {
-                    let claim = rt
-                        .block_on(store.claim(&name, p))
-                        .with_context(|| format!("claiming partition {p}"))?;
                     let bounds = *log
                         .bounds
                         .get(&p)
                         .ok_or_else(|| anyhow!("the broker did not describe partition {p}"))?;
-                    let stored = Position {
-                        next: claim.next_offset,
-                        base: claim.offset_base,
-                        source: claim.source.clone(),
-                    };
+                    let (epoch, watermark, state, stored) = claim(&positions, p, log)?;
                     let resume = gaps::resume(policy, p, &stored, &log.identity, bounds, now_ms())?;
                     if let Some(g) = &resume.gap {
-                        tracing::warn!("{name}: {topic}/{p}: gap ({}): {}", g.reason, g.detail);
+                        tracing::warn!("{topic}/{p}: gap ({}): {}", g.reason, g.detail);
                     }
-                    tracing::info!(
-                        "claimed {name}/{p}: epoch {}, position {} (offset {} of a log of {}..{})",
-                        claim.epoch,
+                    tracing::debug!(
+                        "claimed {topic}/{p}: epoch {epoch}, position {} (offset {} of a log of {}..{})",
                         resume.position.next,
                         resume.position.broker_offset(),
                         bounds.low,
@@ -142,28 +201,41 @@ impl Source {
                         .insert(
                             p,
                             Claimed {
-                                epoch: claim.epoch,
-                                watermark: claim.watermark,
-                                state: claim.state,
+                                epoch,
+                                watermark,
+                                state,
                                 resume,
                                 bounds,
                             },
                         );
                 }
+                tracing::info!("{topic}: claimed {} partition(s) {parts:?}", parts.len());
                 Ok(offsets)
             })
         };
-        let consumer = Consumer::with_hook(opts.bootstrap, opts.group, opts.topic, Some(hook))?;
+        let mut consumer = Consumer::with_hook(
+            opts.bootstrap,
+            opts.group,
+            opts.topic,
+            hook,
+            &opts.membership,
+        )?;
+        if opts.membership == Membership::All {
+            let all = consumer.partitions()?;
+            consumer.take_partitions(&all, &BTreeMap::new())?;
+        }
         Ok(Source {
             consumer,
             topic: opts.topic.to_owned(),
             on_gap: opts.on_gap,
             embedded: opts.embedded,
             until_end: opts.until_end,
+            membership: opts.membership,
             claims,
             parts: BTreeMap::new(),
             check_since: None,
             idle_since: Some(Instant::now()),
+            listed: Instant::now(),
             ever_assigned: false,
             skipped: 0,
         })
@@ -180,11 +252,6 @@ impl Source {
     /// The partitions owned now.
     pub fn parts(&self) -> &BTreeMap<i32, Owning> {
         &self.parts
-    }
-
-    /// The partitions owned now, to record gaps on.
-    pub fn parts_mut(&mut self) -> &mut BTreeMap<i32, Owning> {
-        &mut self.parts
     }
 
     /// How long the worker has owned no partition, if it owns none.
@@ -211,6 +278,9 @@ impl Source {
         timeout: Duration,
         out: &mut Vec<Owned>,
     ) -> Result<Vec<Change>> {
+        if self.membership == Membership::All && self.listed.elapsed() >= LIST_EVERY {
+            self.take_new_partitions()?;
+        }
         self.consumer.poll_batch(max, timeout, out)?;
         let mut changes = Vec::new();
         for (assigned, ps) in self.consumer.take_rebalances()? {
@@ -237,7 +307,8 @@ impl Source {
                         watermark: c.watermark,
                         state: c.state,
                     });
-                } else if self.parts.remove(&p).is_some() {
+                } else if self.parts.contains_key(&p) {
+                    // Kept until the worker has checkpointed it ([`Source::release`]).
                     changes.push(Change::Revoked(p));
                 }
             }
@@ -304,6 +375,37 @@ impl Source {
             kept.push((i, pos));
         }
         Ok(())
+    }
+
+    /// Forgets a revoked partition, once its last checkpoint is cut.
+    pub fn release(&mut self, partition: i32) {
+        self.parts.remove(&partition);
+    }
+
+    /// The owned partitions as they stand, for a checkpoint; their gaps go with it.
+    pub fn cut(&mut self) -> BTreeMap<i32, Owning> {
+        let parts = self.parts.clone();
+        for p in self.parts.values_mut() {
+            p.gaps.clear();
+        }
+        parts
+    }
+
+    /// Takes partitions added to the topic since it was last listed ([`Membership::All`]).
+    fn take_new_partitions(&mut self) -> Result<()> {
+        self.listed = Instant::now();
+        let new: Vec<i32> = self
+            .consumer
+            .partitions()?
+            .into_iter()
+            .filter(|p| !self.parts.contains_key(p))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        tracing::info!("{}: new partitions {new:?}", self.topic);
+        let kept = self.broker_offsets();
+        self.consumer.take_partitions(&new, &kept)
     }
 
     fn owning(&mut self, partition: i32) -> Result<&mut Owning> {

@@ -1,0 +1,246 @@
+//! A checkpoint as a value: everything the stream core hands a worker for one cut, owned.
+//!
+//! With checkpoints enabled, a [`Pipeline`] tracks which partition owns each key, the
+//! windower's changed panes, the keyed state of its Wasm operators, and keeps a durable copy
+//! of the outputs a database stores (window results always, per-event results on request).
+//! [`Pipeline::checkpoint`] then returns one [`Checkpoint`]: per partition its watermark and
+//! state changes, the outputs since the previous cut, the model's snapshot when it trained,
+//! the version switches and the training decisions. The worker adds what only it knows (the
+//! source positions, their owner epochs, the gaps) and commits it, off the hot thread.
+
+use crate::pipeline::{Pipeline, PipelineError, SinkRecord, Switch};
+use crate::state::TrackedState;
+use crate::training::Decision;
+use std::collections::{BTreeMap, HashMap};
+use weir_engine::Runner;
+
+/// What a checkpoint carries besides the state (which it always carries).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckpointOptions {
+    /// Keep every per-event result for the checkpoint (window results are always kept).
+    pub results: bool,
+}
+
+/// A keyed-state change since the previous cut, for a durable store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateChange {
+    /// `window` for the windower's panes, `<stage>/<name>` for a plugin's entries.
+    pub namespace: String,
+    /// Record key.
+    pub key: String,
+    /// New value, `None` when deleted.
+    pub value: Option<Vec<u8>>,
+}
+
+/// One partition's part of a checkpoint.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PartitionCut {
+    /// The partition's watermark.
+    pub watermark: i64,
+    /// Keyed-state changes of the keys it owns, since the previous cut.
+    pub state: Vec<StateChange>,
+}
+
+/// A trained model's parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSnapshot {
+    /// The sha256 of the plugin that wrote them.
+    pub plugin_sha256: String,
+    /// The plugin's `snapshot` bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Everything the stream core hands over for one cut.
+#[derive(Debug, Default)]
+pub struct Checkpoint {
+    /// Per partition the pipeline knows: its watermark and state changes.
+    pub partitions: BTreeMap<i32, PartitionCut>,
+    /// State changes of keys no known partition owns (dropped; counted for a warning).
+    pub orphaned: usize,
+    /// Per-event results since the previous cut (with [`CheckpointOptions::results`]).
+    pub results: Vec<SinkRecord>,
+    /// Window results since the previous cut.
+    pub windows: Vec<SinkRecord>,
+    /// The model's parameters, when it trained since the previous cut.
+    pub snapshot: Option<ModelSnapshot>,
+    /// Version switches since the previous cut.
+    pub switches: Vec<Switch>,
+    /// Training decisions since the previous cut.
+    pub decisions: Vec<Decision>,
+}
+
+/// What checkpointing tracks between cuts.
+#[derive(Default)]
+pub(crate) struct Tracking {
+    pub(crate) options: CheckpointOptions,
+    /// Which partition owns each key.
+    pub(crate) key_partition: HashMap<String, i32>,
+    /// `(stage name, its state)` for every stateful Wasm stage.
+    pub(crate) states: Vec<(String, TrackedState)>,
+    pub(crate) results: Vec<SinkRecord>,
+    pub(crate) windows: Vec<SinkRecord>,
+    /// How many of the pipeline's switches earlier cuts carried.
+    pub(crate) switches_cut: usize,
+}
+
+impl Pipeline {
+    /// Turns on checkpoint tracking: which partition each key belongs to, the windower's
+    /// changed panes, the keyed state of the Wasm operators (held in a [`TrackedState`]
+    /// each), and the outputs a database keeps. Call it before the first batch; then
+    /// [`Pipeline::checkpoint`] hands over each cut.
+    pub fn enable_checkpoints(&mut self, options: CheckpointOptions) {
+        if self.checkpoints.is_some() {
+            return;
+        }
+        let mut cp = Tracking {
+            options,
+            switches_cut: self.switches.len(),
+            ..Tracking::default()
+        };
+        if let Some(w) = self.window.as_mut() {
+            w.windower.track_changes();
+            if let Some(op) = w.operator.take() {
+                let st = TrackedState::default();
+                cp.states.push(("window".into(), st.clone()));
+                w.operator = Some(Runner::new(op.slot().clone()).with_state(Box::new(st)));
+            }
+        }
+        for (i, op) in self.operators.iter_mut().enumerate() {
+            let st = TrackedState::default();
+            cp.states.push((format!("operator-{i}"), st.clone()));
+            *op = Runner::new(op.slot().clone()).with_state(Box::new(st));
+        }
+        self.checkpoints = Some(cp);
+    }
+
+    /// Hands over everything since the previous cut (an empty checkpoint unless checkpoints
+    /// are on). A model that trained is snapshotted; that call into the plugin can fail.
+    pub fn checkpoint(&mut self) -> Result<Checkpoint, PipelineError> {
+        let snapshot = self.take_snapshot()?;
+        let mut out = Checkpoint {
+            snapshot,
+            decisions: self
+                .trainer
+                .as_ref()
+                .map(|t| t.shared().take_decisions())
+                .unwrap_or_default(),
+            ..Checkpoint::default()
+        };
+        let Some(cp) = self.checkpoints.as_mut() else {
+            return Ok(out);
+        };
+        for (p, watermark) in self.watermarks.partitions() {
+            out.partitions.insert(
+                p,
+                PartitionCut {
+                    watermark,
+                    state: Vec::new(),
+                },
+            );
+        }
+        let mut changes = Vec::new();
+        if let Some(w) = self.window.as_mut() {
+            for (key, value) in w.windower.take_touched() {
+                changes.push(("window".to_owned(), key, value));
+            }
+        }
+        for (stage, st) in &cp.states {
+            for (key, name, value) in st.take_changes() {
+                changes.push((format!("{stage}/{name}"), key, value));
+            }
+        }
+        for (namespace, key, value) in changes {
+            let cut = cp
+                .key_partition
+                .get(&key)
+                .and_then(|p| out.partitions.get_mut(p));
+            match cut {
+                Some(cut) => cut.state.push(StateChange {
+                    namespace,
+                    key,
+                    value,
+                }),
+                None => out.orphaned += 1,
+            }
+        }
+        out.results = std::mem::take(&mut cp.results);
+        out.windows = std::mem::take(&mut cp.windows);
+        out.switches = self.switches[cp.switches_cut..].to_vec();
+        cp.switches_cut = self.switches.len();
+        Ok(out)
+    }
+
+    /// The model's parameters when it trained since the last call.
+    fn take_snapshot(&mut self) -> Result<Option<ModelSnapshot>, PipelineError> {
+        if !self.trained_since_snapshot {
+            return Ok(None);
+        }
+        let Some(r) = self.model.as_mut() else {
+            return Ok(None);
+        };
+        let inst = r.instance()?;
+        let bytes = inst.snapshot()?;
+        let plugin_sha256 = inst.deployment().plugin.id().0.clone();
+        self.trained_since_snapshot = false;
+        Ok(Some(ModelSnapshot {
+            plugin_sha256,
+            bytes,
+        }))
+    }
+
+    /// Restores a partition from its checkpoint: its watermark and the keyed state it owns
+    /// (`(namespace, key, value)` as its checkpoints stored them).
+    pub fn restore_partition(
+        &mut self,
+        partition: i32,
+        watermark: i64,
+        entries: &[(String, String, Vec<u8>)],
+        now_ms: u64,
+    ) -> Result<(), PipelineError> {
+        self.watermarks.restore(partition, watermark, now_ms);
+        let Some(cp) = self.checkpoints.as_mut() else {
+            return Err(PipelineError::Setup(
+                "restoring a partition needs checkpoints enabled".into(),
+            ));
+        };
+        for (namespace, key, value) in entries {
+            cp.key_partition.insert(key.clone(), partition);
+            if namespace == "window" {
+                let w = self.window.as_mut().ok_or_else(|| {
+                    PipelineError::Setup(
+                        "the checkpoint has window state but the pipeline has no window".into(),
+                    )
+                })?;
+                w.windower
+                    .restore_key(key, value)
+                    .map_err(|e| PipelineError::Setup(format!("key `{key}`: {e}")))?;
+                continue;
+            }
+            let (stage, name) = namespace.split_once('/').ok_or_else(|| {
+                PipelineError::Setup(format!("unknown state namespace `{namespace}`"))
+            })?;
+            let st = cp
+                .states
+                .iter()
+                .find(|(s, _)| s == stage)
+                .map(|(_, st)| st)
+                .ok_or_else(|| {
+                    PipelineError::Setup(format!(
+                        "the checkpoint has state for stage `{stage}`, which this pipeline lacks"
+                    ))
+                })?;
+            st.load(key, name, value.clone());
+        }
+        Ok(())
+    }
+
+    /// Keeps durable copies of outputs for the next cut, as the options ask.
+    pub(crate) fn keep_for_checkpoint(&mut self, results: &[SinkRecord], windows: &[SinkRecord]) {
+        if let Some(cp) = self.checkpoints.as_mut() {
+            if cp.options.results {
+                cp.results.extend_from_slice(results);
+            }
+            cp.windows.extend_from_slice(windows);
+        }
+    }
+}
