@@ -3,20 +3,16 @@
 //! topic, and a dead letter that cannot be written is an error.
 
 use std::time::{Duration, Instant};
-use weir_stream::pipeline::{Outputs, RecordMeta, SinkRecord};
+use weir_stream::pipeline::{Outputs, RecordMeta};
 use weir_stream::spec::PipelineSpec;
 use weir_worker::kafka::{Consumer, EmbeddedBroker, Owned, Producer};
 use weir_worker::produce_outputs;
 
-fn record(key: &str, payload: String, offset: i64) -> SinkRecord {
-    SinkRecord {
-        key: key.into(),
-        payload,
-        meta: RecordMeta {
-            partition: 0,
-            offset,
-            ..RecordMeta::default()
-        },
+fn meta(offset: i64) -> RecordMeta {
+    RecordMeta {
+        partition: 0,
+        offset,
+        ..RecordMeta::default()
     }
 }
 
@@ -57,9 +53,9 @@ fn an_output_too_large_for_its_topic_becomes_a_dead_letter() {
     let mut out = Outputs::default();
     // librdkafka refuses messages over `message.max.bytes` (1 MB by default) itself.
     let huge = format!("{{\"v\":\"{}\"}}", "x".repeat(2 << 20));
-    out.results.push(record("u1", "{\"v\":1}".into(), 10));
-    out.results.push(record("u2", huge.clone(), 11));
-    out.results.push(record("u3", "{\"v\":3}".into(), 12));
+    out.results.push("u1", b"{\"v\":1}", meta(10));
+    out.results.push("u2", huge.as_bytes(), meta(11));
+    out.results.push("u3", b"{\"v\":3}", meta(12));
     produce_outputs(&mut producer, &sink(), &mut out).unwrap();
     producer.flush(Duration::from_secs(30)).unwrap();
     assert_eq!(out.dead.len(), 1);
@@ -86,7 +82,7 @@ fn an_output_too_large_for_its_topic_becomes_a_dead_letter() {
 
     // A dead letter too large for the dead-letter topic is an error, never dropped.
     let mut out = Outputs::default();
-    out.dead.push(record("u4", huge, 13));
+    out.dead.push("u4", huge.as_bytes(), meta(13));
     let e = produce_outputs(&mut producer, &sink(), &mut out).unwrap_err();
     assert!(
         format!("{e:#}").contains("writing a dead letter to `dlq`"),

@@ -213,7 +213,7 @@ fn labels_that_come_later_join_their_events_by_key_and_id() {
         401,
         "one result per event, none per label record"
     );
-    assert!(out.dead.is_empty(), "{:?}", out.dead.first());
+    assert!(out.dead.is_empty(), "{:?}", out.dead.get(0));
     // Labels for events 10..350 arrived (the one for e200 under key k9 is unmatched).
     assert_eq!(s.labels_joined, 340, "{s:?}");
     assert_eq!(s.labels_unmatched, 2, "{s:?}");
@@ -344,7 +344,7 @@ fn online_weights_survive_a_swap() {
     );
     model.swap(v2.clone()).unwrap();
     let after = run(&mut p, 3_000, 3_100, &mut out);
-    assert_eq!(out.results[0].meta.version, v2.version.0);
+    assert_eq!(&*out.results.get(0).unwrap().meta.version, v2.version.0);
     // From zero weights the first score would be exactly 0.5.
     assert!((after[0] - 0.5).abs() > 1e-3, "weights lost: {}", after[0]);
 }
@@ -424,11 +424,11 @@ fn kmeans_retrains_in_the_host_and_scores_anomalies() {
     let snap: serde_json::Value =
         serde_json::from_slice(promoted.snapshot.as_ref().unwrap()).unwrap();
     assert_eq!(snap["centroids"].as_array().unwrap().len(), 3);
-    let served = &out.results[0].meta.version;
+    let served = out.results.get(0).unwrap().meta.version.to_string();
     assert!(
         decisions
             .iter()
-            .any(|d| d.outcome == "promoted" && d.version.as_ref() == Some(served)),
+            .any(|d| d.outcome == "promoted" && d.version.as_ref() == Some(&served)),
         "the probe was scored by {served}, which no promotion made"
     );
 }

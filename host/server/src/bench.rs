@@ -50,6 +50,31 @@ pub fn run(args: BenchArgs) -> Result<()> {
             },
             args.batch_only,
         ),
+        // For profilers: the pipeline in memory, nothing else.
+        "pipeline-engine" => {
+            let events = load_events(&args)?;
+            let lines: Vec<Vec<u8>> = events
+                .iter()
+                .map(|e| weir_workload::to_json_line(e).into_bytes())
+                .collect();
+            let rate = crate::bench_pipeline::engine_only(&lines, args.runs)?.0;
+            println!("engine_events_per_s={rate:.0}");
+            Ok(())
+        }
+        // The latency figure alone, at `--n` events per second (for profiling).
+        "pipeline-latency" => {
+            let rate = args.n.unwrap_or(40_000) as f64;
+            let lines: Vec<Vec<u8>> = Generator::new((rate * 10.0) as u64, 42)
+                .map(|e| weir_workload::to_json_line(&e).into_bytes())
+                .collect();
+            let engine = Engine::new(EngineOptions::default())?;
+            let ((p50, p99), (db50, db99), achieved) =
+                crate::bench_pipeline::latency(&engine, &lines, rate)?;
+            println!(
+                "at {achieved:.0}/s: topic p50 {p50:.0} ms p99 {p99:.0} ms; checkpoint p50 {db50:.0} ms p99 {db99:.0} ms"
+            );
+            Ok(())
+        }
         // For profilers: job 1's extract stage in a loop, nothing else.
         "extract-loop" => {
             let events = load_events(&args)?;

@@ -38,6 +38,8 @@ use weir_workload::{Event, to_json_line};
 const WORKLOAD: &str = include_str!("../../../examples/workload.toml");
 const INPUT_PARTITIONS: i32 = 64;
 const MARIADB: &str = "mysql://root@127.0.0.1:3306";
+/// The key of the latency run's warm-up events.
+const WARM_UP: &str = "warm-up";
 
 fn spec(name: &str) -> Result<PipelineSpec> {
     PipelineSpec::parse(&WORKLOAD.replace("name = \"workload\"", &format!("name = \"{name}\"")))
@@ -54,7 +56,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// Engine only: in-memory source and sink, one worker.
-fn engine_only(lines: &[Vec<u8>], runs: usize) -> Result<(f64, u64, u64)> {
+pub fn engine_only(lines: &[Vec<u8>], runs: usize) -> Result<(f64, u64, u64)> {
     let engine = Engine::new(EngineOptions::default())?;
     let spec = spec("workload")?;
     let mut rates = Vec::new();
@@ -230,7 +232,11 @@ fn through_kafka(
 /// Event-to-result latency while events are produced live at `rate` per second, through the
 /// durable worker (SQLite). Returns (p50, p99) to the output topic and (p50, p99) to the
 /// committed checkpoint, in ms, and the rate achieved.
-fn latency(engine: &Engine, lines: &[Vec<u8>], rate: f64) -> Result<((f64, f64), (f64, f64), f64)> {
+pub fn latency(
+    engine: &Engine,
+    lines: &[Vec<u8>],
+    rate: f64,
+) -> Result<((f64, f64), (f64, f64), f64)> {
     let broker = Arc::new(EmbeddedBroker::start()?);
     broker.create_topic("events", INPUT_PARTITIONS)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -257,7 +263,8 @@ fn latency(engine: &Engine, lines: &[Vec<u8>], rate: f64) -> Result<((f64, f64),
         std::thread::spawn(move || weir_worker::run(&spec, p, opts))
     };
     // Readers of the input and the results run alongside (the embedded broker keeps only
-    // the last 5 MiB of a partition, so reading afterwards would miss the start).
+    // the last 5 MiB of a partition, so reading afterwards would miss the start). They
+    // skip the warm-up events (key `warm-up`).
     let reader = |topic: &'static str, n: usize| {
         let bootstrap = broker.bootstrap();
         std::thread::spawn(move || -> Result<Vec<(i32, i64, i64)>> {
@@ -274,8 +281,11 @@ fn latency(engine: &Engine, lines: &[Vec<u8>], rate: f64) -> Result<((f64, f64),
                 c.poll_batch(10_000, Duration::from_millis(100), &mut chunk)?;
                 for r in &chunk {
                     let ts = r.timestamp.unwrap_or(0);
+                    let v: serde_json::Value = serde_json::from_slice(&r.payload)?;
+                    if v["key"] == WARM_UP {
+                        continue;
+                    }
                     if topic == "scores" {
-                        let v: serde_json::Value = serde_json::from_slice(&r.payload)?;
                         out.push((
                             v["partition"].as_i64().unwrap_or(-1) as i32,
                             v["offset"].as_i64().unwrap_or(-1),
@@ -317,18 +327,31 @@ fn latency(engine: &Engine, lines: &[Vec<u8>], rate: f64) -> Result<((f64, f64),
             }
         })
     };
-    // Let the readers join their groups before the clock starts.
-    std::thread::sleep(Duration::from_secs(4));
+    // Warm up at the same rate for a few seconds (the readers join their groups meanwhile):
+    // the first records of each partition wait for the producer's and consumers' first
+    // round trips to it, which says nothing about the steady state measured next.
     let mut prod = Producer::new(&broker.bootstrap())?;
-    let t = Instant::now();
-    for (i, l) in lines.iter().enumerate() {
-        prod.send("events", "", l)?;
+    let pace = |t: Instant, i: usize| {
         if i % 64 == 0 {
             let due = Duration::from_secs_f64(i as f64 / rate);
             if let Some(wait) = due.checked_sub(t.elapsed()) {
                 std::thread::sleep(wait);
             }
         }
+    };
+    let t = Instant::now();
+    let mut i = 0;
+    while t.elapsed() < Duration::from_secs(4) {
+        let line =
+            format!("{{\"key\":\"{WARM_UP}\",\"ts\":1600000000000,\"x\":[0,0,0,0,0,0,0,0]}}");
+        prod.send("events", "", line.as_bytes())?;
+        i += 1;
+        pace(t, i);
+    }
+    let t = Instant::now();
+    for (i, l) in lines.iter().enumerate() {
+        prod.send("events", "", l)?;
+        pace(t, i);
     }
     prod.flush(Duration::from_secs(60))?;
     let achieved = lines.len() as f64 / t.elapsed().as_secs_f64();
@@ -367,6 +390,14 @@ fn latency(engine: &Engine, lines: &[Vec<u8>], rate: f64) -> Result<((f64, f64),
         v.sort_by(f64::total_cmp);
         v[((v.len() as f64 - 1.0) * q) as usize]
     };
+    if std::env::var_os("WEIR_BENCH_LATENCY_DETAIL").is_some() {
+        let qs = [0.5, 0.9, 0.95, 0.99, 0.999, 1.0];
+        let t: Vec<String> = qs
+            .iter()
+            .map(|q| format!("{q}:{:.0}", pct(&mut to_topic, *q)))
+            .collect();
+        eprintln!("to topic: {}", t.join(" "));
+    }
     if to_db.len() < inputs.len() {
         bail!(
             "{} of {} events reached a checkpoint",

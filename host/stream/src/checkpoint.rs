@@ -8,7 +8,8 @@
 //! the version switches and the training decisions. The worker adds what only it knows (the
 //! source positions, their owner epochs, the gaps) and commits it, off the hot thread.
 
-use crate::pipeline::{Pipeline, PipelineError, SinkRecord, Switch};
+use crate::output::{Outputs, Records};
+use crate::pipeline::{Pipeline, PipelineError, Switch};
 use crate::state::TrackedState;
 use crate::training::Decision;
 use std::collections::{BTreeMap, HashMap};
@@ -58,9 +59,9 @@ pub struct Checkpoint {
     /// State changes of keys no known partition owns (dropped; counted for a warning).
     pub orphaned: usize,
     /// Per-event results since the previous cut (with [`CheckpointOptions::results`]).
-    pub results: Vec<SinkRecord>,
+    pub results: Records,
     /// Window results since the previous cut.
-    pub windows: Vec<SinkRecord>,
+    pub windows: Records,
     /// The model's parameters, when it trained since the previous cut.
     pub snapshot: Option<ModelSnapshot>,
     /// Version switches since the previous cut.
@@ -77,8 +78,8 @@ pub(crate) struct Tracking {
     pub(crate) key_partition: HashMap<String, i32>,
     /// `(stage name, its state)` for every stateful Wasm stage.
     pub(crate) states: Vec<(String, TrackedState)>,
-    pub(crate) results: Vec<SinkRecord>,
-    pub(crate) windows: Vec<SinkRecord>,
+    pub(crate) results: Records,
+    pub(crate) windows: Records,
     /// How many of the pipeline's switches earlier cuts carried.
     pub(crate) switches_cut: usize,
 }
@@ -234,13 +235,14 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Keeps durable copies of outputs for the next cut, as the options ask.
-    pub(crate) fn keep_for_checkpoint(&mut self, results: &[SinkRecord], windows: &[SinkRecord]) {
+    /// Keeps durable copies of the outputs from `mark` (results, windows) on for the next
+    /// cut, as the options ask.
+    pub(crate) fn keep_for_checkpoint(&mut self, out: &Outputs, mark: (usize, usize)) {
         if let Some(cp) = self.checkpoints.as_mut() {
             if cp.options.results {
-                cp.results.extend_from_slice(results);
+                cp.results.extend_from(&out.results, mark.0);
             }
-            cp.windows.extend_from_slice(windows);
+            cp.windows.extend_from(&out.windows, mark.1);
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod aggregate;
 pub mod checkpoint;
 pub mod metrics;
+pub mod output;
 pub mod parse;
 pub mod pipeline;
 pub mod spec;

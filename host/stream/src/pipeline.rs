@@ -14,6 +14,9 @@ use crate::aggregate::AggKind;
 pub use crate::checkpoint::StateChange;
 use crate::checkpoint::Tracking;
 use crate::metrics::{ModelVariants, PipelineMetrics, Role, in_canary};
+pub use crate::output::{
+    Outputs, Record, RecordMeta, Records, fmt_f64, push_f64, push_i64, push_json_str,
+};
 use crate::parse::RecordParser;
 use crate::spec::PipelineSpec;
 
@@ -21,7 +24,6 @@ use crate::training::{Trainer, TrainingShared};
 use crate::watermark::Watermarks;
 use crate::window::{Fired, Lateness, Windower};
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 use weir_engine::{EventBatch, FeatureBatch, Instance, Runner, Slot, VersionId, WindowBatch};
@@ -35,89 +37,6 @@ pub struct SourceRecord<'a> {
     pub offset: i64,
     /// The raw JSON value.
     pub payload: &'a [u8],
-}
-
-/// A record to produce.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SinkRecord {
-    /// Message key.
-    pub key: String,
-    /// JSON value.
-    pub payload: String,
-    /// The typed parts of the record a database sink stores.
-    pub meta: RecordMeta,
-}
-
-/// The typed parts of an output record, beside its JSON.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RecordMeta {
-    /// Source partition of a per-event result; for a window result, the partition of its
-    /// key (`-1` when unknown).
-    pub partition: i32,
-    /// Source offset of a per-event result (`-1` for other records).
-    pub offset: i64,
-    /// Event time of a per-event result; window start of a window result.
-    pub ts: i64,
-    /// Window end of a window result (0 otherwise).
-    pub window_end: i64,
-    /// The model's score, when the pipeline has a model.
-    pub score: Option<f64>,
-    /// Version of the stage that produced the record (the model, or the window operator).
-    pub version: String,
-    /// Version of the extractor, for per-event results.
-    pub extractor_version: String,
-}
-
-impl Default for RecordMeta {
-    fn default() -> Self {
-        RecordMeta {
-            partition: -1,
-            offset: -1,
-            ts: 0,
-            window_end: 0,
-            score: None,
-            version: String::new(),
-            extractor_version: String::new(),
-        }
-    }
-}
-
-/// What one call produced, by output.
-#[derive(Debug, Default)]
-pub struct Outputs {
-    /// Per-event results.
-    pub results: Vec<SinkRecord>,
-    /// Window results.
-    pub windows: Vec<SinkRecord>,
-    /// Events too late for every window.
-    pub late: Vec<SinkRecord>,
-    /// Records that could not be processed, with the reason.
-    pub dead: Vec<SinkRecord>,
-    /// Scores of the model's shadow, if one runs: never part of the real output.
-    pub shadow: Vec<SinkRecord>,
-}
-
-impl Outputs {
-    /// Empties every output.
-    pub fn clear(&mut self) {
-        self.results.clear();
-        self.windows.clear();
-        self.late.clear();
-        self.dead.clear();
-        self.shadow.clear();
-    }
-    /// Total records.
-    pub fn len(&self) -> usize {
-        self.results.len()
-            + self.windows.len()
-            + self.late.len()
-            + self.dead.len()
-            + self.shadow.len()
-    }
-    /// True when nothing was produced.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Where a stage switched version.
@@ -420,7 +339,7 @@ impl Pipeline {
                 .chunks(step)
                 .try_for_each(|chunk| self.process_step(chunk, now_ms, out))
         };
-        self.keep_for_checkpoint(&out.results[mark.0..], &out.windows[mark.1..]);
+        self.keep_for_checkpoint(out, mark);
         done
     }
 
@@ -480,7 +399,7 @@ impl Pipeline {
                 }
                 Err(reason) => {
                     self.stats.dead += 1;
-                    out.dead.push(dead_letter(r, "parse", &reason));
+                    dead_letter(&mut out.dead, r, "parse", &reason);
                 }
             }
         }
@@ -515,9 +434,9 @@ impl Pipeline {
     /// Advances the watermark with no new records (idle partitions stop holding it back)
     /// and fires due windows.
     pub fn tick(&mut self, now_ms: u64, out: &mut Outputs) -> Result<(), PipelineError> {
-        let mark = out.windows.len();
+        let mark = (out.results.len(), out.windows.len());
         let done = self.fire_windows(now_ms, out);
-        self.keep_for_checkpoint(&[], &out.windows[mark..]);
+        self.keep_for_checkpoint(out, mark);
         done
     }
 
@@ -527,9 +446,9 @@ impl Pipeline {
             return Ok(());
         };
         let fired = w.windower.flush();
-        let mark = out.windows.len();
+        let mark = (out.results.len(), out.windows.len());
         let done = self.emit_windows(fired, out);
-        self.keep_for_checkpoint(&[], &out.windows[mark..]);
+        self.keep_for_checkpoint(out, mark);
         done
     }
 
@@ -561,28 +480,31 @@ impl Pipeline {
                 w.windower.count_late();
                 self.stats.late += 1;
                 let r = &records[self.raw[i].0];
-                let mut p = String::with_capacity(96 + r.payload.len());
-                p.push_str("{\"reason\":\"too late for every window\",\"key\":");
-                push_json_str(&mut p, key);
-                let _ = write!(
-                    p,
-                    ",\"ts\":{ts},\"watermark\":{},\"partition\":{},\"offset\":{},\"payload\":",
-                    w.windower.watermark(),
-                    r.partition,
-                    r.offset
-                );
-                push_json_str(&mut p, &String::from_utf8_lossy(r.payload));
-                p.push('}');
-                out.late.push(SinkRecord {
-                    key: key.to_string(),
-                    payload: p,
-                    meta: RecordMeta {
+                let watermark = w.windower.watermark();
+                out.late.push_with(
+                    key,
+                    RecordMeta {
                         partition: r.partition,
                         offset: r.offset,
                         ts,
                         ..RecordMeta::default()
                     },
-                });
+                    |p| {
+                        p.extend_from_slice(b"{\"reason\":\"too late for every window\",\"key\":");
+                        push_json_str(p, key);
+                        p.extend_from_slice(b",\"ts\":");
+                        push_i64(p, ts);
+                        p.extend_from_slice(b",\"watermark\":");
+                        push_i64(p, watermark);
+                        p.extend_from_slice(b",\"partition\":");
+                        push_i64(p, i64::from(r.partition));
+                        p.extend_from_slice(b",\"offset\":");
+                        push_i64(p, r.offset);
+                        p.extend_from_slice(b",\"payload\":");
+                        push_json_str(p, &String::from_utf8_lossy(r.payload));
+                        p.push(b'}');
+                    },
+                );
             }
         }
     }
@@ -651,11 +573,12 @@ impl Pipeline {
                         Ok(scored) => self.emit_results(&one, &scored, i, label, out),
                         Err(e) => {
                             self.stats.dead += 1;
-                            out.dead.push(dead_letter(
+                            dead_letter(
+                                &mut out.dead,
                                 &records[self.raw[i].0],
                                 "plugin",
                                 &e.to_string(),
-                            ));
+                            );
                         }
                     }
                 }
@@ -807,110 +730,114 @@ impl Pipeline {
         if let Some((v, plugin)) = &s.canary {
             self.note_version("model-canary", v, plugin, first_index, batch.len());
         }
+        // Versions go into each record's metadata: shared, not copied per record.
+        let arc = |v: &Option<(VersionId, String)>| -> Arc<str> {
+            v.as_ref()
+                .map_or_else(|| Arc::from(""), |(v, _)| Arc::from(v.0.as_str()))
+        };
+        let (serving, canary, extractor) = (arc(&s.model), arc(&s.canary), arc(&s.extractor));
         for i in 0..batch.len() {
             let on_canary = s.canary_rows.get(i).copied().unwrap_or(false);
-            let model = if on_canary { &s.canary } else { &s.model };
+            let (model, version) = if on_canary {
+                (&s.canary, &canary)
+            } else {
+                (&s.model, &serving)
+            };
             let key = batch.key(i).unwrap_or_default();
             let pos = self.positions[first_index + i];
-            let mut p = String::with_capacity(160);
-            push_event_head(&mut p, key, batch.timestamps[i], pos);
-            if let Some(scores) = &s.scores {
-                let _ = write!(p, ",\"score\":{}", fmt_f64(scores[i]));
-            } else if let Some(f) = &s.features {
-                p.push_str(",\"features\":[");
-                for (j, v) in f.row(i).unwrap_or_default().iter().enumerate() {
-                    if j > 0 {
-                        p.push(',');
+            let ts = batch.timestamps[i];
+            let score = s.scores.as_ref().and_then(|x| x.get(i).copied());
+            let meta = RecordMeta {
+                partition: pos.partition,
+                offset: pos.offset,
+                ts,
+                window_end: 0,
+                score,
+                version: version.clone(),
+                extractor_version: extractor.clone(),
+            };
+            out.results.push_with(key, meta, |p| {
+                push_event_head(p, key, ts, pos);
+                if let Some(x) = score {
+                    p.extend_from_slice(b",\"score\":");
+                    push_f64(p, x);
+                } else if let Some(f) = &s.features {
+                    p.extend_from_slice(b",\"features\":[");
+                    for (j, v) in f.row(i).unwrap_or_default().iter().enumerate() {
+                        if j > 0 {
+                            p.push(b',');
+                        }
+                        push_f64(p, *v);
                     }
-                    p.push_str(&fmt_f64(*v));
+                    p.push(b']');
                 }
-                p.push(']');
-            }
-            if let Some((v, plugin)) = model {
-                let _ = write!(
-                    p,
-                    ",\"model_version\":\"{v}\",\"model_plugin\":\"{plugin}\""
-                );
-                if on_canary {
-                    p.push_str(",\"model_role\":\"canary\"");
+                if let Some((v, _)) = model {
+                    p.extend_from_slice(b",\"model_version\":\"");
+                    p.extend_from_slice(v.0.as_bytes());
+                    p.push(b'"');
+                    if on_canary {
+                        p.extend_from_slice(b",\"model_role\":\"canary\"");
+                    }
                 }
-            }
-            if let Some((v, plugin)) = &s.extractor {
-                let _ = write!(
-                    p,
-                    ",\"extractor_version\":\"{v}\",\"extractor_plugin\":\"{plugin}\""
-                );
-            }
-            p.push('}');
-            out.results.push(SinkRecord {
-                key: key.to_string(),
-                payload: p,
-                meta: RecordMeta {
-                    partition: pos.partition,
-                    offset: pos.offset,
-                    ts: batch.timestamps[i],
-                    window_end: 0,
-                    score: s.scores.as_ref().and_then(|x| x.get(i).copied()),
-                    version: model
-                        .as_ref()
-                        .map(|(v, _)| v.to_string())
-                        .unwrap_or_default(),
-                    extractor_version: s
-                        .extractor
-                        .as_ref()
-                        .map(|(v, _)| v.to_string())
-                        .unwrap_or_default(),
-                },
+                if let Some((v, _)) = &s.extractor {
+                    p.extend_from_slice(b",\"extractor_version\":\"");
+                    p.extend_from_slice(v.0.as_bytes());
+                    p.push(b'"');
+                }
+                p.push(b'}');
             });
         }
         self.stats.results_out += batch.len() as u64;
-        if let (Some((v, plugin, shadow)), Some(serving)) = (&s.shadow, &s.scores) {
+        if let (Some((v, _, shadow)), Some(scores)) = (&s.shadow, &s.scores) {
+            let version: Arc<str> = Arc::from(v.0.as_str());
             for i in 0..batch.len() {
                 let key = batch.key(i).unwrap_or_default();
                 let pos = self.positions[first_index + i];
-                let mut p = String::with_capacity(200);
-                push_event_head(&mut p, key, batch.timestamps[i], pos);
-                let _ = write!(
-                    p,
-                    ",\"score\":{},\"serving_score\":{},\"model_version\":\"{v}\",\"model_plugin\":\"{plugin}\",\"model_role\":\"shadow\"}}",
-                    fmt_f64(shadow[i]),
-                    fmt_f64(serving[i]),
-                );
-                out.shadow.push(SinkRecord {
-                    key: key.to_string(),
-                    payload: p,
-                    meta: RecordMeta {
-                        partition: pos.partition,
-                        offset: pos.offset,
-                        ts: batch.timestamps[i],
-                        score: Some(shadow[i]),
-                        version: v.to_string(),
-                        ..RecordMeta::default()
-                    },
+                let ts = batch.timestamps[i];
+                let meta = RecordMeta {
+                    partition: pos.partition,
+                    offset: pos.offset,
+                    ts,
+                    score: Some(shadow[i]),
+                    version: version.clone(),
+                    ..RecordMeta::default()
+                };
+                out.shadow.push_with(key, meta, |p| {
+                    push_event_head(p, key, ts, pos);
+                    p.extend_from_slice(b",\"score\":");
+                    push_f64(p, shadow[i]);
+                    p.extend_from_slice(b",\"serving_score\":");
+                    push_f64(p, scores[i]);
+                    p.extend_from_slice(b",\"model_version\":\"");
+                    p.extend_from_slice(v.0.as_bytes());
+                    p.extend_from_slice(b"\",\"model_role\":\"shadow\"}");
                 });
             }
         }
         for (v, o) in &s.operator_outputs {
+            let version: Arc<str> = Arc::from(v.0.as_str());
             for i in 0..o.len() {
-                let mut p = String::with_capacity(96);
-                p.push_str("{\"key\":");
-                push_json_str(&mut p, o.key(i).unwrap_or_default());
-                let _ = write!(p, ",\"ts\":{},\"values\":[", o.timestamps[i]);
-                for (j, x) in o.inputs_of(i).unwrap_or_default().iter().enumerate() {
-                    if j > 0 {
-                        p.push(',');
+                let key = o.key(i).unwrap_or_default();
+                let meta = RecordMeta {
+                    ts: o.timestamps[i],
+                    version: version.clone(),
+                    ..RecordMeta::default()
+                };
+                out.results.push_with(key, meta, |p| {
+                    p.extend_from_slice(b"{\"key\":");
+                    push_json_str(p, key);
+                    p.extend_from_slice(b",\"ts\":");
+                    push_i64(p, o.timestamps[i]);
+                    p.extend_from_slice(b",\"values\":[");
+                    for (j, x) in o.inputs_of(i).unwrap_or_default().iter().enumerate() {
+                        if j > 0 {
+                            p.push(b',');
+                        }
+                        push_f64(p, *x);
                     }
-                    p.push_str(&fmt_f64(*x));
-                }
-                let _ = write!(p, "],\"operator_version\":\"{v}\"}}");
-                out.results.push(SinkRecord {
-                    key: o.key(i).unwrap_or_default().to_string(),
-                    payload: p,
-                    meta: RecordMeta {
-                        ts: o.timestamps[i],
-                        version: v.to_string(),
-                        ..RecordMeta::default()
-                    },
+                    p.extend_from_slice(b"],\"operator_version\":\"");
+                    p.extend_from_slice(v.0.as_bytes());
+                    p.extend_from_slice(b"\"}");
                 });
             }
         }
@@ -995,44 +922,46 @@ impl Pipeline {
         if fired.is_empty() {
             return Ok(());
         }
+        let key_partition = self.checkpoints.as_ref().map(|c| &c.key_partition);
+        let partition_of = |key: &str| {
+            key_partition
+                .and_then(|m| m.get(key).copied())
+                .unwrap_or(-1)
+        };
         match w.operator.as_mut() {
             None => {
+                let builtin: Arc<str> = Arc::from("builtin");
                 for f in fired.iter().filter(|f| f.updated) {
-                    let mut p = String::with_capacity(128);
-                    p.push_str("{\"key\":");
-                    push_json_str(&mut p, &f.key);
-                    let _ = write!(
-                        p,
-                        ",\"window_start\":{},\"window_end\":{}",
-                        f.span.start, f.span.end
-                    );
-                    for a in &w.aggs {
-                        let name = match a {
-                            AggKind::Count => "count",
-                            AggKind::Sum => "sum",
-                            AggKind::Mean => "mean",
-                            AggKind::Min => "min",
-                            AggKind::Max => "max",
-                            AggKind::Variance => "variance",
-                        };
-                        let _ = write!(p, ",\"{name}\":{}", fmt_f64(f.agg.get(*a)));
-                    }
-                    p.push('}');
-                    let partition = self
-                        .checkpoints
-                        .as_ref()
-                        .and_then(|c| c.key_partition.get(&f.key).copied())
-                        .unwrap_or(-1);
-                    out.windows.push(SinkRecord {
-                        key: f.key.clone(),
-                        payload: p,
-                        meta: RecordMeta {
-                            partition,
-                            ts: f.span.start,
-                            window_end: f.span.end,
-                            version: "builtin".into(),
-                            ..RecordMeta::default()
-                        },
+                    let meta = RecordMeta {
+                        partition: partition_of(&f.key),
+                        ts: f.span.start,
+                        window_end: f.span.end,
+                        version: builtin.clone(),
+                        ..RecordMeta::default()
+                    };
+                    let aggs = &w.aggs;
+                    out.windows.push_with(&f.key, meta, |p| {
+                        p.extend_from_slice(b"{\"key\":");
+                        push_json_str(p, &f.key);
+                        p.extend_from_slice(b",\"window_start\":");
+                        push_i64(p, f.span.start);
+                        p.extend_from_slice(b",\"window_end\":");
+                        push_i64(p, f.span.end);
+                        for a in aggs {
+                            let name = match a {
+                                AggKind::Count => "count",
+                                AggKind::Sum => "sum",
+                                AggKind::Mean => "mean",
+                                AggKind::Min => "min",
+                                AggKind::Max => "max",
+                                AggKind::Variance => "variance",
+                            };
+                            p.extend_from_slice(b",\"");
+                            p.extend_from_slice(name.as_bytes());
+                            p.extend_from_slice(b"\":");
+                            push_f64(p, f.agg.get(*a));
+                        }
+                        p.push(b'}');
                     });
                     self.stats.windows_out += 1;
                 }
@@ -1053,46 +982,46 @@ impl Pipeline {
                         chunk.len(),
                         |i| i.on_window(&wb),
                     )?;
+                    let version: Arc<str> = Arc::from(v.0.as_str());
                     let ends: HashMap<(&str, i64), i64> = chunk
                         .iter()
                         .map(|f| ((f.key.as_str(), f.span.start), f.span.end))
                         .collect();
+                    let names = &w.outputs;
                     for i in 0..o.len() {
                         let key = o.key(i).unwrap_or_default();
-                        let mut p = String::with_capacity(160);
-                        p.push_str("{\"key\":");
-                        push_json_str(&mut p, key);
                         let start = o.timestamps[i];
                         let end = ends.get(&(key, start)).copied().unwrap_or(start);
-                        let _ = write!(p, ",\"window_start\":{start},\"window_end\":{end}");
-                        for (j, x) in o.inputs_of(i).unwrap_or_default().iter().enumerate() {
-                            match w.outputs.get(j) {
-                                Some(name) => {
-                                    p.push(',');
-                                    push_json_str(&mut p, name);
-                                    let _ = write!(p, ":{}", fmt_f64(*x));
+                        let meta = RecordMeta {
+                            partition: partition_of(key),
+                            ts: start,
+                            window_end: end,
+                            version: version.clone(),
+                            ..RecordMeta::default()
+                        };
+                        out.windows.push_with(key, meta, |p| {
+                            p.extend_from_slice(b"{\"key\":");
+                            push_json_str(p, key);
+                            p.extend_from_slice(b",\"window_start\":");
+                            push_i64(p, start);
+                            p.extend_from_slice(b",\"window_end\":");
+                            push_i64(p, end);
+                            for (j, x) in o.inputs_of(i).unwrap_or_default().iter().enumerate() {
+                                p.push(b',');
+                                match names.get(j) {
+                                    Some(name) => push_json_str(p, name),
+                                    None => {
+                                        p.extend_from_slice(b"\"v");
+                                        push_i64(p, j as i64);
+                                        p.push(b'"');
+                                    }
                                 }
-                                None => {
-                                    let _ = write!(p, ",\"v{j}\":{}", fmt_f64(*x));
-                                }
+                                p.push(b':');
+                                push_f64(p, *x);
                             }
-                        }
-                        let _ = write!(p, ",\"operator_version\":\"{v}\"}}");
-                        let partition = self
-                            .checkpoints
-                            .as_ref()
-                            .and_then(|c| c.key_partition.get(key).copied())
-                            .unwrap_or(-1);
-                        out.windows.push(SinkRecord {
-                            key: key.to_string(),
-                            payload: p,
-                            meta: RecordMeta {
-                                partition,
-                                ts: start,
-                                window_end: end,
-                                version: v.to_string(),
-                                ..RecordMeta::default()
-                            },
+                            p.extend_from_slice(b",\"operator_version\":\"");
+                            p.extend_from_slice(v.0.as_bytes());
+                            p.extend_from_slice(b"\"}");
                         });
                         self.stats.windows_out += 1;
                     }
@@ -1231,14 +1160,15 @@ fn sync_runner(runner: &mut Option<Runner>, slot: Option<&Arc<Slot>>) {
 
 /// Opens a per-event output record: `{"key":…,"ts":…,"partition":…,"offset":…` (the
 /// caller adds its fields and the closing brace).
-fn push_event_head(p: &mut String, key: &str, ts: i64, pos: SourcePos) {
-    p.push_str("{\"key\":");
+fn push_event_head(p: &mut Vec<u8>, key: &str, ts: i64, pos: SourcePos) {
+    p.extend_from_slice(b"{\"key\":");
     push_json_str(p, key);
-    let _ = write!(
-        p,
-        ",\"ts\":{ts},\"partition\":{},\"offset\":{}",
-        pos.partition, pos.offset
-    );
+    p.extend_from_slice(b",\"ts\":");
+    push_i64(p, ts);
+    p.extend_from_slice(b",\"partition\":");
+    push_i64(p, i64::from(pos.partition));
+    p.extend_from_slice(b",\"offset\":");
+    push_i64(p, pos.offset);
 }
 
 /// Most windows handed to one `on-window` call.
@@ -1265,55 +1195,32 @@ struct Scored {
 /// offset always point at the whole record.
 pub const DEAD_LETTER_PAYLOAD_MAX: usize = 256 << 10;
 
-fn dead_letter(r: &SourceRecord<'_>, stage: &str, reason: &str) -> SinkRecord {
+fn dead_letter(out: &mut Records, r: &SourceRecord<'_>, stage: &str, reason: &str) {
     let kept = r.payload.len().min(DEAD_LETTER_PAYLOAD_MAX);
-    let mut p = String::with_capacity(96 + reason.len() + kept);
-    p.push_str("{\"reason\":");
-    push_json_str(&mut p, reason);
-    let _ = write!(
-        p,
-        ",\"stage\":\"{stage}\",\"partition\":{},\"offset\":{},",
-        r.partition, r.offset
-    );
-    if kept < r.payload.len() {
-        let _ = write!(
-            p,
-            "\"payload_bytes\":{},\"truncated\":true,",
-            r.payload.len()
-        );
-    }
-    p.push_str("\"payload\":");
-    push_json_str(&mut p, &String::from_utf8_lossy(&r.payload[..kept]));
-    p.push('}');
-    SinkRecord {
-        key: String::new(),
-        payload: p,
-        meta: RecordMeta {
-            partition: r.partition,
-            offset: r.offset,
-            ..RecordMeta::default()
-        },
-    }
-}
-
-/// Appends `s` as a JSON string literal.
-pub fn push_json_str(out: &mut String, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push('"');
-        out.push_str(s);
-        out.push('"');
-    } else {
-        out.push_str(&serde_json::Value::from(s).to_string());
-    }
-}
-
-/// Formats a float as JSON (`null` for NaN and infinities, which JSON cannot carry).
-pub fn fmt_f64(x: f64) -> String {
-    if x.is_finite() {
-        serde_json::Number::from_f64(x).map_or_else(|| "null".into(), |n| n.to_string())
-    } else {
-        "null".into()
-    }
+    let meta = RecordMeta {
+        partition: r.partition,
+        offset: r.offset,
+        ..RecordMeta::default()
+    };
+    out.push_with("", meta, |p| {
+        p.extend_from_slice(b"{\"reason\":");
+        push_json_str(p, reason);
+        p.extend_from_slice(b",\"stage\":");
+        push_json_str(p, stage);
+        p.extend_from_slice(b",\"partition\":");
+        push_i64(p, i64::from(r.partition));
+        p.extend_from_slice(b",\"offset\":");
+        push_i64(p, r.offset);
+        p.push(b',');
+        if kept < r.payload.len() {
+            p.extend_from_slice(b"\"payload_bytes\":");
+            push_i64(p, r.payload.len() as i64);
+            p.extend_from_slice(b",\"truncated\":true,");
+        }
+        p.extend_from_slice(b"\"payload\":");
+        push_json_str(p, &String::from_utf8_lossy(&r.payload[..kept]));
+        p.push(b'}');
+    });
 }
 
 #[cfg(test)]
@@ -1327,8 +1234,9 @@ mod tests {
             offset: 7,
             payload: b"{\"bad\":1",
         };
-        let d = dead_letter(&small, "parse", "no key");
-        let v: serde_json::Value = serde_json::from_str(&d.payload).unwrap();
+        let mut out = Records::default();
+        dead_letter(&mut out, &small, "parse", "no key");
+        let v: serde_json::Value = serde_json::from_slice(out.get(0).unwrap().payload).unwrap();
         assert_eq!(v["payload"], "{\"bad\":1");
         assert!(v.get("truncated").is_none());
         assert_eq!(
@@ -1342,13 +1250,11 @@ mod tests {
             offset: 9,
             payload: &huge,
         };
-        let d = dead_letter(&big, "parse", "not JSON");
-        assert!(
-            d.payload.len() < DEAD_LETTER_PAYLOAD_MAX + 200,
-            "{}",
-            d.payload.len()
-        );
-        let v: serde_json::Value = serde_json::from_str(&d.payload).unwrap();
+        let mut out = Records::default();
+        dead_letter(&mut out, &big, "parse", "not JSON");
+        let d = out.get(0).unwrap().payload;
+        assert!(d.len() < DEAD_LETTER_PAYLOAD_MAX + 200, "{}", d.len());
+        let v: serde_json::Value = serde_json::from_slice(d).unwrap();
         assert_eq!(v["truncated"], true);
         assert_eq!(v["payload_bytes"].as_u64(), Some(3 << 20));
         assert_eq!(

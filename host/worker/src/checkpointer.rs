@@ -323,33 +323,34 @@ impl Committer {
         if dropped > 0 {
             tracing::warn!("{dropped} state changes of partitions no longer owned were dropped");
         }
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let predictions = if self.predictions {
             results
-                .into_iter()
+                .iter()
                 .filter(|r| r.meta.offset >= 0)
                 .map(|r| Prediction {
                     partition: r.meta.partition,
                     offset: r.meta.offset,
                     ts: r.meta.ts,
                     score: r.meta.score,
-                    model_version: r.meta.version,
-                    extractor_version: r.meta.extractor_version,
-                    key: r.key,
-                    output: r.payload,
+                    model_version: r.meta.version.to_string(),
+                    extractor_version: r.meta.extractor_version.to_string(),
+                    key: r.key.to_owned(),
+                    output: text(r.payload),
                 })
                 .collect()
         } else {
             Vec::new()
         };
         let window_results = windows
-            .into_iter()
+            .iter()
             .map(|r| WindowResult {
                 window_start: r.meta.ts,
                 window_end: r.meta.window_end,
                 partition: r.meta.partition,
-                version: r.meta.version,
-                key: r.key,
-                output: r.payload,
+                version: r.meta.version.to_string(),
+                key: r.key.to_owned(),
+                output: text(r.payload),
             })
             .collect();
         let snapshot = snapshot.map(|s| NewSnapshot {

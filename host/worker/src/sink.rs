@@ -3,49 +3,40 @@
 
 use crate::kafka::{Producer, SendError};
 use anyhow::{Context, Result};
-use std::fmt::Write as _;
-use weir_stream::pipeline::{Outputs, SinkRecord, push_json_str};
+use weir_stream::pipeline::{Outputs, Record, RecordMeta, Records, push_i64, push_json_str};
 use weir_stream::spec::SinkSpec;
 
-/// Sends a batch's outputs to the sink's topics (results, windows, late events, dead
-/// letters) and serves delivery reports. A result or window record too large for its topic
-/// becomes a dead letter that says so (without the record); a dead letter that cannot be
-/// written is an error.
+/// Sends a batch's outputs to the sink's topics (results, windows, late events, shadow
+/// scores, dead letters). A record too large for its topic becomes a dead letter that says
+/// so (without the record); a dead letter that cannot be written is an error.
 pub fn produce_outputs(producer: &mut Producer, sink: &SinkSpec, out: &mut Outputs) -> Result<()> {
-    let mut oversize = Vec::new();
-    let mut send = |producer: &mut Producer, topic: &str, r: &SinkRecord| -> Result<()> {
-        match producer.send(topic, &r.key, r.payload.as_bytes()) {
-            Ok(()) => Ok(()),
-            Err(SendError::TooLarge { topic, size }) => {
-                oversize.push(too_large(&topic, size, r));
-                Ok(())
+    let mut oversize = Records::default();
+    let mut send = |producer: &mut Producer, topic: &str, records: &Records| -> Result<()> {
+        for r in records.iter() {
+            match producer.send(topic, r.key, r.payload) {
+                Ok(()) => {}
+                Err(SendError::TooLarge { topic, size }) => {
+                    too_large(&mut oversize, &topic, size, r)
+                }
+                Err(SendError::Failed(e)) => return Err(e),
             }
-            Err(SendError::Failed(e)) => Err(e),
         }
+        Ok(())
     };
-    for r in &out.results {
-        send(producer, &sink.topic, r)?;
-    }
+    send(producer, &sink.topic, &out.results)?;
     if let Some(t) = &sink.windows_topic {
-        for r in &out.windows {
-            send(producer, t, r)?;
-        }
+        send(producer, t, &out.windows)?;
     }
     if let Some(t) = &sink.late_topic {
-        for r in &out.late {
-            send(producer, t, r)?;
-        }
+        send(producer, t, &out.late)?;
     }
     if !out.shadow.is_empty() {
-        let topic = sink.shadow_topic();
-        for r in &out.shadow {
-            send(producer, &topic, r)?;
-        }
+        send(producer, &sink.shadow_topic(), &out.shadow)?;
     }
     out.dead.append(&mut oversize);
-    for r in &out.dead {
+    for r in out.dead.iter() {
         producer
-            .send(&sink.dead_letter_topic, &r.key, r.payload.as_bytes())
+            .send(&sink.dead_letter_topic, r.key, r.payload)
             .with_context(|| {
                 format!(
                     "writing a dead letter to `{}` (records that fail must not vanish)",
@@ -57,20 +48,25 @@ pub fn produce_outputs(producer: &mut Producer, sink: &SinkSpec, out: &mut Outpu
 }
 
 /// The dead letter for an output record its topic would not take.
-fn too_large(topic: &str, size: usize, r: &SinkRecord) -> SinkRecord {
-    let mut p = String::with_capacity(160);
-    p.push_str("{\"reason\":\"output too large for its topic\",\"stage\":\"sink\",\"topic\":");
-    push_json_str(&mut p, topic);
-    let _ = write!(
-        p,
-        ",\"bytes\":{size},\"key\":{},\"partition\":{},\"offset\":{}}}",
-        serde_json::Value::from(r.key.as_str()),
-        r.meta.partition,
-        r.meta.offset
-    );
-    SinkRecord {
-        key: r.key.clone(),
-        payload: p,
-        meta: r.meta.clone(),
-    }
+fn too_large(out: &mut Records, topic: &str, size: usize, r: Record<'_>) {
+    let meta = RecordMeta {
+        partition: r.meta.partition,
+        offset: r.meta.offset,
+        ..RecordMeta::default()
+    };
+    out.push_with(r.key, meta, |p| {
+        p.extend_from_slice(
+            b"{\"reason\":\"output too large for its topic\",\"stage\":\"sink\",\"topic\":",
+        );
+        push_json_str(p, topic);
+        p.extend_from_slice(b",\"bytes\":");
+        push_i64(p, size as i64);
+        p.extend_from_slice(b",\"key\":");
+        push_json_str(p, r.key);
+        p.extend_from_slice(b",\"partition\":");
+        push_i64(p, i64::from(r.meta.partition));
+        p.extend_from_slice(b",\"offset\":");
+        push_i64(p, r.meta.offset);
+        p.push(b'}');
+    });
 }

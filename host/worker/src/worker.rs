@@ -265,6 +265,7 @@ pub fn run(
                 last_idle_warning = Instant::now();
             }
         }
+        let t_poll = Instant::now();
         kept.clear();
         source.admit(&records, &mut kept)?;
         out.clear();
@@ -292,16 +293,30 @@ pub fn run(
         produce_outputs(&mut producer, sink, &mut out)?;
         producer.check()?;
         waiting += out.results.len() + out.windows.len();
+        let t_out = Instant::now();
         if waiting >= opts.commit_rows || last_cut.elapsed() >= opts.commit_interval {
             cut(&mut pipeline, &mut source, &producer, &mut checkpointer)?;
             waiting = 0;
             last_cut = Instant::now();
         }
+        if std::env::var_os("WEIR_TRACE_LOOP").is_some() {
+            let (a, b) = (t_out - t_poll, t_out.elapsed());
+            if a + b > Duration::from_millis(20) {
+                tracing::info!(
+                    "slow round: {} records, process+produce {a:?}, cut {b:?}",
+                    records.len()
+                );
+            }
+        }
         checkpointer.poll(source.consumer())?;
         if let Ok(mut p) = opts.progress.lock() {
             if p.samples.len() < 3 {
-                p.samples
-                    .extend(out.results.iter().take(3).map(|r| r.payload.clone()));
+                p.samples.extend(
+                    out.results
+                        .iter()
+                        .take(3)
+                        .map(|r| r.payload_str().to_owned()),
+                );
             }
             p.stats = pipeline.stats().clone();
             p.produced = producer.sent();
