@@ -24,6 +24,47 @@ pub trait KeyedState: Send {
     fn put(&mut self, key: &str, name: &str, value: Vec<u8>);
     /// Removes an entry.
     fn delete(&mut self, key: &str, name: &str);
+    /// Reads many entries: appends each present value to `out.bytes` (a store can do it
+    /// without copying each value into a vector of its own, under one lock).
+    fn get_many(&mut self, entries: &[(&str, &str)], out: &mut StateValues) {
+        for (k, n) in entries {
+            out.push(self.get(k, n).as_deref());
+        }
+    }
+    /// Writes (`Some`) or removes (`None`) many entries.
+    fn put_many(&mut self, changes: Vec<(&str, &str, Option<Vec<u8>>)>) {
+        for (k, n, v) in changes {
+            match v {
+                Some(v) => self.put(k, n, v),
+                None => self.delete(k, n),
+            }
+        }
+    }
+}
+
+/// Values read by [`KeyedState::get_many`], columnar as the `state` import returns them.
+#[derive(Debug, Default)]
+pub struct StateValues {
+    /// Whether each entry had a value.
+    pub present: Vec<bool>,
+    /// The values, back to back.
+    pub bytes: Vec<u8>,
+    /// Value `i` is `bytes[offsets[i]..offsets[i + 1]]`.
+    pub offsets: Vec<u32>,
+}
+
+impl StateValues {
+    /// Appends one entry's value (`None` when absent).
+    pub fn push(&mut self, value: Option<&[u8]>) {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        self.present.push(value.is_some());
+        if let Some(v) = value {
+            self.bytes.extend_from_slice(v);
+        }
+        self.offsets.push(self.bytes.len() as u32);
+    }
 }
 
 /// In-memory [`KeyedState`], the default.
@@ -402,6 +443,170 @@ impl state::Host for HostState {
         self.state.delete(&key, &name);
         Ok(())
     }
+    fn get_many(&mut self, entries: state::Entries) -> wasmtime::Result<state::Values> {
+        let pairs = entry_pairs(&entries)?;
+        let mut out = StateValues {
+            present: Vec::with_capacity(pairs.len()),
+            bytes: Vec::new(),
+            offsets: Vec::with_capacity(pairs.len() + 1),
+        };
+        self.state.get_many(&pairs, &mut out);
+        if out.offsets.is_empty() {
+            out.offsets.push(0);
+        }
+        Ok(state::Values {
+            present: out.present,
+            bytes: out.bytes,
+            offsets: out.offsets,
+        })
+    }
+    fn put_many(&mut self, entries: state::Entries, values: state::Values) -> wasmtime::Result<()> {
+        let pairs = entry_pairs(&entries)?;
+        let n = pairs.len();
+        if values.present.len() != n || values.offsets.len() != n + 1 {
+            return Err(wasmtime::format_err!(
+                "put-many: {} entries but {} values ({} offsets)",
+                n,
+                values.present.len(),
+                values.offsets.len()
+            ));
+        }
+        let mut changes = Vec::with_capacity(n);
+        for (i, (k, name)) in pairs.into_iter().enumerate() {
+            let value = if values.present[i] {
+                let (a, b) = (values.offsets[i] as usize, values.offsets[i + 1] as usize);
+                let v =
+                    values.bytes.get(a..b).filter(|_| a <= b).ok_or_else(|| {
+                        wasmtime::format_err!("put-many: value {i} is out of bounds")
+                    })?;
+                if v.len() > self.state_value_bytes {
+                    return Err(wasmtime::format_err!(
+                        "state value of {} bytes exceeds the limit of {} bytes",
+                        v.len(),
+                        self.state_value_bytes
+                    ));
+                }
+                Some(v.to_vec())
+            } else {
+                None
+            };
+            changes.push((k, name, value));
+        }
+        self.state.put_many(changes);
+        Ok(())
+    }
+}
+
+/// The (key, name) pairs of a columnar `entries`, checked: offsets in bounds and
+/// non-decreasing, text valid UTF-8. A plugin that breaks the layout gets an error, not a
+/// panic.
+fn entry_pairs(e: &state::Entries) -> wasmtime::Result<Vec<(&str, &str)>> {
+    let col = |bytes: &'_ [u8],
+               offsets: &'_ [u32],
+               what: &str|
+     -> wasmtime::Result<Vec<(usize, usize)>> {
+        if offsets.is_empty() || offsets[0] != 0 {
+            return Err(wasmtime::format_err!(
+                "state entries: {what} offsets must start at 0"
+            ));
+        }
+        let mut out = Vec::with_capacity(offsets.len() - 1);
+        for w in offsets.windows(2) {
+            let (a, b) = (w[0] as usize, w[1] as usize);
+            if a > b || b > bytes.len() {
+                return Err(wasmtime::format_err!(
+                    "state entries: {what} offsets out of bounds"
+                ));
+            }
+            out.push((a, b));
+        }
+        Ok(out)
+    };
+    let keys = col(&e.keys, &e.key_offsets, "key")?;
+    let names = col(&e.names, &e.name_offsets, "name")?;
+    if keys.len() != names.len() {
+        return Err(wasmtime::format_err!(
+            "state entries: {} keys but {} names",
+            keys.len(),
+            names.len()
+        ));
+    }
+    fn text(b: &[u8]) -> wasmtime::Result<&str> {
+        std::str::from_utf8(b).map_err(|_| wasmtime::format_err!("state entries: not UTF-8"))
+    }
+    keys.into_iter()
+        .zip(names)
+        .map(|((ka, kb), (na, nb))| Ok((text(&e.keys[ka..kb])?, text(&e.names[na..nb])?)))
+        .collect()
 }
 
 impl crate::bindings::operator::weir::operator::types::Host for HostState {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(
+        keys: &str,
+        key_offsets: &[u32],
+        names: &str,
+        name_offsets: &[u32],
+    ) -> state::Entries {
+        state::Entries {
+            keys: keys.as_bytes().to_vec(),
+            key_offsets: key_offsets.to_vec(),
+            names: names.as_bytes().to_vec(),
+            name_offsets: name_offsets.to_vec(),
+        }
+    }
+
+    #[test]
+    fn batched_entries_are_split_by_their_offsets() {
+        let e = entries("u1u22", &[0, 2, 5], "w0w1000", &[0, 2, 7]);
+        let pairs = entry_pairs(&e).expect("a valid layout");
+        assert_eq!(pairs, vec![("u1", "w0"), ("u22", "w1000")]);
+        let none = entries("", &[0], "", &[0]);
+        assert_eq!(entry_pairs(&none).expect("no entries").len(), 0);
+    }
+
+    #[test]
+    fn a_broken_layout_is_an_error_not_a_panic() {
+        let cases = [
+            (entries("u1", &[], "w0", &[0, 2]), "must start at 0"),
+            (entries("u1", &[1, 2], "w0", &[0, 2]), "must start at 0"),
+            (entries("u1", &[0, 3], "w0", &[0, 2]), "out of bounds"),
+            (
+                entries("u1u2", &[0, 3, 2], "w0w1", &[0, 2, 4]),
+                "out of bounds",
+            ),
+            (
+                entries("u1u2", &[0, 2, 4], "w0", &[0, 2]),
+                "2 keys but 1 names",
+            ),
+            (
+                state::Entries {
+                    keys: vec![0xff, 0xfe],
+                    key_offsets: vec![0, 2],
+                    names: b"w0".to_vec(),
+                    name_offsets: vec![0, 2],
+                },
+                "not UTF-8",
+            ),
+        ];
+        for (e, want) in cases {
+            let err = entry_pairs(&e).expect_err(want).to_string();
+            assert!(err.contains(want), "{err:?} should say {want:?}");
+        }
+    }
+
+    #[test]
+    fn values_are_columnar_with_one_offset_more() {
+        let mut v = StateValues::default();
+        v.push(Some(b"ab"));
+        v.push(None);
+        v.push(Some(b"c"));
+        assert_eq!(v.present, vec![true, false, true]);
+        assert_eq!(v.offsets, vec![0, 2, 2, 3]);
+        assert_eq!(v.bytes, b"abc");
+    }
+}

@@ -32,7 +32,7 @@ pub mod bindings;
 pub use bindings::{EventBatch, FeatureBatch, LogLevel, PluginError, WindowBatch};
 pub use engine::{Engine, EngineOptions, Plugin, PluginId};
 pub use error::{Error, Fault, Result, TrapKind};
-pub use host::{KeyedState, LogBuffer, LogLine, MemoryState};
+pub use host::{KeyedState, LogBuffer, LogLine, MemoryState, StateValues};
 pub use instance::Instance;
 pub use manifest::{Grants, Limits, Manifest};
 pub use slot::{Deployment, Runner, Slot, VersionId};

@@ -29,6 +29,9 @@ pub struct BenchArgs {
     /// `ml`: only the training times and the batch fit, not job 3.
     #[arg(long)]
     batch_only: bool,
+    /// `pipeline-mode`: which run (passthrough, e2e, sqlite, mysql, every).
+    #[arg(long)]
+    mode: Option<String>,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -59,6 +62,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 .collect();
             let rate = crate::bench_pipeline::engine_only(&lines, args.runs)?.0;
             println!("engine_events_per_s={rate:.0}");
+            Ok(())
+        }
+        // One mode of `pipeline` alone (`--mode`), for profilers.
+        "pipeline-mode" => {
+            let mode = args.mode.as_deref().unwrap_or("sqlite");
+            let rate =
+                crate::bench_pipeline::one_mode(args.n.unwrap_or(1_000_000), mode, args.runs)?;
+            println!("{mode}_events_per_s={rate:.0}");
             Ok(())
         }
         // The latency figure alone, at `--n` events per second (for profiling).

@@ -91,6 +91,19 @@ pub fn engine_only(lines: &[Vec<u8>], runs: usize) -> Result<(f64, u64, u64)> {
 }
 
 /// The embedded broker with the input produced into it.
+/// The event's key, as the Kafka message key: records of a key stay in one partition, in
+/// order, and every partition gets records (empty keys would stick to a few partitions for
+/// 10 ms each, and an input partition without data holds the watermark back).
+fn key_of(line: &[u8]) -> &str {
+    const FIELD: &[u8] = b"\"key\":\"";
+    line.windows(FIELD.len())
+        .position(|w| w == FIELD)
+        .map(|i| &line[i + FIELD.len()..])
+        .and_then(|rest| rest.iter().position(|&c| c == b'"').map(|j| &rest[..j]))
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .unwrap_or("")
+}
+
 fn loaded_broker(lines: &[Vec<u8>]) -> Result<(Arc<EmbeddedBroker>, f64)> {
     let b = EmbeddedBroker::start()?;
     b.create_topic("events", INPUT_PARTITIONS)?;
@@ -106,7 +119,7 @@ fn loaded_broker(lines: &[Vec<u8>]) -> Result<(Arc<EmbeddedBroker>, f64)> {
     let mut p = Producer::new(&b.bootstrap())?;
     let t = Instant::now();
     for l in lines {
-        p.send("events", "", l)?;
+        p.send("events", key_of(l), l)?;
     }
     p.flush(Duration::from_secs(120))?;
     Ok((Arc::new(b), lines.len() as f64 / t.elapsed().as_secs_f64()))
@@ -229,14 +242,17 @@ fn through_kafka(
     Ok(n as f64 / secs)
 }
 
+/// (p50, p99) to the output topic, (p50, p99) to the committed checkpoint (ms), and the
+/// rate achieved.
+pub type Latency = ((f64, f64), (f64, f64), f64);
+
+/// When each checkpoint landed (ms since the start) and the positions it committed.
+type Committed = Arc<Mutex<Vec<(i64, BTreeMap<i32, i64>)>>>;
+
 /// Event-to-result latency while events are produced live at `rate` per second, through the
 /// durable worker (SQLite). Returns (p50, p99) to the output topic and (p50, p99) to the
 /// committed checkpoint, in ms, and the rate achieved.
-pub fn latency(
-    engine: &Engine,
-    lines: &[Vec<u8>],
-    rate: f64,
-) -> Result<((f64, f64), (f64, f64), f64)> {
+pub fn latency(engine: &Engine, lines: &[Vec<u8>], rate: f64) -> Result<Latency> {
     let broker = Arc::new(EmbeddedBroker::start()?);
     broker.create_topic("events", INPUT_PARTITIONS)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -306,7 +322,7 @@ pub fn latency(
     let inputs_reader = reader("events", lines.len());
     let results_reader = reader("scores", lines.len());
     // The committed positions, polled: when each event's checkpoint landed.
-    let committed: Arc<Mutex<Vec<(i64, BTreeMap<i32, i64>)>>> = Arc::default();
+    let committed: Committed = Arc::default();
     let poller = {
         let (store, committed, stop, handle) = (
             store.clone(),
@@ -332,7 +348,7 @@ pub fn latency(
     // round trips to it, which says nothing about the steady state measured next.
     let mut prod = Producer::new(&broker.bootstrap())?;
     let pace = |t: Instant, i: usize| {
-        if i % 64 == 0 {
+        if i.is_multiple_of(64) {
             let due = Duration::from_secs_f64(i as f64 / rate);
             if let Some(wait) = due.checked_sub(t.elapsed()) {
                 std::thread::sleep(wait);
@@ -344,13 +360,14 @@ pub fn latency(
     while t.elapsed() < Duration::from_secs(4) {
         let line =
             format!("{{\"key\":\"{WARM_UP}\",\"ts\":1600000000000,\"x\":[0,0,0,0,0,0,0,0]}}");
-        prod.send("events", "", line.as_bytes())?;
+        // Keyed round the partitions: every partition's first records go through here.
+        prod.send("events", &format!("warm-up-{i}"), line.as_bytes())?;
         i += 1;
         pace(t, i);
     }
     let t = Instant::now();
     for (i, l) in lines.iter().enumerate() {
-        prod.send("events", "", l)?;
+        prod.send("events", key_of(l), l)?;
         pace(t, i);
     }
     prod.flush(Duration::from_secs(60))?;
@@ -451,9 +468,10 @@ fn recovery(lines: &[Vec<u8>], kills: usize) -> Result<Vec<f64>> {
             let t = Instant::now();
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                p.send("events", "", &lines[i % lines.len()])?;
+                let l = &lines[i % lines.len()];
+                p.send("events", key_of(l), l)?;
                 i += 1;
-                if i % 64 == 0 {
+                if i.is_multiple_of(64) {
                     let due = Duration::from_secs_f64(i as f64 / 20_000.0);
                     if let Some(wait) = due.checked_sub(t.elapsed()) {
                         std::thread::sleep(wait);
@@ -542,6 +560,49 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// One mode of the Kafka runs alone, `runs` times (for profilers): `passthrough`, `e2e`,
+/// `sqlite`, `mysql` or `every`. Returns the median rate.
+pub fn one_mode(n: u64, mode: &str, runs: usize) -> Result<f64> {
+    let lines: Vec<Vec<u8>> = weir_workload::Generator::new(n, 42)
+        .map(|e| to_json_line(&e).into_bytes())
+        .collect();
+    let n = lines.len() as u64;
+    let engine = Engine::new(EngineOptions::default())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let (broker, _) = loaded_broker(&lines)?;
+    drop(lines);
+    let mut rates = Vec::new();
+    for i in 0..runs.max(1) {
+        let durability = |db: Db, predictions: bool| -> Result<(Durability, Db)> {
+            let store = Arc::new(rt.block_on(Store::connect(&db.url()))?);
+            Ok((
+                Durability::Database {
+                    store,
+                    rt: rt.handle().clone(),
+                    predictions,
+                },
+                db,
+            ))
+        };
+        let (d, _db) = match mode {
+            "passthrough" => {
+                rates.push(passthrough(&broker.bootstrap(), n)?);
+                continue;
+            }
+            "e2e" => (Durability::KafkaOffsets, None),
+            "sqlite" => durability(sqlite_db("one"), false).map(|(d, b)| (d, Some(b)))?,
+            "mysql" => durability(mysql_db(&rt, "one")?, false).map(|(d, b)| (d, Some(b)))?,
+            "every" => durability(sqlite_db("one"), true).map(|(d, b)| (d, Some(b)))?,
+            other => bail!("unknown mode `{other}` (passthrough, e2e, sqlite, mysql, every)"),
+        };
+        rates.push(through_kafka(&engine, &broker, n, d, &format!("one{i}"))?);
+    }
+    Ok(median(rates))
 }
 
 pub fn run(n: u64, events: Option<Vec<Event>>, runs: usize) -> Result<()> {

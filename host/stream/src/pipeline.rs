@@ -364,12 +364,13 @@ impl Pipeline {
             match self.parser.parse(r.payload, &mut self.batch.inputs) {
                 Ok(p) if p.label_only => {
                     if let (Some(id), Some(label)) = (p.id, p.label) {
-                        self.label_records.push((p.key, id, label));
+                        self.label_records
+                            .push((p.key.into_owned(), id.into_owned(), label));
                     }
                 }
                 Ok(p) => {
                     if self.parser.id_field.is_some() {
-                        self.ids.push(p.id.clone());
+                        self.ids.push(p.id.as_ref().map(|c| c.to_string()));
                     }
                     if self.has_labels {
                         self.labels.push(p.label.unwrap_or(f64::NAN));
@@ -389,10 +390,10 @@ impl Pipeline {
                     });
                     self.raw.push((i, 0));
                     if let Some(cp) = self.checkpoints.as_mut() {
-                        match cp.key_partition.get_mut(&p.key) {
+                        match cp.key_partition.get_mut(&*p.key) {
                             Some(part) => *part = r.partition,
                             None => {
-                                cp.key_partition.insert(p.key, r.partition);
+                                cp.key_partition.insert(p.key.into_owned(), r.partition);
                             }
                         }
                     }

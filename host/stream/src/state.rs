@@ -2,7 +2,7 @@
 //! record key and an entry name. The in-memory store is the default; the server adds durable
 //! stores (MySQL, SQLite) with write-behind at checkpoints.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use weir_engine::KeyedState;
 
@@ -96,7 +96,19 @@ type KeyEntries = HashMap<String, HashMap<String, Vec<u8>>>;
 #[derive(Debug, Default)]
 struct Tracked {
     entries: KeyEntries,
-    dirty: HashSet<(String, String)>,
+    /// Entries changed since the last cut, each with whether it existed at that cut: one
+    /// written and removed between two cuts changed nothing a store holds.
+    dirty: HashMap<(String, String), bool>,
+}
+
+impl Tracked {
+    /// Marks an entry changed; call it before changing it.
+    fn mark(&mut self, key: &str, name: &str) {
+        let existed = self.entries.get(key).is_some_and(|m| m.contains_key(name));
+        self.dirty
+            .entry((key.to_owned(), name.to_owned()))
+            .or_insert(existed);
+    }
 }
 
 /// A changed entry: `(key, name, value)`, `None` when deleted.
@@ -114,9 +126,9 @@ impl TrackedState {
             let mut out: Vec<EntryChange> = t
                 .dirty
                 .drain()
-                .map(|(k, n)| {
+                .filter_map(|((k, n), existed)| {
                     let v = t.entries.get(&k).and_then(|m| m.get(&n)).cloned();
-                    (k, n, v)
+                    (existed || v.is_some()).then_some((k, n, v))
                 })
                 .collect();
             out.sort();
@@ -138,7 +150,7 @@ impl TrackedState {
     pub fn remove_key(&self, key: &str) {
         self.with(|t| {
             t.entries.remove(key);
-            t.dirty.retain(|(k, _)| k != key);
+            t.dirty.retain(|(k, _), _| k != key);
         });
     }
 
@@ -154,27 +166,65 @@ impl TrackedState {
 }
 
 impl KeyedState for TrackedState {
+    fn get_many(&mut self, entries: &[(&str, &str)], out: &mut weir_engine::StateValues) {
+        self.with(|t| {
+            for (k, n) in entries {
+                out.push(t.entries.get(*k).and_then(|m| m.get(*n)).map(Vec::as_slice));
+            }
+        });
+    }
+    fn put_many(&mut self, changes: Vec<(&str, &str, Option<Vec<u8>>)>) {
+        self.with(|t| {
+            for (key, name, value) in changes {
+                t.mark(key, name);
+                match value {
+                    Some(v) => match t.entries.get_mut(key) {
+                        Some(m) => match m.get_mut(name) {
+                            Some(slot) => *slot = v,
+                            None => {
+                                m.insert(name.to_string(), v);
+                            }
+                        },
+                        None => {
+                            t.entries
+                                .entry(key.to_string())
+                                .or_default()
+                                .insert(name.to_string(), v);
+                        }
+                    },
+                    None => {
+                        if let Some(m) = t.entries.get_mut(key) {
+                            m.remove(name);
+                            if m.is_empty() {
+                                t.entries.remove(key);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
     fn get(&mut self, key: &str, name: &str) -> Option<Vec<u8>> {
         self.with(|t| t.entries.get(key).and_then(|m| m.get(name)).cloned())
     }
     fn put(&mut self, key: &str, name: &str, value: Vec<u8>) {
         self.with(|t| {
+            t.mark(key, name);
             t.entries
                 .entry(key.to_string())
                 .or_default()
                 .insert(name.to_string(), value);
-            t.dirty.insert((key.to_string(), name.to_string()));
         });
     }
     fn delete(&mut self, key: &str, name: &str) {
         self.with(|t| {
+            t.mark(key, name);
             if let Some(m) = t.entries.get_mut(key) {
                 m.remove(name);
                 if m.is_empty() {
                     t.entries.remove(key);
                 }
             }
-            t.dirty.insert((key.to_string(), name.to_string()));
         });
     }
 }
@@ -213,6 +263,10 @@ mod tests {
         plugin_side.put("k", "a", vec![2]);
         plugin_side.put("j", "b", vec![3]);
         plugin_side.delete("k", "old");
+        // Written and removed between two cuts: nothing for a store to do.
+        plugin_side.put("k", "brief", vec![4]);
+        plugin_side.delete("k", "brief");
+        plugin_side.delete("k", "never");
         assert_eq!(plugin_side.get("k", "a"), Some(vec![2]));
         assert_eq!(
             t.take_changes(),
@@ -223,6 +277,11 @@ mod tests {
             ]
         );
         assert!(t.take_changes().is_empty());
+        // Stored at the last cut, so its removal is a change.
+        plugin_side.delete("j", "b");
+        assert_eq!(t.take_changes(), vec![("j".into(), "b".into(), None)]);
+        plugin_side.put("j", "b", vec![3]);
+        assert_eq!(t.take_changes().len(), 1);
         assert_eq!(t.len(), 2);
         t.remove_key("k");
         assert_eq!(t.len(), 1);

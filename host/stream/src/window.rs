@@ -10,7 +10,7 @@
 
 use crate::aggregate::Agg;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Kind and size of a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,8 +126,10 @@ pub struct Windower {
     late_events: u64,
     /// The lateness judge of the event being added (its partition's watermark).
     judge: i64,
-    /// Keys whose panes changed since the last [`Windower::take_touched`], when tracked.
-    touched: Option<HashSet<u32>>,
+    /// Keys whose panes changed since the last [`Windower::take_touched`], when tracked,
+    /// each with whether it had panes at that cut (a key that had none then and has none
+    /// now changed nothing a store holds).
+    touched: Option<HashMap<u32, bool>>,
 }
 
 impl Windower {
@@ -156,14 +158,13 @@ impl Windower {
     /// Starts tracking which keys' panes change, for checkpoints
     /// ([`Windower::take_touched`]).
     pub fn track_changes(&mut self) {
-        self.touched.get_or_insert_with(HashSet::new);
+        self.touched.get_or_insert_with(HashMap::new);
     }
 
+    /// Marks a key changed; call it before changing its panes.
     #[inline]
     fn touch(&mut self, k: u32) {
-        if let Some(t) = self.touched.as_mut() {
-            t.insert(k);
-        }
+        mark(&mut self.touched, &self.panes, k);
     }
 
     /// The keys whose panes changed since the last call, each with its encoded panes
@@ -172,17 +173,17 @@ impl Windower {
         let Some(touched) = self.touched.as_mut() else {
             return Vec::new();
         };
-        let mut keys: Vec<u32> = touched.drain().collect();
+        let mut keys: Vec<(u32, bool)> = touched.drain().collect();
         keys.sort_unstable();
         keys.into_iter()
-            .map(|k| {
-                let name = self.names[k as usize].clone();
+            .filter_map(|(k, stored)| {
                 let value = self
                     .panes
                     .get(&k)
                     .filter(|m| !m.is_empty())
                     .map(|m| encode_panes(m.values()));
-                (name, value)
+                // Opened and released since the last cut: nothing to store or delete.
+                (stored || value.is_some()).then(|| (self.names[k as usize].clone(), value))
             })
             .collect()
     }
@@ -435,9 +436,7 @@ impl Windower {
                 p.fired = true;
                 p.dirty = false;
                 out.push(fire(&self.names, k, p, true, false));
-                if let Some(t) = self.touched.as_mut() {
-                    t.insert(k);
-                }
+                mark(&mut self.touched, &self.panes, k);
             }
         }
         // Re-firings after late updates.
@@ -447,9 +446,7 @@ impl Windower {
             {
                 p.dirty = false;
                 out.push(fire(&self.names, k, p, false, false));
-                if let Some(t) = self.touched.as_mut() {
-                    t.insert(k);
-                }
+                mark(&mut self.touched, &self.panes, k);
             }
         }
         // Releases.
@@ -458,12 +455,13 @@ impl Windower {
                 break;
             }
             self.cleanup.pop_first();
+            if !self.panes.contains_key(&k) {
+                continue;
+            }
+            mark(&mut self.touched, &self.panes, k);
             let Some(panes) = self.panes.get_mut(&k) else {
                 continue;
             };
-            if let Some(t) = self.touched.as_mut() {
-                t.insert(k);
-            }
             if let Some(mut p) = panes.remove(&start) {
                 let mut f = fire(&self.names, k, &mut p, false, true);
                 f.updated = false;
@@ -512,6 +510,20 @@ const PANES_FORMAT: u8 = 1;
 
 /// Encodes a key's panes: a format byte, then per pane its span, accumulator, flags and
 /// pending rows (all little-endian).
+/// Marks key `k` changed since the last cut, noting whether it had panes at that cut (its
+/// panes are as they were then until its first change).
+#[inline]
+fn mark(
+    touched: &mut Option<HashMap<u32, bool>>,
+    panes: &HashMap<u32, BTreeMap<i64, Pane>>,
+    k: u32,
+) {
+    if let Some(t) = touched.as_mut() {
+        t.entry(k)
+            .or_insert_with(|| panes.get(&k).is_some_and(|m| !m.is_empty()));
+    }
+}
+
 fn encode_panes<'a>(panes: impl Iterator<Item = &'a Pane>) -> Vec<u8> {
     let mut out = vec![PANES_FORMAT];
     for p in panes {
@@ -694,6 +706,22 @@ mod tests {
         }
         assert!(decode_panes(&[9], 1).is_err());
         assert!(decode_panes(&[PANES_FORMAT, 1, 2], 1).is_err());
+    }
+
+    #[test]
+    fn keys_opened_and_released_between_cuts_change_nothing() {
+        let mut w = Windower::new(WindowKind::Tumbling { size_ms: 1000 }, 0, 0, false);
+        w.track_changes();
+        w.add("stays", 100, 1.0, &[]);
+        let first = w.take_touched();
+        assert_eq!(first.len(), 1);
+        assert!(first[0].1.is_some());
+        // "brief" opens and is released before the next cut; "stays" is released too, but
+        // the store has its panes from the first cut, so it must hear of the removal.
+        w.add("brief", 200, 1.0, &[]);
+        w.advance(5_000);
+        assert_eq!(w.take_touched(), vec![("stays".to_string(), None)]);
+        assert!(w.take_touched().is_empty());
     }
 
     #[test]

@@ -342,7 +342,7 @@ impl Committer {
         } else {
             Vec::new()
         };
-        let window_results = windows
+        let window_results: Vec<WindowResult> = windows
             .iter()
             .map(|r| WindowResult {
                 window_start: r.meta.ts,
@@ -363,6 +363,31 @@ impl Committer {
             metrics: "{}".into(),
         });
         let gap_count = gaps.len() as u64;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let states: Vec<&StateChange> = commits.iter().flat_map(|c| &c.state).collect();
+            tracing::debug!(
+                predictions = predictions.len(),
+                windows = window_results.len(),
+                state_puts = states.iter().filter(|s| s.value.is_some()).count(),
+                state_deletes = states.iter().filter(|s| s.value.is_none()).count(),
+                state_bytes = states
+                    .iter()
+                    .map(|s| s.value.as_ref().map_or(0, Vec::len))
+                    .sum::<usize>(),
+                partitions = commits.len(),
+                min_watermark = commits
+                    .iter()
+                    .map(|c| c.watermark)
+                    .min()
+                    .unwrap_or(i64::MIN),
+                max_watermark = commits
+                    .iter()
+                    .map(|c| c.watermark)
+                    .max()
+                    .unwrap_or(i64::MIN),
+                "committing a checkpoint"
+            );
+        }
         // Without a partition there is no position to commit (nor anything it covers).
         if !commits.is_empty() {
             let started = Instant::now();

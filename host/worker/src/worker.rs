@@ -299,14 +299,12 @@ pub fn run(
             waiting = 0;
             last_cut = Instant::now();
         }
-        if std::env::var_os("WEIR_TRACE_LOOP").is_some() {
-            let (a, b) = (t_out - t_poll, t_out.elapsed());
-            if a + b > Duration::from_millis(20) {
-                tracing::info!(
-                    "slow round: {} records, process+produce {a:?}, cut {b:?}",
-                    records.len()
-                );
-            }
+        let (work, cutting) = (t_out - t_poll, t_out.elapsed());
+        if work + cutting > Duration::from_millis(20) {
+            tracing::debug!(
+                records = records.len(),
+                "slow round: process and produce {work:?}, checkpoint cut {cutting:?}"
+            );
         }
         checkpointer.poll(source.consumer())?;
         if let Ok(mut p) = opts.progress.lock() {

@@ -1,7 +1,8 @@
 //! Job 2's window aggregates as a stateful operator: per key and window it folds
 //! `[count, sum, max]` of one input into host keyed state (so a late event that re-fires a
 //! window adds to what was already counted), emits `[count, mean, max, score]` with the
-//! window model's score, and releases the state when the window closes.
+//! window model's score, and releases the state when the window closes. It reads and writes
+//! the state of all the panes of a call in one batch each way.
 //!
 //! Config: `{"field": 0, "window_model": {"agg_mean": [3], "agg_std": [3], "coef": [3],
 //! "intercept": ..}}`.
@@ -51,16 +52,26 @@ impl Operator for WindowStats {
     }
 
     fn on_window(&mut self, panes: &Panes<'_>, out: &mut Output) -> Result<()> {
+        // The accumulators of every pane in one host call, and back in one more.
+        let mut batch = state::Batch::new();
         for pane in panes.iter() {
-            let name = format!("w{}", pane.start());
-            let mut acc = state::get_f64s(pane.key(), &name)
-                .unwrap_or_else(|| vec![0.0, 0.0, f64::NEG_INFINITY]);
-            if acc.len() != 3 {
-                return Err(Error::internal(format!(
-                    "corrupt accumulator for {} {name}",
-                    pane.key()
-                )));
-            }
+            batch.entry(pane.key(), &format!("w{}", pane.start()));
+        }
+        let stored = batch.get();
+        let mut updates: Vec<Option<Vec<u8>>> = Vec::with_capacity(stored.len());
+        for (pane, old) in panes.iter().zip(stored) {
+            let mut acc = match old {
+                Some(bytes) => state::decode_f64s(&bytes)
+                    .filter(|a| a.len() == 3)
+                    .ok_or_else(|| {
+                        Error::internal(format!(
+                            "corrupt accumulator for {} w{}",
+                            pane.key(),
+                            pane.start()
+                        ))
+                    })?,
+                None => vec![0.0, 0.0, f64::NEG_INFINITY],
+            };
             for row in pane.rows() {
                 let x = *row
                     .get(self.field)
@@ -69,11 +80,7 @@ impl Operator for WindowStats {
                 acc[1] += x;
                 acc[2] = acc[2].max(x);
             }
-            if pane.closing() {
-                state::delete(pane.key(), &name);
-            } else {
-                state::put_f64s(pane.key(), &name, &acc);
-            }
+            updates.push((!pane.closing()).then(|| state::encode_f64s(&acc)));
             if pane.row_count() > 0 {
                 let (count, mean, max) = (acc[0], acc[1] / acc[0], acc[2]);
                 let m = &self.model;
@@ -88,6 +95,8 @@ impl Operator for WindowStats {
                 )?;
             }
         }
+        let values: Vec<Option<&[u8]>> = updates.iter().map(Option::as_deref).collect();
+        batch.put(&values);
         Ok(())
     }
 }

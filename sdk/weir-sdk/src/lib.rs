@@ -142,6 +142,98 @@ pub mod state {
         put(key, name, &encode_f64s(values))
     }
 
+    /// Many entries in one host call each way: an operator that folds many panes reads
+    /// their state with one [`Batch::get`] and writes it back with one [`Batch::put`],
+    /// instead of a host call per pane.
+    ///
+    /// ```ignore
+    /// let mut batch = state::Batch::new();
+    /// for pane in panes.iter() {
+    ///     batch.entry(pane.key(), &format!("w{}", pane.start()));
+    /// }
+    /// let old = batch.get(); // one value (or None) per entry, in order
+    /// // ... fold, then set or delete each entry ...
+    /// batch.put(&new);       // Some(bytes) writes, None removes
+    /// ```
+    #[derive(Debug)]
+    pub struct Batch {
+        entries: wit::Entries,
+    }
+
+    impl Default for Batch {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl Batch {
+        /// An empty batch.
+        pub fn new() -> Self {
+            Batch {
+                entries: wit::Entries {
+                    keys: Vec::new(),
+                    key_offsets: vec![0],
+                    names: Vec::new(),
+                    name_offsets: vec![0],
+                },
+            }
+        }
+
+        /// Adds the entry (`key`, `name`).
+        pub fn entry(&mut self, key: &str, name: &str) {
+            let e = &mut self.entries;
+            e.keys.extend_from_slice(key.as_bytes());
+            e.key_offsets.push(e.keys.len() as u32);
+            e.names.extend_from_slice(name.as_bytes());
+            e.name_offsets.push(e.names.len() as u32);
+        }
+
+        /// Entries added.
+        pub fn len(&self) -> usize {
+            self.entries.key_offsets.len() - 1
+        }
+
+        /// True when no entry was added.
+        pub fn is_empty(&self) -> bool {
+            self.len() == 0
+        }
+
+        /// Reads every entry: one value (`None` when nothing is stored) per entry, in order.
+        pub fn get(&self) -> Vec<Option<Vec<u8>>> {
+            if self.is_empty() {
+                return Vec::new();
+            }
+            let v = wit::get_many(&self.entries);
+            (0..v.present.len())
+                .map(|i| {
+                    let (a, b) = (v.offsets[i] as usize, v.offsets[i + 1] as usize);
+                    v.present[i].then(|| v.bytes[a..b].to_vec())
+                })
+                .collect()
+        }
+
+        /// Writes `values[i]` to entry `i`, or removes the entry where it is `None`.
+        /// `values` has one item per entry.
+        pub fn put(&self, values: &[Option<&[u8]>]) {
+            if self.is_empty() {
+                return;
+            }
+            let mut v = wit::Values {
+                present: Vec::with_capacity(values.len()),
+                bytes: Vec::new(),
+                offsets: vec![0],
+            };
+            for x in values {
+                v.present.push(x.is_some());
+                if let Some(b) = x {
+                    v.bytes.extend_from_slice(b);
+                }
+                v.offsets.push(v.bytes.len() as u32);
+            }
+            wit::put_many(&self.entries, &v);
+        }
+    }
+
     /// The encoding of [`put_f64s`]: 8 little-endian bytes per value.
     pub fn encode_f64s(values: &[f64]) -> Vec<u8> {
         values.iter().flat_map(|v| v.to_le_bytes()).collect()

@@ -46,8 +46,8 @@ fn crash_recovery(db: TestDb, clean: TestDb) {
 
     // The crashing run: small checkpoints, each held open 40 ms inside its transaction by
     // the failpoint, so a good share of the kills land mid-transaction. Most lives are
-    // killed at a random moment after their first checkpoint; every fourth one during
-    // start-up (connecting, compiling, joining the group, claiming).
+    // killed within 60 ms of having checkpointed a random share of the input; every fourth
+    // one during start-up (connecting, compiling, joining the group, claiming).
     let mut rng = Rng::from_clock();
     let store = db.store();
     let position = || -> i64 {
@@ -89,13 +89,17 @@ fn crash_recovery(db: TestDb, clean: TestDb) {
         let base = position();
         let mut kill_at =
             (lives % 4 == 0).then(|| started + Duration::from_millis(rng.below(3_000)));
+        // At most 1/20 of the input per killed life, so every kill has input left to land in.
+        let kill_after = 1 + rng.below(EVENTS / (2 * u64::from(KILLS))) as i64;
         let exited = loop {
             if let Some(s) = child.0.try_wait().expect("waiting") {
                 break Some(s);
             }
             if kills < KILLS {
-                if kill_at.is_none() && position() > base {
-                    kill_at = Some(Instant::now() + Duration::from_millis(rng.below(1_500)));
+                // Killed after a random share of the input, not a random time: a faster
+                // worker must not outrun the kills.
+                if kill_at.is_none() && position() >= base + kill_after {
+                    kill_at = Some(Instant::now() + Duration::from_millis(rng.below(60)));
                 }
                 if kill_at.is_some_and(|t| Instant::now() >= t) {
                     break None;

@@ -207,7 +207,11 @@ fn retention_under_a_running_worker_is_found_on_the_fetch() {
             assert!(w[0].to_offset <= w[1].from_offset, "gaps in order: {g:?}");
         }
         assert!(g[0].from_offset >= 1_000, "{g:?}");
-        assert_eq!(g.last().map(|g| g.to_offset), Some(low), "{g:?}");
+        // The last gap ends where the broker's log started when the worker fetched: at
+        // most the start seen after producing (a worker that catches up while the producer
+        // still writes finds an earlier one, and reads on from there before it moves).
+        let end = g.last().map_or(0, |g| g.to_offset);
+        assert!(end > 500_000 && end <= low, "log start {low}: {g:?}");
         let mut lost = 0;
         for g in &g {
             assert_eq!(Some(g.to_offset - g.from_offset), g.records, "{g:?}");

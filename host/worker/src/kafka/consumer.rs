@@ -302,6 +302,11 @@ impl Consumer {
             .set("auto.offset.reset", reset)
             .set("fetch.wait.max.ms", "5")
             .set("queued.min.messages", "100000")
+            // Smaller fetches per partition interleave the partitions of a backlog in the
+            // queue. With the default 1 MiB it arrives in long runs of one partition, and as
+            // the watermark is the minimum over partitions, windows fire late and their panes
+            // hold every row meanwhile. (librdkafka's mock cluster ignores this limit.)
+            .set("max.partition.fetch.bytes", "262144")
             .set("session.timeout.ms", "10000")
             // Statistics say which partitions stopped fetching (after an out-of-range
             // position), which the error itself does not.
