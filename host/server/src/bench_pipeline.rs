@@ -558,6 +558,15 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Database durability on `db` (the effectively-once checkpoints).
+fn database(rt: &tokio::runtime::Runtime, db: &Db, predictions: bool) -> Result<Durability> {
+    Ok(Durability::Database {
+        store: Arc::new(rt.block_on(Store::connect(&db.url()))?),
+        rt: rt.handle().clone(),
+        predictions,
+    })
+}
+
 /// One mode of the Kafka runs alone, `runs` times (for profilers): `passthrough`, `e2e`,
 /// `sqlite`, `mysql` or `every`. Returns the median rate.
 pub fn one_mode(n: u64, mode: &str, runs: usize) -> Result<f64> {
@@ -574,27 +583,20 @@ pub fn one_mode(n: u64, mode: &str, runs: usize) -> Result<f64> {
     drop(lines);
     let mut rates = Vec::new();
     for i in 0..runs.max(1) {
-        let durability = |db: Db, predictions: bool| -> Result<(Durability, Db)> {
-            let store = Arc::new(rt.block_on(Store::connect(&db.url()))?);
-            Ok((
-                Durability::Database {
-                    store,
-                    rt: rt.handle().clone(),
-                    predictions,
-                },
-                db,
-            ))
-        };
-        let (d, _db) = match mode {
+        let (db, predictions) = match mode {
             "passthrough" => {
                 rates.push(passthrough(&broker.bootstrap(), n)?);
                 continue;
             }
-            "e2e" => (Durability::KafkaOffsets, None),
-            "sqlite" => durability(sqlite_db("one"), false).map(|(d, b)| (d, Some(b)))?,
-            "mysql" => durability(mysql_db(&rt, "one")?, false).map(|(d, b)| (d, Some(b)))?,
-            "every" => durability(sqlite_db("one"), true).map(|(d, b)| (d, Some(b)))?,
+            "e2e" => (None, false),
+            "sqlite" => (Some(sqlite_db("one")), false),
+            "mysql" => (Some(mysql_db(&rt, "one")?), false),
+            "every" => (Some(sqlite_db("one")), true),
             other => bail!("unknown mode `{other}` (passthrough, e2e, sqlite, mysql, every)"),
+        };
+        let d = match &db {
+            Some(db) => database(&rt, db, predictions)?,
+            None => Durability::KafkaOffsets,
         };
         rates.push(through_kafka(&engine, &broker, n, d, &format!("one{i}"))?);
     }
@@ -646,20 +648,10 @@ pub fn run(n: u64, events: Option<Vec<Event>>, runs: usize) -> Result<()> {
             (mysql_db(&rt, "mysql")?, &mut maria, false),
             (sqlite_db("every"), &mut every, true),
         ] {
-            let store = Arc::new(rt.block_on(Store::connect(&db.url()))?);
+            let durability = database(&rt, &db, predictions)?;
             out.push(
-                through_kafka(
-                    &engine,
-                    &broker,
-                    n,
-                    Durability::Database {
-                        store,
-                        rt: rt.handle().clone(),
-                        predictions,
-                    },
-                    &format!("durable{i}"),
-                )
-                .with_context(|| format!("durable run on {}", db.url()))?,
+                through_kafka(&engine, &broker, n, durability, &format!("durable{i}"))
+                    .with_context(|| format!("durable run on {}", db.url()))?,
             );
         }
     }

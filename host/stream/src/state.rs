@@ -109,6 +109,36 @@ impl Tracked {
             .entry((key.to_owned(), name.to_owned()))
             .or_insert(existed);
     }
+
+    /// Writes (`Some`) or removes (`None`) an entry, marking it changed. A write to an
+    /// entry that exists replaces its value without allocating its key or name again.
+    fn set(&mut self, key: &str, name: &str, value: Option<Vec<u8>>) {
+        self.mark(key, name);
+        match value {
+            Some(v) => match self.entries.get_mut(key) {
+                Some(m) => match m.get_mut(name) {
+                    Some(slot) => *slot = v,
+                    None => {
+                        m.insert(name.to_owned(), v);
+                    }
+                },
+                None => {
+                    self.entries
+                        .entry(key.to_owned())
+                        .or_default()
+                        .insert(name.to_owned(), v);
+                }
+            },
+            None => {
+                if let Some(m) = self.entries.get_mut(key) {
+                    m.remove(name);
+                    if m.is_empty() {
+                        self.entries.remove(key);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A changed entry: `(key, name, value)`, `None` when deleted.
@@ -176,31 +206,7 @@ impl KeyedState for TrackedState {
     fn put_many(&mut self, changes: Vec<(&str, &str, Option<Vec<u8>>)>) {
         self.with(|t| {
             for (key, name, value) in changes {
-                t.mark(key, name);
-                match value {
-                    Some(v) => match t.entries.get_mut(key) {
-                        Some(m) => match m.get_mut(name) {
-                            Some(slot) => *slot = v,
-                            None => {
-                                m.insert(name.to_string(), v);
-                            }
-                        },
-                        None => {
-                            t.entries
-                                .entry(key.to_string())
-                                .or_default()
-                                .insert(name.to_string(), v);
-                        }
-                    },
-                    None => {
-                        if let Some(m) = t.entries.get_mut(key) {
-                            m.remove(name);
-                            if m.is_empty() {
-                                t.entries.remove(key);
-                            }
-                        }
-                    }
-                }
+                t.set(key, name, value);
             }
         });
     }
@@ -208,24 +214,10 @@ impl KeyedState for TrackedState {
         self.with(|t| t.entries.get(key).and_then(|m| m.get(name)).cloned())
     }
     fn put(&mut self, key: &str, name: &str, value: Vec<u8>) {
-        self.with(|t| {
-            t.mark(key, name);
-            t.entries
-                .entry(key.to_string())
-                .or_default()
-                .insert(name.to_string(), value);
-        });
+        self.with(|t| t.set(key, name, Some(value)));
     }
     fn delete(&mut self, key: &str, name: &str) {
-        self.with(|t| {
-            t.mark(key, name);
-            if let Some(m) = t.entries.get_mut(key) {
-                m.remove(name);
-                if m.is_empty() {
-                    t.entries.remove(key);
-                }
-            }
-        });
+        self.with(|t| t.set(key, name, None));
     }
 }
 

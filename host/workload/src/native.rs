@@ -39,6 +39,30 @@ pub fn job1(m: &EventModel, inputs: &[f64], out: &mut Vec<f64>) {
     }
 }
 
+/// Job 1 as one would write it by hand for speed: the standardisation folded into the
+/// weights once (`a_j = w_j / s_j`, `c = b - Σ a_j m_j`), so each row costs eight
+/// multiply-adds, one `ln_1p` and one `exp`, with no division but the sigmoid's. Equal to
+/// [`job1`] within a few ulps (the benchmark checks 1e-12).
+pub fn job1_fast(m: &EventModel, inputs: &[f64], out: &mut Vec<f64>) {
+    let mut a = [0.0; 8];
+    let mut c = m.intercept;
+    for j in 0..8 {
+        a[j] = m.coef[j] / m.x_std[j];
+        c -= a[j] * m.x_mean[j];
+    }
+    let w8 = m.coef[8];
+    out.clear();
+    out.reserve(inputs.len() / 8);
+    for x in inputs.chunks_exact(8) {
+        let x: &[f64; 8] = x.try_into().unwrap_or(&[0.0; 8]);
+        let mut z = c + w8 * x[0].abs().ln_1p();
+        for j in 0..8 {
+            z += a[j] * x[j];
+        }
+        out.push(1.0 / (1.0 + (-z).exp()));
+    }
+}
+
 /// Job 2's per-(key, window) aggregates.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WindowAgg {
