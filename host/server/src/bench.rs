@@ -79,8 +79,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 .map(|e| weir_workload::to_json_line(&e).into_bytes())
                 .collect();
             let engine = Engine::new(EngineOptions::default())?;
-            let ((p50, p99), (db50, db99), achieved) =
-                crate::bench_pipeline::latency(&engine, &lines, rate)?;
+            let passthrough = std::env::var_os("WEIR_BENCH_PASSTHROUGH").is_some();
+            let ((p50, p99), db, achieved) =
+                crate::bench_pipeline::latency(&engine, &lines, rate, passthrough)?;
+            let (db50, db99) = db.unwrap_or_default();
             println!(
                 "at {achieved:.0}/s: topic p50 {p50:.0} ms p99 {p99:.0} ms; checkpoint p50 {db50:.0} ms p99 {db99:.0} ms"
             );

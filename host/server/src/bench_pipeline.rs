@@ -160,6 +160,52 @@ fn passthrough(bootstrap: &str, n: u64) -> Result<f64> {
     Ok(n as f64 / secs)
 }
 
+/// The latency run's stand-in for the worker: every input record (but the warm-up's) copied
+/// to `scores` as `{"partition", "offset"}`, as it arrives, until `stop`.
+fn copier(bootstrap: &str, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<Result<()>>> {
+    let hook: AssignHook = Arc::new(|parts: &[i32], log: &SourceLog| {
+        Ok(parts
+            .iter()
+            .map(|p| (*p, log.bounds.get(p).map_or(0, |b| b.low)))
+            .collect::<BTreeMap<i32, i64>>())
+    });
+    let mut c = Consumer::with_hook(
+        bootstrap,
+        &format!("copier-{}", crate::bench::nanos()),
+        "events",
+        hook,
+        &Membership::All,
+    )?;
+    let all = c.partitions()?;
+    c.take_partitions(&all, &BTreeMap::new())?;
+    let mut producer = Producer::new(bootstrap)?;
+    let warm_up = format!("{{\"key\":\"{WARM_UP}\"");
+    Ok(std::thread::spawn(move || {
+        let mut records: Vec<Owned> = Vec::with_capacity(2048);
+        let mut payload = String::new();
+        while !stop.load(Ordering::Relaxed) {
+            records.clear();
+            c.poll_batch(2048, Duration::from_millis(50), &mut records)?;
+            for r in &records {
+                if r.payload.starts_with(warm_up.as_bytes()) {
+                    continue;
+                }
+                payload.clear();
+                use std::fmt::Write;
+                let _ = write!(
+                    payload,
+                    "{{\"partition\":{},\"offset\":{}}}",
+                    r.partition, r.offset
+                );
+                producer.send("scores", "", payload.as_bytes())?;
+            }
+        }
+        producer.flush(Duration::from_secs(60))?;
+        c.close(Duration::from_secs(5));
+        Ok(())
+    }))
+}
+
 /// A database for the durable runs.
 enum Db {
     Sqlite(std::path::PathBuf),
@@ -240,7 +286,7 @@ fn through_kafka(
 
 /// (p50, p99) to the output topic, (p50, p99) to the committed checkpoint (ms), and the
 /// rate achieved.
-pub type Latency = ((f64, f64), (f64, f64), f64);
+pub type Latency = ((f64, f64), Option<(f64, f64)>, f64);
 
 /// When each checkpoint landed (ms since the start) and the positions it committed.
 type Committed = Arc<Mutex<Vec<(i64, BTreeMap<i32, i64>)>>>;
@@ -248,7 +294,16 @@ type Committed = Arc<Mutex<Vec<(i64, BTreeMap<i32, i64>)>>>;
 /// Event-to-result latency while events are produced live at `rate` per second, through the
 /// durable worker (SQLite). Returns (p50, p99) to the output topic and (p50, p99) to the
 /// committed checkpoint, in ms, and the rate achieved.
-pub fn latency(engine: &Engine, lines: &[Vec<u8>], rate: f64) -> Result<Latency> {
+///
+/// With `passthrough`, a plain copier (weir's consumer and producer, no pipeline, no
+/// database) stands in for the worker: the latency the broker and the clients give on their
+/// own, on the same machine and load (no checkpoint figures then).
+pub fn latency(
+    engine: &Engine,
+    lines: &[Vec<u8>],
+    rate: f64,
+    passthrough: bool,
+) -> Result<Latency> {
     let broker = Arc::new(EmbeddedBroker::start()?);
     broker.create_topic("events", INPUT_PARTITIONS)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -260,7 +315,9 @@ pub fn latency(engine: &Engine, lines: &[Vec<u8>], rate: f64) -> Result<Latency>
     let spec = spec("latency")?;
     let p = pipeline(engine, &spec)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let worker = {
+    let worker = if passthrough {
+        copier(&broker.bootstrap(), stop.clone())?
+    } else {
         let opts = WorkerOptions {
             stop: stop.clone(),
             ..WorkerOptions::new(
@@ -272,7 +329,10 @@ pub fn latency(engine: &Engine, lines: &[Vec<u8>], rate: f64) -> Result<Latency>
                 },
             )
         };
-        std::thread::spawn(move || weir_worker::run(&spec, p, opts))
+        std::thread::spawn(move || -> Result<()> {
+            weir_worker::run(&spec, p, opts)?;
+            Ok(())
+        })
     };
     // Readers of the input and the results run alongside (the embedded broker keeps only
     // the last 5 MiB of a partition, so reading afterwards would miss the start). They
@@ -378,7 +438,7 @@ pub fn latency(engine: &Engine, lines: &[Vec<u8>], rate: f64) -> Result<Latency>
     std::thread::sleep(Duration::from_millis(2500));
     stop.store(true, Ordering::Relaxed);
     match worker.join() {
-        Ok(r) => drop(r?),
+        Ok(r) => r?,
         Err(_) => bail!("worker panicked"),
     }
     let _ = poller.join();
@@ -411,6 +471,13 @@ pub fn latency(engine: &Engine, lines: &[Vec<u8>], rate: f64) -> Result<Latency>
             .collect();
         eprintln!("to topic: {}", t.join(" "));
     }
+    if passthrough {
+        return Ok((
+            (pct(&mut to_topic, 0.5), pct(&mut to_topic, 0.99)),
+            None,
+            achieved,
+        ));
+    }
     if to_db.len() < inputs.len() {
         bail!(
             "{} of {} events reached a checkpoint",
@@ -420,7 +487,7 @@ pub fn latency(engine: &Engine, lines: &[Vec<u8>], rate: f64) -> Result<Latency>
     }
     Ok((
         (pct(&mut to_topic, 0.5), pct(&mut to_topic, 0.99)),
-        (pct(&mut to_db, 0.5), pct(&mut to_db, 0.99)),
+        Some((pct(&mut to_db, 0.5), pct(&mut to_db, 0.99))),
         achieved,
     ))
 }
@@ -671,10 +738,16 @@ pub fn run(n: u64, events: Option<Vec<Event>>, runs: usize) -> Result<()> {
 
     let half = (lite / 2.0).max(1_000.0);
     let n_lat = (lines.len() as f64).min(half * 10.0) as usize;
-    let ((p50, p99), (db50, db99), achieved) =
-        latency(&engine, &lines[..n_lat], half).context("latency run")?;
+    let ((p50, p99), db, achieved) =
+        latency(&engine, &lines[..n_lat], half, false).context("latency run")?;
+    let (db50, db99) = db.unwrap_or_default();
     println!(
         "  latency at {achieved:.0} events/s (half the durable SQLite rate), {n_lat} events: to the output topic p50 {p50:.0} ms, p99 {p99:.0} ms; to the committed checkpoint p50 {db50:.0} ms, p99 {db99:.0} ms"
+    );
+    let ((pass50, pass99), _, pass_rate) =
+        latency(&engine, &lines[..n_lat], half, true).context("passthrough latency run")?;
+    println!(
+        "  latency of the passthrough copier at {pass_rate:.0} events/s (no pipeline, no database; the broker's and clients' own): p50 {pass50:.0} ms, p99 {pass99:.0} ms"
     );
     let rec = recovery(&lines[..200_000.min(lines.len())], 3).context("recovery run")?;
     let recovery_s = median(rec.clone());
@@ -686,7 +759,7 @@ pub fn run(n: u64, events: Option<Vec<Event>>, runs: usize) -> Result<()> {
             .join(", ")
     );
     println!(
-        "passthrough_events_per_s={pass:.0} e2e_events_per_s={e2e:.0} durable_sqlite_events_per_s={lite:.0} durable_mysql_events_per_s={maria:.0} engine_events_per_s={engine_rate:.0} p99_latency_ms={p99:.0} recovery_s={recovery_s:.2} e2e_vs_passthrough={:.3} durable_sqlite_vs_e2e={:.3} durable_mysql_vs_e2e={:.3}",
+        "passthrough_events_per_s={pass:.0} e2e_events_per_s={e2e:.0} durable_sqlite_events_per_s={lite:.0} durable_mysql_events_per_s={maria:.0} engine_events_per_s={engine_rate:.0} p99_latency_ms={p99:.0} p99_latency_passthrough_ms={pass99:.0} recovery_s={recovery_s:.2} e2e_vs_passthrough={:.3} durable_sqlite_vs_e2e={:.3} durable_mysql_vs_e2e={:.3}",
         e2e / pass,
         lite / e2e,
         maria / e2e

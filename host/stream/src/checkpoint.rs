@@ -117,6 +117,14 @@ impl Pipeline {
     /// Hands over everything since the previous cut (an empty checkpoint unless checkpoints
     /// are on). A model that trained is snapshotted; that call into the plugin can fail.
     pub fn checkpoint(&mut self) -> Result<Checkpoint, PipelineError> {
+        if self.pending_fires() > 0 {
+            // Their rows left the windows' state but have not reached the operator's: a cut
+            // now would lose them.
+            return Err(PipelineError::Setup(format!(
+                "a checkpoint cut with {} due windows not emitted (drain_fires first)",
+                self.pending_fires()
+            )));
+        }
         let snapshot = self.take_snapshot()?;
         let mut out = Checkpoint {
             snapshot,

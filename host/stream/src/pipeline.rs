@@ -23,10 +23,12 @@ use crate::spec::PipelineSpec;
 use crate::training::{Trainer, TrainingShared};
 use crate::watermark::Watermarks;
 use crate::window::{Fired, Lateness, Windower};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
-use weir_engine::{EventBatch, FeatureBatch, Instance, Runner, Slot, VersionId, WindowBatch};
+use weir_engine::{
+    EventBatch, FeatureBatch, Instance, Runner, Slot, TrapKind, VersionId, WindowBatch,
+};
 
 /// A record read from the source.
 #[derive(Debug, Clone, Copy)]
@@ -106,6 +108,9 @@ pub(crate) struct WindowStage {
     value_index: usize,
     pub(crate) operator: Option<Runner>,
     outputs: Vec<String>,
+    /// Windows due but not emitted yet (with a fire budget: see
+    /// [`Pipeline::set_fire_budget`]), oldest first.
+    pending: VecDeque<Fired>,
 }
 
 /// A running pipeline (one worker).
@@ -122,6 +127,8 @@ pub struct Pipeline {
     /// The version that last served each (stage, partition).
     versions: HashMap<(String, i32), VersionId>,
     pub(crate) switches: Vec<Switch>,
+    /// Most due windows one call emits (see [`Pipeline::set_fire_budget`]).
+    fire_budget: Option<usize>,
     batch: EventBatch,
     positions: Vec<SourcePos>,
     raw: Vec<(usize, usize)>,
@@ -185,6 +192,7 @@ impl Pipeline {
                     value_index: *w.value_index.get_ref() as usize,
                     operator: slots.window_operator.map(Runner::new),
                     outputs: w.outputs.clone(),
+                    pending: VecDeque::new(),
                 })
             }
             None => None,
@@ -226,6 +234,7 @@ impl Pipeline {
             },
             versions: HashMap::new(),
             switches: Vec::new(),
+            fire_budget: None,
             batch: EventBatch::with_dims(dims as u32),
             positions: Vec::new(),
             raw: Vec::new(),
@@ -446,7 +455,8 @@ impl Pipeline {
         let Some(w) = self.window.as_mut() else {
             return Ok(());
         };
-        let fired = w.windower.flush();
+        let mut fired: Vec<Fired> = w.pending.drain(..).collect();
+        fired.extend(w.windower.flush());
         let mark = (out.results.len(), out.windows.len());
         let done = self.emit_windows(fired, out);
         self.keep_for_checkpoint(out, mark);
@@ -551,7 +561,10 @@ impl Pipeline {
     }
 
     /// Runs the scoring path over the batch; on a failure, retries record by record so one
-    /// bad record goes to the dead-letter output and the rest go on.
+    /// bad record goes to the dead-letter output and the rest go on. A batch that ran out of
+    /// time, fuel or memory is not retried: each retry could cost as much again (a batch of
+    /// n rows would take n + 1 deadlines), so every record of it becomes a dead letter
+    /// naming the trap, and the worker stays responsive to stop and shutdown.
     fn score(
         &mut self,
         records: &[SourceRecord<'_>],
@@ -562,6 +575,18 @@ impl Pipeline {
         let result = self.score_batch(&batch, &labels);
         match result {
             Ok(scored) => self.emit_results(&batch, &scored, 0, &labels, out),
+            Err(e)
+                if matches!(
+                    e.trap_kind(),
+                    Some(TrapKind::Timeout | TrapKind::OutOfFuel | TrapKind::OutOfMemory)
+                ) =>
+            {
+                let reason = format!("{e} (the whole batch of {} records)", batch.len());
+                for &(i, _) in &self.raw {
+                    self.stats.dead += 1;
+                    dead_letter(&mut out.dead, &records[i], "plugin", &reason);
+                }
+            }
             Err(e) if e.fault() == weir_engine::Fault::Plugin => {
                 for i in 0..batch.len() {
                     let mut one = EventBatch::with_dims(self.dims as u32);
@@ -913,7 +938,45 @@ impl Pipeline {
             return Ok(());
         };
         let fired = w.windower.advance(wm);
+        let Some(budget) = self.fire_budget else {
+            return self.emit_windows(fired, out);
+        };
+        w.pending.extend(fired);
+        // The budget, and an eighth of what waits beyond it: a burst is spread over a few
+        // calls, and a steady excess cannot pile up.
+        let n = w.pending.len().min(budget + w.pending.len() / 8);
+        let fired: Vec<Fired> = w.pending.drain(..n).collect();
         self.emit_windows(fired, out)
+    }
+
+    /// Limits how many due windows one `process` or `tick` call emits (with an eighth of
+    /// the rest on top, so a backlog drains), keeping the others for the next calls: a
+    /// watermark that crosses the end of many windows at once then delays the events of one
+    /// call by that many windows' work, not all of it. `None` (the default) emits every due
+    /// window at once. [`Pipeline::checkpoint`] needs none pending: emit them first with
+    /// [`Pipeline::drain_fires`].
+    pub fn set_fire_budget(&mut self, budget: Option<usize>) {
+        self.fire_budget = budget.map(|b| b.max(1));
+    }
+
+    /// Due windows not emitted yet.
+    pub fn pending_fires(&self) -> usize {
+        self.window.as_ref().map_or(0, |w| w.pending.len())
+    }
+
+    /// Emits every due window kept back by the fire budget.
+    pub fn drain_fires(&mut self, out: &mut Outputs) -> Result<(), PipelineError> {
+        let Some(w) = self.window.as_mut() else {
+            return Ok(());
+        };
+        if w.pending.is_empty() {
+            return Ok(());
+        }
+        let fired: Vec<Fired> = w.pending.drain(..).collect();
+        let mark = (out.results.len(), out.windows.len());
+        let done = self.emit_windows(fired, out);
+        self.keep_for_checkpoint(out, mark);
+        done
     }
 
     fn emit_windows(&mut self, fired: Vec<Fired>, out: &mut Outputs) -> Result<(), PipelineError> {
@@ -923,6 +986,7 @@ impl Pipeline {
         if fired.is_empty() {
             return Ok(());
         }
+        let fired = crate::window::merge_firings(fired);
         let key_partition = self.checkpoints.as_ref().map(|c| &c.key_partition);
         let partition_of = |key: &str| {
             key_partition

@@ -106,6 +106,44 @@ pub struct Fired {
     pub updated: bool,
 }
 
+impl Fired {
+    /// Folds a later firing of the same pane (same key and start) into this one: its rows
+    /// follow this one's, its span (a session may have grown) and aggregate (which covers
+    /// everything the pane held then) replace this one's, and it may close the pane.
+    pub fn absorb(&mut self, later: Fired) {
+        self.new_rows.extend_from_slice(&later.new_rows);
+        self.span = later.span;
+        self.agg = later.agg;
+        self.closing |= later.closing;
+        self.updated |= later.updated;
+    }
+}
+
+/// Merges the firings of one pane in `fired` into its first (in order), so that a pane is
+/// handed to the operator once per call: an operator reads and writes a pane's state once
+/// per call, and two firings of one pane in one call would read the same state twice.
+pub fn merge_firings(fired: Vec<Fired>) -> Vec<Fired> {
+    let mut seen: std::collections::HashSet<(&str, i64)> =
+        std::collections::HashSet::with_capacity(fired.len());
+    if fired.iter().all(|f| seen.insert((&f.key, f.span.start))) {
+        return fired;
+    }
+    drop(seen);
+    let mut at: HashMap<(String, i64), usize> = HashMap::with_capacity(fired.len());
+    let mut out: Vec<Fired> = Vec::with_capacity(fired.len());
+    for f in fired {
+        let id = (f.key.clone(), f.span.start);
+        match at.get(&id) {
+            Some(&i) => out[i].absorb(f),
+            None => {
+                at.insert(id, out.len());
+                out.push(f);
+            }
+        }
+    }
+    out
+}
+
 /// Keyed windows over one stream.
 #[derive(Debug)]
 pub struct Windower {
@@ -612,6 +650,36 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// Two firings of one pane reaching the operator in one call become one, with the rows
+    /// of both: an operator that reads and writes each pane's state once per call would
+    /// otherwise count only the second.
+    #[test]
+    fn firings_of_one_pane_merge_into_one() {
+        let mut w = Windower::new(WindowKind::Tumbling { size_ms: 1000 }, 2000, 1, true);
+        w.add("a", 100, 1.0, &[1.0]);
+        w.add("b", 200, 2.0, &[2.0]);
+        let mut fired = w.advance(999);
+        w.add("a", 300, 3.0, &[3.0]);
+        fired.extend(w.advance(1000));
+        fired.extend(w.advance(2999));
+        assert_eq!(fired.len(), 5, "a, b; a again; a and b closing");
+        let merged = merge_firings(fired);
+        let a = merged.iter().find(|f| f.key == "a").unwrap();
+        assert_eq!(merged.len(), 2);
+        assert_eq!(a.new_rows, vec![1.0, 3.0]);
+        assert_eq!(a.agg.count, 2);
+        assert!(a.first && a.closing && a.updated);
+        // Nothing to merge: the same firings, in order.
+        let mut w = Windower::new(WindowKind::Tumbling { size_ms: 1000 }, 2000, 1, true);
+        w.add("a", 100, 1.0, &[1.0]);
+        w.add("b", 200, 2.0, &[2.0]);
+        let keys: Vec<String> = merge_firings(w.advance(999))
+            .into_iter()
+            .map(|f| f.key)
+            .collect();
+        assert_eq!(keys, ["a", "b"]);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weir_stream::checkpoint::CheckpointOptions;
 use weir_stream::pipeline::{Outputs, Pipeline, SourceRecord, Stats, Switch};
-use weir_stream::spec::PipelineSpec;
+use weir_stream::spec::{PipelineSpec, SinkSpec};
 
 /// Live figures of a running worker.
 #[derive(Default)]
@@ -72,6 +72,11 @@ pub struct WorkerOptions {
     pub commit_rows: usize,
     /// Records per poll.
     pub batch: usize,
+    /// Most due windows emitted per round (the rest wait for the next rounds, which then
+    /// poll without waiting): a watermark that closes thousands of windows at once delays
+    /// the events of one round by a few hundred windows' work, not by all of it. `None`
+    /// emits every due window at once.
+    pub fire_budget: Option<usize>,
     /// Fail when no partition is assigned for this long (`None`: wait, warning every 30 s).
     pub assign_timeout: Option<Duration>,
 }
@@ -91,6 +96,7 @@ impl WorkerOptions {
             commit_interval: Duration::from_millis(1000),
             commit_rows: 50_000,
             batch: 2048,
+            fire_budget: Some(256),
             assign_timeout: None,
         }
     }
@@ -173,6 +179,7 @@ pub fn run(
         }
         Durability::KafkaOffsets => (Positions::Kafka, None, HashMap::new()),
     };
+    pipeline.set_fire_budget(opts.fire_budget);
     let broker = &opts.broker;
     broker.ensure_topics(&spec_topics(spec))?;
     let bootstrap = broker.bootstrap();
@@ -215,7 +222,13 @@ pub fn run(
         };
         // Partition changes come with the poll: apply them before looking at the records,
         // which may come from a partition assigned during this very poll.
-        for change in source.poll(want, Duration::from_millis(50), &mut records)? {
+        // Windows still due: look for records, but do not wait for them.
+        let wait = if pipeline.pending_fires() > 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(50)
+        };
+        for change in source.poll(want, wait, &mut records)? {
             match change {
                 Change::Assigned {
                     partition,
@@ -235,7 +248,13 @@ pub fn run(
                 Change::Revoked(p) => {
                     // Checkpoint what we have for it while we may still own it; if another
                     // worker claimed it already, the commit is fenced and its work redone.
-                    cut(&mut pipeline, &mut source, &producer, &mut checkpointer)?;
+                    cut(
+                        &mut pipeline,
+                        &mut source,
+                        &mut producer,
+                        sink,
+                        &mut checkpointer,
+                    )?;
                     waiting = 0;
                     last_cut = Instant::now();
                     source.release(p);
@@ -295,7 +314,13 @@ pub fn run(
         waiting += out.results.len() + out.windows.len();
         let t_out = Instant::now();
         if waiting >= opts.commit_rows || last_cut.elapsed() >= opts.commit_interval {
-            cut(&mut pipeline, &mut source, &producer, &mut checkpointer)?;
+            cut(
+                &mut pipeline,
+                &mut source,
+                &mut producer,
+                sink,
+                &mut checkpointer,
+            )?;
             waiting = 0;
             last_cut = Instant::now();
         }
@@ -332,7 +357,13 @@ pub fn run(
     }
     // Fits still running record their decisions with the last checkpoint.
     pipeline.settle_training();
-    cut(&mut pipeline, &mut source, &producer, &mut checkpointer)?;
+    cut(
+        &mut pipeline,
+        &mut source,
+        &mut producer,
+        sink,
+        &mut checkpointer,
+    )?;
     let commits = checkpointer.finish(source.consumer())?;
     producer.flush(DELIVERY_TIMEOUT)?;
     if let Ok(mut p) = opts.progress.lock() {
@@ -346,13 +377,20 @@ pub fn run(
     Ok(report)
 }
 
-/// Cuts a checkpoint and hands it to the checkpointer. Gaps travel with their cut.
+/// Cuts a checkpoint and hands it to the checkpointer, emitting the due windows the fire
+/// budget kept back first (a cut holds no half-fired window). Gaps travel with their cut.
 fn cut(
     pipeline: &mut Pipeline,
     source: &mut Source,
-    producer: &Producer,
+    producer: &mut Producer,
+    sink: &SinkSpec,
     checkpointer: &mut Checkpointer,
 ) -> Result<()> {
+    if pipeline.pending_fires() > 0 {
+        let mut out = Outputs::default();
+        pipeline.drain_fires(&mut out)?;
+        produce_outputs(producer, sink, &mut out)?;
+    }
     let checkpoint = pipeline.checkpoint()?;
     let parts = source.cut();
     checkpointer.submit(
