@@ -26,21 +26,19 @@ struct Resp {
 
 impl Api {
     async fn new(config: ApiConfig, broker: bool) -> Api {
+        Self::with_engine(config, broker, crate::common::engine()).await
+    }
+
+    async fn with_engine(config: ApiConfig, broker: bool, engine: weir_engine::Engine) -> Api {
         let store = Arc::new(Store::connect("sqlite::memory:").await.unwrap());
         let b = broker.then(|| Arc::new(EmbeddedBroker::start().unwrap()));
         let kafka = match &b {
             Some(b) => Broker::Embedded(b.clone()),
             None => Broker::External("127.0.0.1:1".into()),
         };
-        let (state, printed) = AppState::new(
-            store,
-            crate::common::engine(),
-            kafka,
-            config,
-            Some(ADMIN.into()),
-        )
-        .await
-        .unwrap();
+        let (state, printed) = AppState::new(store, engine, kafka, config, Some(ADMIN.into()))
+            .await
+            .unwrap();
         assert!(printed.is_none(), "a given admin key is not printed");
         Api { state, broker: b }
     }
@@ -163,6 +161,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tenants"),
     ("GET", "/v1/tenants"),
     ("POST", "/v1/tenants/1/keys"),
+    ("GET", "/v1/tenants/1/limits"),
+    ("PUT", "/v1/tenants/1/limits"),
     ("GET", "/v1/whoami"),
     ("POST", "/v1/plugins?name=a&version=1.0.0"),
     ("GET", "/v1/plugins"),
@@ -185,6 +185,360 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/pipelines/1/stages/model/swap"),
     ("DELETE", "/v1/pipelines/1/stages/model/canary"),
 ];
+
+/// Issue 15, rows 2, 5 and 12: a spec cannot raise its own sandbox, open unbounded windows
+/// or name topics Kafka would refuse; the admin sets each tenant's ceiling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_sets_the_sandbox_not_the_tenant() {
+    let api = Api::new(ApiConfig::default(), false).await;
+    let (acme, key) = api.tenant("acme").await;
+    let (_, other) = api.tenant("other").await;
+    api.upload(&key, "standardize", "1.0.0", &plugin("standardize"))
+        .await;
+    api.upload(&key, "logistic", "1.0.0", &plugin("logistic"))
+        .await;
+    let with_model = |extra: &str| {
+        SPEC.replace(
+            "intercept = -0.909968 }\n",
+            &format!("intercept = -0.909968 }}\n{extra}\n"),
+        )
+    };
+    let create = |spec: String| {
+        let api = &api;
+        let key = key.clone();
+        async move {
+            api.post("/v1/pipelines", &key, json!({ "spec": spec }))
+                .await
+        }
+    };
+    // The reported spec: a terabyte, unbounded fuel, a day per call, a thousand instances.
+    for (limits, what) in [
+        (
+            "memory_bytes = 1099511627776",
+            "limits.memory_bytes = 1099511627776 is above this tenant's ceiling of 268435456",
+        ),
+        (
+            "fuel_per_call = 9223372036854775807",
+            "limits.fuel_per_call = 9223372036854775807 is above this tenant's ceiling of 1000000000",
+        ),
+        (
+            "deadline_ms = 86400000",
+            "limits.deadline_ms = 86400000 is above this tenant's ceiling of 5000",
+        ),
+        (
+            "instances = 1000",
+            "limits.instances = 1000 is above this tenant's ceiling of 20",
+        ),
+    ] {
+        let r = create(with_model(&format!("limits = {{ {limits} }}"))).await;
+        assert_eq!(
+            (r.status, err_code(&r)),
+            (422, "over_ceiling"),
+            "{}",
+            r.body
+        );
+        let m = r.body["message"].as_str().unwrap();
+        assert!(m.starts_with("stage `model`: ") && m.contains(what), "{m}");
+    }
+    let r = create(with_model("grants = { clocks = true }")).await;
+    assert_eq!(
+        (r.status, err_code(&r)),
+        (422, "over_ceiling"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("grants.clocks is not granted")
+    );
+    // Windows and topics.
+    let sliding = SPEC.replace(
+        "[sink]",
+        "[window]\nkind = \"sliding\"\nsize_ms = 1000000000000\nslide_ms = 1\naggregates = [\"count\"]\n\n[sink]",
+    );
+    let r = create(sliding).await;
+    assert_eq!(
+        (r.status, err_code(&r)),
+        (422, "invalid_spec"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("window.size_ms is 1000000000000; this server allows at most 604800000"),
+        "{}",
+        r.body
+    );
+    for bad in ["../x", "a/b", "a\\nb", " "] {
+        let r = create(SPEC.replace("topic = \"events\"", &format!("topic = \"{bad}\""))).await;
+        assert_eq!(
+            (r.status, err_code(&r)),
+            (422, "invalid_spec"),
+            "{bad}: {}",
+            r.body
+        );
+        assert!(
+            r.body["message"].as_str().unwrap().contains("source.topic"),
+            "{}",
+            r.body
+        );
+    }
+    // 249 characters are a valid topic, but not with the tenant's prefix.
+    let r = create(SPEC.replace(
+        "topic = \"events\"",
+        &format!("topic = \"{}\"", "e".repeat(249)),
+    ))
+    .await;
+    assert_eq!(
+        (r.status, err_code(&r)),
+        (422, "invalid_spec"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("with the tenant's prefix `acme.`"),
+        "{}",
+        r.body
+    );
+    // The ceiling is visible to its tenant, and to no other; only the admin sets it.
+    let path = format!("/v1/tenants/{acme}/limits");
+    let r = api.get(&path, &key).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["sandbox"]["limits"]["memory_bytes"], 268435456);
+    assert_eq!(r.body["sandbox"]["grants"]["clocks"], false);
+    assert_eq!(r.body["overrides"], json!({}));
+    assert_eq!(api.get(&path, &other).await.status, 404);
+    let raise = json!({ "sandbox": { "limits": { "memory_bytes": 1u64 << 40 }, "grants": { "clocks": true } } });
+    let r = api
+        .call(
+            "PUT",
+            &path,
+            Some(&key),
+            Some(raise.to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!((r.status, err_code(&r)), (403, "admin_only"), "{}", r.body);
+    let r = api
+        .call(
+            "PUT",
+            &path,
+            Some(ADMIN),
+            Some(
+                json!({ "sandbox": { "limits": { "memroy_bytes": 1 } } })
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `memroy_bytes`"),
+        "{}",
+        r.body
+    );
+    let r = api
+        .call(
+            "PUT",
+            &path,
+            Some(ADMIN),
+            Some(raise.to_string().into_bytes()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["sandbox"]["limits"]["memory_bytes"], 1u64 << 40);
+    assert_eq!(r.body["sandbox"]["limits"]["deadline_ms"], 5000);
+    assert_eq!(r.body["defaults"]["limits"]["memory_bytes"], 268435456);
+    let r = create(with_model(
+        "limits = { memory_bytes = 1099511627776 }\ngrants = { clocks = true }",
+    ))
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    // Back to the defaults: the same spec is refused again.
+    let r = api
+        .call("PUT", &path, Some(ADMIN), Some(b"{}".to_vec()))
+        .await;
+    assert_eq!(
+        (r.status, &r.body["overrides"]),
+        (200, &json!({})),
+        "{}",
+        r.body
+    );
+    let r = create(
+        with_model("limits = { memory_bytes = 1099511627776 }")
+            .replace("name = \"scores\"", "name = \"again\""),
+    )
+    .await;
+    assert_eq!(
+        (r.status, err_code(&r)),
+        (422, "over_ceiling"),
+        "{}",
+        r.body
+    );
+    let r = api
+        .call(
+            "PUT",
+            "/v1/tenants/999/limits",
+            Some(ADMIN),
+            Some(b"{}".to_vec()),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+}
+
+/// Issue 15, rows 10, 11 and 13: an upload says nothing about other tenants' uploads (it
+/// compiles, and reports its own compile), a deleted plugin leaves the compile cache, and a
+/// compile that timed out keeps its tenant's permit until it really ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compile_cache_keeps_tenants_apart_and_lets_go() {
+    let engine = weir_engine::Engine::new(weir_engine::EngineOptions::default()).unwrap();
+    let api = Api::with_engine(ApiConfig::default(), false, engine.clone()).await;
+    let (_, a) = api.tenant("alpha").await;
+    let (_, b) = api.tenant("beta").await;
+    let bytes = plugin("logistic");
+    let id = weir_engine::PluginId::of(&bytes);
+    let r = api.upload(&a, "logistic", "1.0.0", &bytes).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(engine.compilations(), 1);
+    let ms_a = r.body["details"]["compile_ms"].as_f64().unwrap();
+    // The same bytes from another tenant: compiled again, its own figure.
+    let r = api.upload(&b, "logistic", "1.0.0", &bytes).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(engine.compilations(), 2, "a cache hit would answer at once");
+    let ms_b = r.body["details"]["compile_ms"].as_f64().unwrap();
+    assert!(ms_b > ms_a / 4.0 && ms_b > 1.0, "{ms_a} vs {ms_b}");
+    // Deleting one copy keeps the artifact (the other tenant stores it); the last lets go.
+    let pa = api.get("/v1/plugins", &a).await.body[0]["id"]
+        .as_i64()
+        .unwrap();
+    let pb = api.get("/v1/plugins", &b).await.body[0]["id"]
+        .as_i64()
+        .unwrap();
+    assert!(engine.is_cached(&id));
+    let r = api
+        .call("DELETE", &format!("/v1/plugins/{pa}"), Some(&a), None)
+        .await;
+    assert_eq!(r.status, 204);
+    assert!(engine.is_cached(&id));
+    let r = api
+        .call("DELETE", &format!("/v1/plugins/{pb}"), Some(&b), None)
+        .await;
+    assert_eq!(r.status, 204);
+    assert!(
+        !engine.is_cached(&id),
+        "no plugin left: the artifact is dropped"
+    );
+
+    // A compile that times out holds its tenant's one permit until it ends.
+    let engine = weir_engine::Engine::new(weir_engine::EngineOptions::default()).unwrap();
+    let api = Api::with_engine(
+        ApiConfig {
+            compile_timeout: Duration::from_millis(1),
+            compiles_per_tenant: 1,
+            ..ApiConfig::default()
+        },
+        false,
+        engine.clone(),
+    )
+    .await;
+    let (_, a) = api.tenant("alpha").await;
+    let r = api.upload(&a, "logistic", "1.0.0", &bytes).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    let r = api.upload(&a, "logistic", "1.0.1", &bytes).await;
+    assert_eq!(
+        (r.status, err_code(&r)),
+        (429, "rate_limited"),
+        "the first compile still runs: {}",
+        r.body
+    );
+    let t = Instant::now();
+    while engine.compilations() < 1 {
+        assert!(t.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Ended: the permit is free again.
+    let t = Instant::now();
+    loop {
+        let r = api.upload(&a, "logistic", "1.0.2", &bytes).await;
+        if r.status == 503 {
+            break;
+        }
+        assert_eq!(r.status, 429, "{}", r.body);
+        assert!(t.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Issue 15, row 4: concurrent starts run one worker; a delete racing starts leaves none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_per_pipeline_whatever_the_concurrency() {
+    let api = Api::new(ApiConfig::default(), true).await;
+    let (_, key) = api.tenant("acme").await;
+    api.upload(&key, "standardize", "1.0.0", &plugin("standardize"))
+        .await;
+    api.upload(&key, "logistic", "1.0.0", &plugin("logistic"))
+        .await;
+    let r = api
+        .post("/v1/pipelines", &key, json!({ "spec": SPEC }))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_i64().unwrap();
+    let call = |method: &'static str, path: String| {
+        let (state, key) = (api.state.clone(), key.clone());
+        tokio::spawn(async move {
+            warp::test::request()
+                .method(method)
+                .path(&path)
+                .header("authorization", format!("Bearer {key}"))
+                .reply(&api::routes(state))
+                .await
+                .status()
+                .as_u16()
+        })
+    };
+    let starts: Vec<_> = (0..8)
+        .map(|_| call("POST", format!("/v1/pipelines/{id}/start")))
+        .collect();
+    let mut statuses = Vec::new();
+    for s in starts {
+        statuses.push(s.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409, 409, 409, 409, 409, 409, 409]);
+    let running = api.state.manager.get(id).expect("one worker");
+    assert!(running.is_alive());
+    // A delete racing more starts: whichever order they take, no worker is left for the
+    // deleted pipeline, and the stopped one has ended.
+    let mut calls = vec![call("DELETE", format!("/v1/pipelines/{id}"))];
+    calls.extend((0..4).map(|_| call("POST", format!("/v1/pipelines/{id}/start"))));
+    let mut statuses = Vec::new();
+    for c in calls {
+        statuses.push(c.await.unwrap());
+    }
+    assert_eq!(statuses[0], 204, "{statuses:?}");
+    assert!(
+        statuses[1..].iter().all(|s| [200, 404, 409].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(!running.is_alive(), "the first worker was stopped");
+    assert!(
+        api.state.manager.get(id).is_none_or(|r| !r.is_alive()),
+        "a worker runs for a deleted pipeline"
+    );
+    assert_eq!(
+        api.get(&format!("/v1/pipelines/{id}"), &key).await.status,
+        404
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_protected_route_needs_a_valid_key() {

@@ -300,3 +300,55 @@ fn calling_a_function_of_another_world_is_a_typed_error() {
         })
     ));
 }
+
+/// Issue 15, row 3: a batch whose model runs past its deadline costs one deadline, not one
+/// per record: its records become dead letters naming the trap, and the pipeline goes on.
+#[test]
+fn a_batch_that_times_out_is_not_retried_record_by_record() {
+    use std::time::Instant;
+    use weir_stream::pipeline::{Outputs, Pipeline, SourceRecord, StageSlots};
+    let engine = unmetered_engine();
+    let spec = weir_stream::spec::PipelineSpec::parse(
+        "name = \"spin\"\n[source]\ntopic = \"in\"\ninputs_field = \"x\"\ninput_dims = 2\n\
+         [model]\nplugin = \"spin\"\n[sink]\ntopic = \"out\"\ndead_letter_topic = \"dlq\"\n",
+    )
+    .unwrap();
+    let spin = engine
+        .load(
+            &weir_guests::read(fixtures::SPIN).unwrap(),
+            manifest(|l| l.deadline_ms = 200),
+        )
+        .unwrap();
+    let slots = StageSlots {
+        model: Some(weir_engine::Slot::new(Deployment::new(spin, "{}"))),
+        ..StageSlots::default()
+    };
+    let mut p = Pipeline::new(&spec, slots).unwrap();
+    let payloads: Vec<String> = (0..500)
+        .map(|i| format!("{{\"key\":\"k{i}\",\"ts\":{i},\"x\":[1,2]}}"))
+        .collect();
+    let batch: Vec<SourceRecord<'_>> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, l)| SourceRecord {
+            partition: 0,
+            offset: i as i64,
+            payload: l.as_bytes(),
+        })
+        .collect();
+    let mut out = Outputs::default();
+    let t = Instant::now();
+    p.process(&batch, 0, &mut out).unwrap();
+    let took = t.elapsed();
+    // One deadline (200 ms) and the instance's rebuild, not 501 deadlines (100 s).
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+    assert_eq!(out.results.len(), 0);
+    assert_eq!(out.dead.len(), 500);
+    let first = out.dead.iter().next().unwrap();
+    let text = first.payload_str();
+    assert!(
+        text.contains("deadline exceeded (the whole batch of 500 records)"),
+        "{text}"
+    );
+    assert_eq!(p.stats().dead, 500);
+}

@@ -5,6 +5,7 @@
 mod api;
 mod common;
 mod edges;
+mod hardening;
 mod hostile;
 mod pipeline;
 mod plugins;

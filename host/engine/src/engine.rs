@@ -177,6 +177,8 @@ pub(crate) struct EngineInner {
     linker: Linker<HostState>,
     pub(crate) options: EngineOptions,
     compiled: Mutex<HashMap<PluginId, Arc<Compiled>>>,
+    /// Real compilations so far (not cache hits).
+    compilations: std::sync::atomic::AtomicU64,
     compat_hash: String,
     stop: Arc<AtomicBool>,
 }
@@ -241,6 +243,7 @@ impl Engine {
                 linker,
                 options,
                 compiled: Mutex::new(HashMap::new()),
+                compilations: std::sync::atomic::AtomicU64::new(0),
                 compat_hash,
                 stop,
             }),
@@ -258,13 +261,26 @@ impl Engine {
     /// forbidden import is refused before any compilation. Compiling takes tens of
     /// milliseconds: call this off the hot path.
     pub fn load(&self, bytes: &[u8], manifest: Manifest) -> Result<Arc<Plugin>> {
+        self.load_with(bytes, manifest, true)
+    }
+
+    /// [`Engine::load`] that compiles even when the plugin is cached (in memory or on disk),
+    /// and caches the result. For uploads: how long one takes, and the `compile_ms` it
+    /// reports, then say nothing about what anyone else uploaded before.
+    pub fn load_fresh(&self, bytes: &[u8], manifest: Manifest) -> Result<Arc<Plugin>> {
+        self.load_with(bytes, manifest, false)
+    }
+
+    fn load_with(&self, bytes: &[u8], manifest: Manifest, cached: bool) -> Result<Arc<Plugin>> {
         let info = inspect(bytes, &manifest.grants)?;
         let id = PluginId::of(bytes);
-        let cached = self.lock_compiled().get(&id).cloned();
-        let compiled = match cached {
+        let hit = cached
+            .then(|| self.lock_compiled().get(&id).cloned())
+            .flatten();
+        let compiled = match hit {
             Some(c) => c,
             None => {
-                let c = Arc::new(self.compile(&id, bytes, info)?);
+                let c = Arc::new(self.compile(&id, bytes, info, cached)?);
                 self.lock_compiled().insert(id.clone(), c.clone());
                 c
             }
@@ -275,6 +291,11 @@ impl Engine {
             manifest,
             engine: self.clone(),
         }))
+    }
+
+    /// How many times a plugin was really compiled (cache hits not counted).
+    pub fn compilations(&self) -> u64 {
+        self.inner.compilations.load(Ordering::Relaxed)
     }
 
     /// Whether a plugin with this id is compiled and cached in memory.
@@ -294,7 +315,13 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    fn compile(&self, id: &PluginId, bytes: &[u8], info: ComponentInfo) -> Result<Compiled> {
+    fn compile(
+        &self,
+        id: &PluginId,
+        bytes: &[u8],
+        info: ComponentInfo,
+        from_disk: bool,
+    ) -> Result<Compiled> {
         let started = Instant::now();
         let compile_err = |e: wasmtime::Error| Error::Compile {
             plugin: id.short().to_string(),
@@ -307,7 +334,7 @@ impl Engine {
             .as_ref()
             .map(|d| d.join(format!("{}-{}.cwasm", id.0, self.inner.compat_hash)));
         let mut from_disk_cache = false;
-        let component = match disk.as_ref().filter(|p| p.exists()) {
+        let component = match disk.as_ref().filter(|p| from_disk && p.exists()) {
             Some(path) => match deserialize_artifact(&self.inner.wasmtime, path) {
                 Ok(c) => {
                     from_disk_cache = true;
@@ -327,6 +354,9 @@ impl Engine {
             && let Err(e) = write_artifact(&component, path)
         {
             tracing::warn!(plugin = id.short(), "cannot write the artifact cache: {e}");
+        }
+        if !from_disk_cache {
+            self.inner.compilations.fetch_add(1, Ordering::Relaxed);
         }
         let pre = self
             .inner

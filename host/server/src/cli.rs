@@ -43,6 +43,19 @@ pub enum TenantCmd {
         /// Tenant id.
         id: i64,
     },
+    /// Show a tenant's sandbox ceiling (what its specs' `limits` and `grants` may ask for),
+    /// or set it (admin key).
+    Limits {
+        /// Tenant id.
+        id: i64,
+        /// Overrides of the server's default ceiling, as JSON: for example
+        /// '{"limits": {"memory_bytes": 1073741824}, "grants": {"clocks": true}}'.
+        #[arg(long, conflicts_with = "reset")]
+        set: Option<String>,
+        /// Back to the server's default ceiling.
+        #[arg(long)]
+        reset: bool,
+    },
 }
 
 /// `weir plugin …`.
@@ -171,6 +184,37 @@ pub fn tenant(c: &ClientArgs, cmd: TenantCmd) -> Result<()> {
         TenantCmd::List => {
             let v = cl.call("GET", "/v1/tenants", None)?;
             cl.table(&v, &["id", "name", "created_at"])
+        }
+        TenantCmd::Limits { id, set, reset } => {
+            let path = format!("/v1/tenants/{id}/limits");
+            let v = match (set, reset) {
+                (Some(text), _) => {
+                    let sandbox: Value = serde_json::from_str(&text).context(
+                        "--set takes JSON, such as '{\"limits\": {\"memory_bytes\": 1073741824}}'",
+                    )?;
+                    cl.call("PUT", &path, Some(json!({ "sandbox": sandbox })))?
+                }
+                (None, true) => cl.call("PUT", &path, Some(json!({})))?,
+                (None, false) => cl.call("GET", &path, None)?,
+            };
+            cl.show(&v, || {
+                println!("tenant {}: sandbox ceiling", v["tenant_id"]);
+                for group in ["limits", "grants"] {
+                    if let Some(m) = v["sandbox"][group].as_object() {
+                        for (k, x) in m {
+                            let set_here = !v["overrides"]["sandbox"][group][k].is_null();
+                            println!(
+                                "  {group}.{k:<20} {x}{}",
+                                if set_here {
+                                    "  (set for this tenant)"
+                                } else {
+                                    ""
+                                }
+                            );
+                        }
+                    }
+                }
+            })
         }
         TenantCmd::Key { id } => {
             let v = cl.call("POST", &format!("/v1/tenants/{id}/keys"), None)?;

@@ -336,6 +336,7 @@ impl Store {
             id: NotSet,
             name: Set(name.to_owned()),
             created_at: Set(now_ms()),
+            limits: Set(None),
         })
         .exec(&self.db)
         .await?;

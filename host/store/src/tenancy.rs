@@ -88,6 +88,19 @@ pub struct TenantRecord {
     pub name: String,
     /// Creation time, UTC ms.
     pub created_at: i64,
+    /// The admin's overrides of the server's ceilings (a JSON document), if any.
+    pub limits: Option<String>,
+}
+
+impl From<tenants::Model> for TenantRecord {
+    fn from(m: tenants::Model) -> Self {
+        TenantRecord {
+            id: m.id,
+            name: m.name,
+            created_at: m.created_at,
+            limits: m.limits,
+        }
+    }
 }
 
 /// Filters of a paged result query.
@@ -173,14 +186,7 @@ impl Store {
             .order_by_asc(tenants::Column::Id)
             .all(&self.db)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|m| TenantRecord {
-                id: m.id,
-                name: m.name,
-                created_at: m.created_at,
-            })
-            .collect())
+        Ok(rows.into_iter().map(TenantRecord::from).collect())
     }
 
     /// Creates a tenant; a taken name is [`StoreError::Conflict`].
@@ -190,6 +196,7 @@ impl Store {
             id: NotSet,
             name: Set(name.to_owned()),
             created_at: Set(at),
+            limits: Set(None),
         })
         .exec(&self.db)
         .await
@@ -198,6 +205,7 @@ impl Store {
             id: inserted.last_insert_id,
             name: name.to_owned(),
             created_at: at,
+            limits: None,
         })
     }
 
@@ -206,11 +214,22 @@ impl Store {
         Ok(tenants::Entity::find_by_id(id)
             .one(&self.db)
             .await?
-            .map(|m| TenantRecord {
-                id: m.id,
-                name: m.name,
-                created_at: m.created_at,
-            }))
+            .map(TenantRecord::from))
+    }
+
+    /// Sets (or with `None` clears) a tenant's limit overrides. False when there is no such
+    /// tenant.
+    pub async fn set_tenant_limits(
+        &self,
+        id: i64,
+        limits: Option<String>,
+    ) -> Result<bool, StoreError> {
+        let r = tenants::Entity::update_many()
+            .col_expr(tenants::Column::Limits, Expr::value(limits))
+            .filter(tenants::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(r.rows_affected == 1)
     }
 
     /// The stored hash of the key with this hash, with its tenant, unless revoked. The
@@ -341,6 +360,16 @@ impl Store {
             .exec(&self.db)
             .await?;
         Ok(r.rows_affected > 0)
+    }
+
+    /// Whether any tenant has a plugin with these bytes (for the server's compile cache,
+    /// never answered to a tenant).
+    pub async fn sha256_stored(&self, sha256: &str) -> Result<bool, StoreError> {
+        Ok(plugins::Entity::find()
+            .filter(plugins::Column::Sha256.eq(sha256))
+            .count(&self.db)
+            .await?
+            > 0)
     }
 
     /// Stores a pipeline; a taken name is [`StoreError::Conflict`].

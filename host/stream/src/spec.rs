@@ -113,6 +113,37 @@ pub enum OnGap {
     Skip,
 }
 
+/// Longest Kafka topic name.
+pub const MAX_TOPIC_LEN: usize = 249;
+
+/// Checks a topic name against Kafka's rules: 1 to 249 of `[A-Za-z0-9._-]`, and not `.` or
+/// `..`.
+pub fn check_topic(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a topic name must not be empty".into());
+    }
+    if name.len() > MAX_TOPIC_LEN {
+        return Err(format!(
+            "topic `{}…` is {} characters long; Kafka allows at most {MAX_TOPIC_LEN}",
+            &name[..name.char_indices().nth(32).map_or(name.len(), |(i, _)| i)],
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("`{name}` is not a valid topic name"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic {name:?} has the character {c:?}; Kafka topics use letters, digits, `.`, `_` \
+             and `-`"
+        ));
+    }
+    Ok(())
+}
+
 /// Most partitions weir creates a topic with.
 pub const MAX_PARTITIONS: u32 = 1024;
 
@@ -259,15 +290,173 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// Ceilings on what a spec may ask of the host: the sizes of its windows, how long it keeps
+/// state for late events and labels, and how much it trains on. A spec over a bound is
+/// rejected at parse time, naming the field and the bound. The server sets them
+/// (`weir serve` takes the defaults); a spec cannot raise them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpecBounds {
+    /// Longest window (`size_ms`) or session gap (`gap_ms`).
+    pub window_ms: i64,
+    /// Most windows one event belongs to (a sliding window's `size_ms / slide_ms`).
+    pub windows_per_event: i64,
+    /// Most windows open at once per key: `(size_ms + lateness_ms) / slide_ms`.
+    pub windows_per_key: i64,
+    /// Longest `window.lateness_ms` and `watermark.out_of_orderness_ms`.
+    pub lateness_ms: i64,
+    /// Longest `training.label_wait_ms` and `training.window_ms`.
+    pub label_wait_ms: i64,
+    /// Most events waiting for a label (`training.max_pending`).
+    pub pending_labels: usize,
+    /// Most rows a training window keeps (`training.window_rows`).
+    pub training_rows: usize,
+}
+
+impl Default for SpecBounds {
+    fn default() -> Self {
+        const DAY_MS: i64 = 86_400_000;
+        SpecBounds {
+            window_ms: 7 * DAY_MS,
+            windows_per_event: 100,
+            windows_per_key: 10_000,
+            lateness_ms: DAY_MS,
+            label_wait_ms: DAY_MS,
+            pending_labels: 1_000_000,
+            training_rows: 1_000_000,
+        }
+    }
+}
+
+impl SpecBounds {
+    /// No bounds: for reading back a spec that was accepted once (under bounds that may
+    /// since have changed).
+    pub fn unlimited() -> Self {
+        SpecBounds {
+            window_ms: i64::MAX,
+            windows_per_event: i64::MAX,
+            windows_per_key: i64::MAX,
+            lateness_ms: i64::MAX,
+            label_wait_ms: i64::MAX,
+            pending_labels: usize::MAX,
+            training_rows: usize::MAX,
+        }
+    }
+}
+
 impl PipelineSpec {
-    /// Parses and validates a spec.
+    /// Parses and validates a spec, within the default [`SpecBounds`].
     pub fn parse(text: &str) -> Result<Self, SpecError> {
+        Self::parse_bounded(text, &SpecBounds::default())
+    }
+
+    /// Parses and validates a spec, within `bounds`.
+    pub fn parse_bounded(text: &str, bounds: &SpecBounds) -> Result<Self, SpecError> {
         let spec: PipelineSpec = toml::from_str(text).map_err(|e| SpecError {
             location: e.span().map(|s| line_col(text, s.start)),
             message: e.message().trim().to_string(),
         })?;
         spec.validate(text)?;
+        spec.check_bounds(text, bounds)?;
         Ok(spec)
+    }
+
+    fn check_bounds(&self, text: &str, b: &SpecBounds) -> Result<(), SpecError> {
+        let over = |span: std::ops::Range<usize>, field: &str, value: i128, max: i128| {
+            if value > max {
+                Err(SpecError {
+                    location: (!span.is_empty()).then(|| line_col(text, span.start)),
+                    message: format!(
+                        "{field} is {value}; this server allows at most {max} (its spec bounds)"
+                    ),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        let wm = &self.watermark.out_of_orderness_ms;
+        over(
+            wm.span(),
+            "watermark.out_of_orderness_ms",
+            (*wm.get_ref()).into(),
+            b.lateness_ms.into(),
+        )?;
+        if let Some(w) = &self.window {
+            let span = w.kind.span();
+            let lateness = *w.lateness_ms.get_ref();
+            over(
+                w.lateness_ms.span(),
+                "window.lateness_ms",
+                lateness.into(),
+                b.lateness_ms.into(),
+            )?;
+            match w.kind_checked() {
+                Ok(WindowKind::Tumbling { size_ms }) => {
+                    over(
+                        span.clone(),
+                        "window.size_ms",
+                        size_ms.into(),
+                        b.window_ms.into(),
+                    )?;
+                    let open =
+                        (i128::from(size_ms) + i128::from(lateness)) / i128::from(size_ms.max(1));
+                    over(span, "windows open per key", open, b.windows_per_key.into())?;
+                }
+                Ok(WindowKind::Sliding { size_ms, slide_ms }) => {
+                    over(
+                        span.clone(),
+                        "window.size_ms",
+                        size_ms.into(),
+                        b.window_ms.into(),
+                    )?;
+                    let slide = i128::from(slide_ms.max(1));
+                    over(
+                        span.clone(),
+                        "windows per event (size_ms / slide_ms)",
+                        i128::from(size_ms) / slide,
+                        b.windows_per_event.into(),
+                    )?;
+                    over(
+                        span,
+                        "windows open per key ((size_ms + lateness_ms) / slide_ms)",
+                        (i128::from(size_ms) + i128::from(lateness)) / slide,
+                        b.windows_per_key.into(),
+                    )?;
+                }
+                Ok(WindowKind::Session { gap_ms }) => {
+                    over(span, "window.gap_ms", gap_ms.into(), b.window_ms.into())?;
+                }
+                Err(_) => {}
+            }
+        }
+        if let Some(t) = &self.training {
+            let span = t.join.span();
+            over(
+                span.clone(),
+                "training.label_wait_ms",
+                t.label_wait_ms.into(),
+                b.label_wait_ms.into(),
+            )?;
+            over(
+                span.clone(),
+                "training.window_ms",
+                t.window_ms.unwrap_or(0).into(),
+                b.label_wait_ms.into(),
+            )?;
+            over(
+                span,
+                "training.max_pending",
+                t.max_pending as i128,
+                b.pending_labels as i128,
+            )?;
+            over(
+                t.window_rows.span(),
+                "training.window_rows",
+                *t.window_rows.get_ref() as i128,
+                b.training_rows as i128,
+            )?;
+        }
+        Ok(())
     }
 
     fn validate(&self, text: &str) -> Result<(), SpecError> {
@@ -290,11 +479,22 @@ impl PipelineSpec {
                 format!("name `{name}`: use letters, digits, `-` and `_`"),
             ));
         }
-        if self.source.topic.get_ref().is_empty() {
-            return Err(at(
-                self.source.topic.span(),
-                "source.topic must not be empty".into(),
-            ));
+        check_topic(self.source.topic.get_ref())
+            .map_err(|m| at(self.source.topic.span(), format!("source.topic: {m}")))?;
+        let sink = &self.sink;
+        for (field, topic) in [
+            ("sink.topic", Some(&sink.topic)),
+            ("sink.windows_topic", sink.windows_topic.as_ref()),
+            ("sink.late_topic", sink.late_topic.as_ref()),
+            ("sink.dead_letter_topic", Some(&sink.dead_letter_topic)),
+            ("sink.shadow_topic", Some(&sink.shadow_topic())),
+        ] {
+            if let Some(t) = topic {
+                check_topic(t).map_err(|m| SpecError {
+                    location: None,
+                    message: format!("{field}: {m}"),
+                })?;
+            }
         }
         if let Some(p) = &self.source.partitions
             && !(1..=MAX_PARTITIONS).contains(p.get_ref())
@@ -475,6 +675,85 @@ dead_letter_topic = "dlq"
             vec![AggKind::Count, AggKind::Mean, AggKind::Max]
         );
         assert_eq!(s.source.key_field, "key");
+    }
+
+    #[test]
+    fn topics_follow_kafkas_rules() {
+        for bad in ["../x", "a/b", "a\\nb", " ", "..", "."] {
+            let e = PipelineSpec::parse(
+                &GOOD.replace("topic = \"events\"", &format!("topic = \"{bad}\"")),
+            )
+            .unwrap_err();
+            assert!(e.message.starts_with("source.topic: "), "{bad}: {e}");
+            assert_eq!(e.location.map(|l| l.0), Some(4), "{bad}: {e}");
+        }
+        let long = "t".repeat(250);
+        let e =
+            PipelineSpec::parse(&GOOD.replace("\"scores\"", &format!("\"{long}\""))).unwrap_err();
+        assert!(
+            e.message
+                .contains("250 characters long; Kafka allows at most 249"),
+            "{e}"
+        );
+        // 243 characters leave no room for the default shadow topic's `.shadow`.
+        let e =
+            PipelineSpec::parse(&GOOD.replace("\"scores\"", &format!("\"{}\"", "t".repeat(243))))
+                .unwrap_err();
+        assert!(e.message.starts_with("sink.shadow_topic: "), "{e}");
+        let ok = "A-z_0.9".to_owned() + &"t".repeat(235);
+        PipelineSpec::parse(&GOOD.replace("\"scores\"", &format!("\"{ok}\""))).unwrap();
+    }
+
+    #[test]
+    fn windows_and_waits_stay_within_the_bounds() {
+        let sliding = |size: i64, slide: i64| {
+            GOOD.replace(
+                "kind = \"tumbling\"\nsize_ms = 1000",
+                &format!("kind = \"sliding\"\nsize_ms = {size}\nslide_ms = {slide}"),
+            )
+        };
+        // The reported case: a window of 1e12 ms sliding by 1 ms.
+        let e = PipelineSpec::parse(&sliding(1_000_000_000_000, 1)).unwrap_err();
+        assert!(
+            e.message
+                .contains("window.size_ms is 1000000000000; this server allows at most 604800000"),
+            "{e}"
+        );
+        let e = PipelineSpec::parse(&sliding(1_000_000, 1)).unwrap_err();
+        assert!(
+            e.message.contains(
+                "windows per event (size_ms / slide_ms) is 1000000; this server allows at most 100"
+            ),
+            "{e}"
+        );
+        assert_eq!(e.location.map(|l| l.0), Some(15), "{e}");
+        PipelineSpec::parse(&sliding(100_000, 1_000)).unwrap();
+        PipelineSpec::parse(&sliding(101_000, 1_000)).unwrap_err();
+        let e = PipelineSpec::parse(&GOOD.replace("lateness_ms = 2000", "lateness_ms = 86400001"))
+            .unwrap_err();
+        assert!(
+            e.message.starts_with("window.lateness_ms is 86400001"),
+            "{e}"
+        );
+        // Many windows open per key: a day of lateness over 1 s windows.
+        let e = PipelineSpec::parse(&GOOD.replace("lateness_ms = 2000", "lateness_ms = 86400000"))
+            .unwrap_err();
+        assert!(
+            e.message.starts_with("windows open per key is 86401"),
+            "{e}"
+        );
+        // A server may set its own bounds.
+        let tight = SpecBounds {
+            windows_per_key: 2,
+            ..SpecBounds::default()
+        };
+        let e = PipelineSpec::parse_bounded(GOOD, &tight).unwrap_err();
+        assert!(e.message.contains("at most 2"), "{e}");
+        PipelineSpec::parse_bounded(
+            &GOOD.replace("lateness_ms = 2000", "lateness_ms = 1000"),
+            &tight,
+        )
+        .unwrap();
     }
 
     #[test]

@@ -721,7 +721,7 @@ pub async fn upload_plugin(
     let sha256 = hex::encode(hasher.finalize());
     let info = weir_engine::inspect(&bytes, &weir_engine::Grants { clocks: true })
         .map_err(|e| ApiError::unprocessable("invalid_plugin", e.to_string()))?;
-    let _permit = state.compile_permit(tenant)?;
+    let permit = state.compile_permit(tenant)?;
     let plugin = state
         .manager
         .load(
@@ -730,6 +730,8 @@ pub async fn upload_plugin(
                 grants: weir_engine::Grants { clocks: true },
                 ..Default::default()
             },
+            true,
+            Some(permit),
         )
         .await?;
     let details = serde_json::json!({
@@ -907,7 +909,9 @@ pub async fn delete_plugin(id: i64, authz: Option<String>, state: Arc<AppState>)
         .await
         .map_err(ApiError::from)?
     {
-        let Ok(spec) = super::manager::parse_spec(&pl.spec) else {
+        let Ok(spec) =
+            super::manager::parse_spec(&pl.spec, &weir_stream::spec::SpecBounds::unlimited())
+        else {
             continue;
         };
         if let Ok(list) = state.manager.effective_plugins(tenant, &pl, &spec).await
@@ -925,6 +929,7 @@ pub async fn delete_plugin(id: i64, authz: Option<String>, state: Arc<AppState>)
         .delete_plugin(tenant, id)
         .await
         .map_err(ApiError::from)?;
+    state.manager.release_compiled(&p.sha256).await;
     Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
 }
 

@@ -6,6 +6,7 @@
 //! its spec names is prefixed with `<tenant name>.`, so one tenant's spec cannot read or
 //! write another tenant's topics.
 
+use super::ceilings;
 use super::error::ApiError;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::runtime::Handle;
 use weir_engine::{Deployment, Engine, Manifest, Plugin, PluginKind, Slot};
-use weir_store::{NewDeployment, PipelineRecord, PluginRecord, Store};
+use weir_store::{NewDeployment, PipelineRecord, PluginRecord, Store, TenantRecord};
 use weir_stream::metrics::{ModelVariants, PipelineMetrics};
 use weir_stream::pipeline::{Pipeline, StageSlots};
-use weir_stream::spec::{PipelineSpec, StageSpec};
+use weir_stream::spec::{PipelineSpec, SpecBounds, StageSpec};
 use weir_worker::kafka::Broker;
 use weir_worker::{Durability, Progress, WorkerOptions, spec_topics};
 
@@ -63,15 +64,31 @@ pub fn stages(spec: &PipelineSpec) -> Vec<(String, &StageSpec, PluginKind)> {
     out
 }
 
-/// Parses a spec as a tenant wrote it (422 with line and column when it is invalid).
-pub fn parse_spec(text: &str) -> Result<PipelineSpec, ApiError> {
-    PipelineSpec::parse(text).map_err(|e| ApiError::unprocessable("invalid_spec", e.to_string()))
+/// The admin's stored overrides for a tenant (`{"sandbox": {..}}`; `{}` when none).
+pub fn tenant_overrides(rec: &TenantRecord) -> Result<serde_json::Value, ApiError> {
+    match &rec.limits {
+        None => Ok(serde_json::json!({})),
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| ApiError::internal(format!("tenant {}'s stored limits: {e}", rec.id))),
+    }
+}
+
+/// Parses a spec as a tenant wrote it, within `bounds` (422 with line and column when it is
+/// invalid or over a bound).
+pub fn parse_spec(text: &str, bounds: &SpecBounds) -> Result<PipelineSpec, ApiError> {
+    PipelineSpec::parse_bounded(text, bounds)
+        .map_err(|e| ApiError::unprocessable("invalid_spec", e.to_string()))
 }
 
 /// The spec as the worker runs it: the internal name, and every topic in the tenant's
-/// namespace.
-pub fn tenant_spec(text: &str, tenant: i64, tenant_name: &str) -> Result<PipelineSpec, ApiError> {
-    let mut spec = parse_spec(text)?;
+/// namespace (each still a valid Kafka topic with the prefix: 422 otherwise).
+pub fn tenant_spec(
+    text: &str,
+    tenant: i64,
+    tenant_name: &str,
+    bounds: &SpecBounds,
+) -> Result<PipelineSpec, ApiError> {
+    let mut spec = parse_spec(text, bounds)?;
     let ns = |t: &str| format!("{tenant_name}.{t}");
     let name = internal_name(tenant, spec.name.get_ref());
     spec.name = toml::Spanned::new(spec.name.span(), name);
@@ -83,6 +100,18 @@ pub fn tenant_spec(text: &str, tenant: i64, tenant_name: &str) -> Result<Pipelin
     sink.dead_letter_topic = ns(&sink.dead_letter_topic);
     sink.windows_topic = sink.windows_topic.as_deref().map(ns);
     sink.late_topic = sink.late_topic.as_deref().map(ns);
+    for t in spec_topics(&spec)
+        .into_iter()
+        .map(|(t, _)| t)
+        .chain([spec.sink.shadow_topic()])
+    {
+        weir_stream::spec::check_topic(&t).map_err(|m| {
+            ApiError::unprocessable(
+                "invalid_spec",
+                format!("with the tenant's prefix `{tenant_name}.`: {m}"),
+            )
+        })?;
+    }
     Ok(spec)
 }
 
@@ -203,7 +232,16 @@ pub struct Manager {
     engine: Engine,
     broker: Broker,
     compile_timeout: Duration,
+    /// Compilations running at once, server-wide (a bounded pool: an abandoned compile
+    /// holds its place until it really ends).
+    compile_pool: Arc<tokio::sync::Semaphore>,
+    ceiling: Manifest,
+    bounds: SpecBounds,
     running: Mutex<HashMap<i64, Arc<Running>>>,
+    /// One lock per pipeline, held through each start, stop and delete: transitions of one
+    /// pipeline happen one at a time, so concurrent calls cannot start a second worker or
+    /// start one for a pipeline being deleted.
+    transitions: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Manager {
@@ -213,14 +251,31 @@ impl Manager {
         engine: Engine,
         broker: Broker,
         compile_timeout: Duration,
+        ceiling: Manifest,
+        bounds: SpecBounds,
     ) -> Self {
         Manager {
             store,
             engine,
             broker,
             compile_timeout,
+            compile_pool: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
+            ceiling,
+            bounds,
             running: Mutex::default(),
+            transitions: Mutex::default(),
         }
+    }
+
+    /// Waits for the pipeline's transition lock.
+    async fn transition(&self, pipeline_id: i64) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = lock(&self.transitions)
+            .entry(pipeline_id)
+            .or_default()
+            .clone();
+        m.lock_owned().await
     }
 
     /// The Kafka bootstrap servers.
@@ -238,18 +293,70 @@ impl Manager {
         lock(&self.running).values().cloned().collect()
     }
 
-    /// Compiles a plugin off the async executor, with the compile timeout.
-    pub async fn load(&self, bytes: Vec<u8>, manifest: Manifest) -> Result<Arc<Plugin>, ApiError> {
+    /// Compiles a plugin off the async executor, in the server's bounded compile pool, with
+    /// the compile timeout (waiting for the pool counts). A compile that times out cannot
+    /// be interrupted: it runs to its end in the background, holding its place in the pool
+    /// and `permit` (the tenant's compile permit) until then, so neither limit can be
+    /// exceeded by timing out. `fresh` compiles even when the plugin is cached (uploads).
+    pub async fn load(
+        &self,
+        bytes: Vec<u8>,
+        manifest: Manifest,
+        fresh: bool,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<Arc<Plugin>, ApiError> {
         let engine = self.engine.clone();
-        let job = tokio::task::spawn_blocking(move || engine.load(&bytes, manifest));
+        let pool = self.compile_pool.clone();
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let gave_up = abandoned.clone();
+        let job = async move {
+            let slot = pool.acquire_owned().await.map_err(ApiError::internal)?;
+            tokio::task::spawn_blocking(move || {
+                let _held = (slot, permit);
+                let id = weir_engine::PluginId::of(&bytes);
+                let cached = engine.is_cached(&id);
+                let loaded = if fresh {
+                    engine.load_fresh(&bytes, manifest)
+                } else {
+                    engine.load(&bytes, manifest)
+                };
+                // Nobody will use what an abandoned compile leaves in the cache.
+                if gave_up.load(Ordering::Relaxed) && !cached {
+                    engine.evict(&id);
+                }
+                loaded
+            })
+            .await
+            .map_err(ApiError::internal)
+        };
         match tokio::time::timeout(self.compile_timeout, job).await {
-            Err(_) => Err(ApiError::unavailable(format!(
-                "compilation took longer than {} s",
-                self.compile_timeout.as_secs()
-            ))),
-            Ok(Err(e)) => Err(ApiError::internal(e)),
+            Err(_) => {
+                abandoned.store(true, Ordering::Relaxed);
+                Err(ApiError::unavailable(format!(
+                    "compilation took longer than {} s",
+                    self.compile_timeout.as_secs()
+                )))
+            }
+            Ok(Err(e)) => Err(e),
             Ok(Ok(Err(e))) => Err(ApiError::unprocessable("invalid_plugin", e.to_string())),
             Ok(Ok(Ok(p))) => Ok(p),
+        }
+    }
+
+    /// Drops a compiled plugin from the engine's cache once no tenant stores it and no
+    /// running pipeline serves it (a worker's own handle keeps it alive meanwhile anyway).
+    pub async fn release_compiled(&self, sha256: &str) {
+        let served = self
+            .all()
+            .iter()
+            .any(|r| r.is_alive() && r.serving_plugins().iter().any(|s| s == sha256));
+        if served {
+            return;
+        }
+        match self.store.sha256_stored(sha256).await {
+            Ok(false) => self.engine.evict(&weir_engine::PluginId(sha256.to_owned())),
+            Ok(true) => {}
+            Err(e) => tracing::warn!("keeping a compiled plugin cached: {e}"),
         }
     }
 
@@ -286,21 +393,54 @@ impl Manager {
         Ok(p)
     }
 
-    /// A deployment of a stored plugin with a stage's config and limits.
+    /// The bounds on tenants' specs.
+    pub fn bounds(&self) -> &SpecBounds {
+        &self.bounds
+    }
+
+    /// A tenant's sandbox ceiling: the server's, with the admin's overrides for it.
+    pub async fn ceiling(&self, tenant: i64) -> Result<Manifest, ApiError> {
+        let rec = self
+            .store
+            .tenant(tenant)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("tenant {tenant}")))?;
+        let overrides = tenant_overrides(&rec)?;
+        ceilings::effective(&self.ceiling, overrides.get("sandbox"))
+            .map_err(|e| ApiError::internal(format!("tenant {tenant}'s stored limits: {e}")))
+    }
+
+    /// The server's default sandbox ceiling.
+    pub fn default_ceiling(&self) -> &Manifest {
+        &self.ceiling
+    }
+
+    /// Checks every stage of a tenant's spec against the tenant's ceiling.
+    pub async fn check_ceiling(&self, tenant: i64, spec: &PipelineSpec) -> Result<(), ApiError> {
+        let ceiling = self.ceiling(tenant).await?;
+        for (stage, s, _) in stages(spec) {
+            ceilings::stage_manifest(&stage, s, &ceiling)?;
+        }
+        Ok(())
+    }
+
+    /// A deployment of a stored plugin with a stage's config and limits (within the
+    /// tenant's ceiling).
     pub async fn deployment(
         &self,
         tenant: i64,
         record: &PluginRecord,
+        stage_name: &str,
         stage: &StageSpec,
     ) -> Result<Arc<Deployment>, ApiError> {
+        let ceiling = self.ceiling(tenant).await?;
+        let manifest = ceilings::stage_manifest(stage_name, stage, &ceiling)?;
         let bytes = self
             .store
             .plugin_bytes(tenant, record.id)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("plugin {}", record.id)))?;
-        let manifest: Manifest = serde_json::from_str(&stage.manifest_json())
-            .map_err(|e| ApiError::unprocessable("invalid_spec", format!("limits/grants: {e}")))?;
-        let plugin = self.load(bytes, manifest).await?;
+        let plugin = self.load(bytes, manifest, false, None).await?;
         Ok(Deployment::new(plugin, stage.config_json()))
     }
 
@@ -342,18 +482,25 @@ impl Manager {
         tenant_name: &str,
         record: &PipelineRecord,
     ) -> Result<Arc<Running>, ApiError> {
+        let _transition = self.transition(record.id).await;
+        // Read again under the lock: a delete may have come first.
+        let record = &self
+            .store
+            .pipeline(tenant, record.id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("pipeline {}", record.id)))?;
         if let Some(r) = self.get(record.id) {
             if r.is_alive() {
                 return Err(ApiError::conflict("the pipeline is already running"));
             }
             self.reap(record.id).await;
         }
-        let spec = tenant_spec(&record.spec, tenant, tenant_name)?;
+        let spec = tenant_spec(&record.spec, tenant, tenant_name, &self.bounds)?;
         let plugins = self.effective_plugins(tenant, record, &spec).await?;
         let mut versions = HashMap::new();
         let mut slots = StageSlots::default();
         for ((stage, s, _), (_, p)) in stages(&spec).into_iter().zip(plugins) {
-            let d = self.deployment(tenant, &p, s).await?;
+            let d = self.deployment(tenant, &p, &stage, s).await?;
             versions.insert(d.version.0.clone(), p);
             let slot = Slot::new(d);
             match stage.as_str() {
@@ -479,7 +626,7 @@ impl Manager {
                 let rec = self
                     .resolve(tenant, &format!("sha256:{sha}"), PluginKind::Model, "model")
                     .await?;
-                let d = self.deployment(tenant, &rec, stage).await?;
+                let d = self.deployment(tenant, &rec, "model", stage).await?;
                 Ok((rec, d))
             }
             .await;
@@ -522,11 +669,25 @@ impl Manager {
 
     /// Stops a pipeline's worker (it commits first) and waits for it.
     pub async fn stop(&self, tenant: i64, pipeline_id: i64) -> Result<bool, ApiError> {
+        let _transition = self.transition(pipeline_id).await;
         let was = self.reap(pipeline_id).await;
         self.store
             .set_pipeline_status(tenant, pipeline_id, "stopped")
             .await?;
         Ok(was)
+    }
+
+    /// Deletes a pipeline and all its data: its worker is stopped first, and no start can
+    /// slip in between (both hold the pipeline's transition lock).
+    pub async fn delete(&self, tenant: i64, pipeline_id: i64, name: &str) -> Result<(), ApiError> {
+        let _transition = self.transition(pipeline_id).await;
+        self.reap(pipeline_id).await;
+        self.store
+            .reset_pipeline(&internal_name(tenant, name))
+            .await?;
+        self.store.delete_pipeline(tenant, pipeline_id).await?;
+        lock(&self.transitions).remove(&pipeline_id);
+        Ok(())
     }
 
     /// Stops and forgets a worker; true if there was one.

@@ -8,9 +8,11 @@
 //! at `/openapi.json` is generated from the handlers' annotations ([`openapi::ApiDoc`]).
 
 pub mod auth;
+pub mod ceilings;
 pub mod error;
 mod gaps;
 mod handlers;
+mod limits;
 pub mod manager;
 pub mod openapi;
 mod pipelines;
@@ -45,6 +47,21 @@ pub struct ApiConfig {
     pub rate_burst: f64,
     /// Largest JSON request body, bytes.
     pub max_json_bytes: u64,
+    /// The default ceiling on every tenant's sandbox limits and grants (the admin sets
+    /// other ceilings per tenant); see [`ceilings`].
+    pub ceiling: weir_engine::Manifest,
+    /// Bounds on tenants' specs: window sizes, lateness, label waits, training windows.
+    pub spec_bounds: weir_stream::spec::SpecBounds,
+    /// A connection must send a request's headers within this long (and an idle kept-alive
+    /// connection its next request's), or it is closed.
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this long (408 otherwise).
+    pub body_timeout: Duration,
+    /// Most open connections; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// On shutdown, connections get this long to finish their requests; then they are
+    /// closed.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ApiConfig {
@@ -56,6 +73,12 @@ impl Default for ApiConfig {
             rate_per_minute: 60.0,
             rate_burst: 20.0,
             max_json_bytes: 1 << 20,
+            ceiling: ceilings::default_ceiling(),
+            spec_bounds: weir_stream::spec::SpecBounds::default(),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -104,7 +127,14 @@ impl AppState {
         // hashes of the admin keys, so cursors stay valid across restarts.
         let secret = store.admin_secret().await?;
         let state = Arc::new(AppState {
-            manager: Manager::new(store.clone(), engine, broker, config.compile_timeout),
+            manager: Manager::new(
+                store.clone(),
+                engine,
+                broker,
+                config.compile_timeout,
+                config.ceiling.clone(),
+                config.spec_bounds.clone(),
+            ),
             limiter: RateLimiter::new(config.rate_per_minute, config.rate_burst),
             cursors: CursorSigner::new(secret.as_bytes()),
             store,
@@ -169,9 +199,27 @@ fn authz() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clo
         .unify()
 }
 
-/// A JSON body of at most `limit` bytes, parsed by the handler (an empty body is `{}`).
+/// Any valid key, checked before the body is read: an unauthenticated request is 401
+/// without reading a byte of its body. (The handler then decides what the caller may do.)
+fn keyed(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Option<String>,), Error = warp::Rejection> + Clone {
+    authz()
+        .and(with(state))
+        .and_then(|authz: Option<String>, state: Arc<AppState>| async move {
+            handlers::caller(&state, authz.clone())
+                .await
+                .map(|_| authz)
+                .map_err(warp::reject::custom)
+        })
+}
+
+/// A JSON body of at most `limit` bytes, parsed by the handler (an empty body is `{}`). The
+/// limit holds while the body streams in, chunked or not: reading stops at the first byte
+/// over it (413), and a body slower than `timeout` is 408.
 fn json_body(
     limit: u64,
+    timeout: Duration,
 ) -> impl Filter<Extract = (bytes::Bytes,), Error = warp::Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and_then(move |len: Option<u64>| async move {
@@ -181,14 +229,42 @@ fn json_body(
             }
         })
         .untuple_one()
-        .and(warp::body::bytes())
-        .and_then(move |b: bytes::Bytes| async move {
-            if b.len() as u64 > limit {
-                Err(warp::reject::custom(ApiError::too_large(limit)))
-            } else {
-                Ok(b)
+        .and(warp::body::stream())
+        .and_then(move |body| async move {
+            match tokio::time::timeout(timeout, read_limited(body, limit)).await {
+                Ok(read) => read.map_err(warp::reject::custom),
+                Err(_) => Err(warp::reject::custom(ApiError::new(
+                    warp::http::StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!("the body did not arrive within {} s", timeout.as_secs()),
+                ))),
             }
         })
+}
+
+/// Reads a body stream up to `limit` bytes; 413 at the first chunk that goes over.
+async fn read_limited<S, B>(body: S, limit: u64) -> Result<bytes::Bytes, ApiError>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    use futures_util::StreamExt;
+    let mut body = std::pin::pin!(body);
+    let mut out = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        if (out.len() + chunk.remaining()) as u64 > limit {
+            return Err(ApiError::too_large(limit));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            out.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(out.freeze())
 }
 
 type Reply = Result<Response, warp::Rejection>;
@@ -201,7 +277,9 @@ pub fn routes(
     use pipelines as p;
     use warp::{delete, get, path, post};
     let s = || with(state.clone());
-    let jl = state.config.max_json_bytes;
+    let k = || keyed(state.clone());
+    let (limit, body_timeout) = (state.config.max_json_bytes, state.config.body_timeout);
+    let body = move || json_body(limit, body_timeout);
 
     let ops = path!("healthz")
         .and(get())
@@ -221,8 +299,8 @@ pub fn routes(
 
     let tenants = path!("v1" / "tenants")
         .and(post())
-        .and(authz())
-        .and(json_body(jl))
+        .and(k())
+        .and(body())
         .and(s())
         .and_then(h::create_tenant)
         .or(path!("v1" / "tenants")
@@ -236,6 +314,19 @@ pub fn routes(
             .and(authz())
             .and(s())
             .and_then(h::create_key))
+        .unify()
+        .or(path!("v1" / "tenants" / i64 / "limits")
+            .and(get())
+            .and(authz())
+            .and(s())
+            .and_then(limits::get))
+        .unify()
+        .or(path!("v1" / "tenants" / i64 / "limits")
+            .and(warp::put())
+            .and(k())
+            .and(body())
+            .and(s())
+            .and_then(limits::set))
         .unify()
         .or(path!("v1" / "whoami")
             .and(get())
@@ -287,8 +378,8 @@ pub fn routes(
 
     let pipes = path!("v1" / "pipelines")
         .and(post())
-        .and(authz())
-        .and(json_body(jl))
+        .and(k())
+        .and(body())
         .and(s())
         .and_then(p::create)
         .or(path!("v1" / "pipelines")
@@ -364,8 +455,8 @@ pub fn routes(
 
     let stage_ops = path!("v1" / "pipelines" / i64 / "stages" / String / String)
         .and(post())
-        .and(authz())
-        .and(json_body(jl))
+        .and(k())
+        .and(body())
         .and(s())
         .and_then(p::stage_action)
         .or(path!("v1" / "pipelines" / i64 / "stages" / String / String)
@@ -389,18 +480,77 @@ pub fn routes(
         .with(warp::log("weir::api"))
 }
 
-/// Serves the API on `listener` until `shutdown` resolves; then stops the pipelines
-/// (they commit first) and returns.
+/// Serves the API on `listener` until `shutdown` resolves; then lets open requests finish
+/// for at most [`ApiConfig::shutdown_grace`], stops the pipelines (they commit first) and
+/// returns.
+///
+/// The connection loop is weir's own over warp's service (warp 0.4 has no timeouts): each
+/// connection must send its request headers within [`ApiConfig::header_timeout`] (an idle
+/// kept-alive one too), and past [`ApiConfig::max_connections`] new connections are closed
+/// at once, so slow or idle clients cannot hold the server.
 pub async fn serve(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(routes(state.clone()))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let config = state.config.clone();
+    let svc = warp::service(routes(state.clone()));
+    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut refused = 0u64;
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, for example: back off instead of spinning.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    "{refused} connections refused: {} are open (max_connections)",
+                    config.max_connections
+                );
+            }
+            drop(tcp);
+            continue;
+        };
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_timeout);
+        let conn = builder.serve_connection_with_upgrades(
+            TokioIo::new(tcp),
+            hyper_util::service::TowerToHyperService::new(svc.clone()),
+        );
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection: {e}");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
     state.set_ready(false);
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "connections still open after {} s of shutdown: closing them",
+            config.shutdown_grace.as_secs()
+        );
+    }
     state.manager.shutdown().await;
 }

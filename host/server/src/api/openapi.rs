@@ -1,6 +1,6 @@
 //! The OpenAPI document, generated from the handlers' `#[utoipa::path]` annotations.
 
-use super::{error, gaps, handlers, pipelines};
+use super::{error, gaps, handlers, limits, pipelines};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
@@ -19,6 +19,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         handlers::create_tenant,
         handlers::list_tenants,
         handlers::create_key,
+        limits::get,
+        limits::set,
         handlers::whoami,
         handlers::upload_plugin,
         handlers::list_plugins,

@@ -15,6 +15,7 @@ use warp::http::StatusCode;
 use weir_engine::VersionId;
 use weir_store::{PipelineRecord, ResultFilter};
 use weir_stream::metrics::{Canary, Variants};
+use weir_stream::spec::SpecBounds;
 
 /// A new pipeline.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -136,7 +137,7 @@ async fn info(
     tname: &str,
     p: PipelineRecord,
 ) -> Result<PipelineInfo, ApiError> {
-    let spec = super::manager::tenant_spec(&p.spec, tenant, tname)?;
+    let spec = super::manager::tenant_spec(&p.spec, tenant, tname, &SpecBounds::unlimited())?;
     let running = state.manager.get(p.id).filter(|r| r.tenant == tenant);
     let mut stage_list = Vec::new();
     if let Some(r) = running.as_ref() {
@@ -221,7 +222,11 @@ async fn info(
 pub async fn create(authz: Option<String>, body: bytes::Bytes, state: Arc<AppState>) -> Reply {
     let (tenant, tname) = tenant(&state, authz).await?;
     let req: NewPipeline = parse(&body)?;
-    let spec = parse_spec(&req.spec)?;
+    // Within the server's bounds, every topic valid with the tenant's prefix, every stage
+    // within the tenant's sandbox ceiling.
+    super::manager::tenant_spec(&req.spec, tenant, &tname, state.manager.bounds())?;
+    let spec = parse_spec(&req.spec, state.manager.bounds())?;
+    state.manager.check_ceiling(tenant, &spec).await?;
     let name = spec.name.get_ref().clone();
     if !valid_name(&name) {
         return Err(ApiError::unprocessable(
@@ -332,17 +337,7 @@ pub async fn stop(id: i64, authz: Option<String>, state: Arc<AppState>) -> Reply
 pub async fn delete(id: i64, authz: Option<String>, state: Arc<AppState>) -> Reply {
     let (tenant, _) = tenant(&state, authz).await?;
     let p = own(&state, tenant, id).await?;
-    state.manager.stop(tenant, id).await?;
-    state
-        .store
-        .reset_pipeline(&internal_name(tenant, &p.name))
-        .await
-        .map_err(ApiError::from)?;
-    state
-        .store
-        .delete_pipeline(tenant, id)
-        .await
-        .map_err(ApiError::from)?;
+    state.manager.delete(tenant, id, &p.name).await?;
     Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
 }
 
@@ -550,7 +545,7 @@ pub async fn stage_action(
         return Err(ApiError::not_found(format!("no action `{action}`")).into());
     }
     let req: StageRequest = parse(&body)?;
-    let spec = super::manager::tenant_spec(&p.spec, tenant, &tname)?;
+    let spec = super::manager::tenant_spec(&p.spec, tenant, &tname, state.manager.bounds())?;
     let Some((_, stage_spec, kind)) = stages(&spec).into_iter().find(|(s, _, _)| *s == stage)
     else {
         return Err(ApiError::not_found(format!("pipeline {id} has no stage `{stage}`")).into());
@@ -579,7 +574,10 @@ pub async fn stage_action(
                 .manager
                 .resolve(tenant, &need_plugin()?, kind, &stage)
                 .await?;
-            let d = state.manager.deployment(tenant, &rec, stage_spec).await?;
+            let d = state
+                .manager
+                .deployment(tenant, &rec, &stage, stage_spec)
+                .await?;
             let dep = state
                 .manager
                 .record(&internal, &stage, &rec, &d.version.0, "api/deploy")
@@ -605,7 +603,10 @@ pub async fn stage_action(
                 .manager
                 .resolve(tenant, &need_plugin()?, kind, &stage)
                 .await?;
-            let d = state.manager.deployment(tenant, &rec, stage_spec).await?;
+            let d = state
+                .manager
+                .deployment(tenant, &rec, &stage, stage_spec)
+                .await?;
             lock(&r.versions).insert(d.version.0.clone(), rec.clone());
             let slot = r
                 .slot(&stage)
@@ -673,7 +674,10 @@ pub async fn stage_action(
             } else {
                 None
             };
-            let d = state.manager.deployment(tenant, &rec, stage_spec).await?;
+            let d = state
+                .manager
+                .deployment(tenant, &rec, &stage, stage_spec)
+                .await?;
             lock(&r.versions).insert(d.version.0.clone(), rec.clone());
             let slot = weir_engine::Slot::new(d.clone());
             let mut v = r.variants().get();
@@ -1104,7 +1108,7 @@ pub async fn training(
     let (tenant, _) = tenant(&state, authz).await?;
     let p = own(&state, tenant, id).await?;
     let limit = page_limit(q.limit)?;
-    let spec = parse_spec(&p.spec)?;
+    let spec = parse_spec(&p.spec, &SpecBounds::unlimited())?;
     let status = state
         .manager
         .get(id)

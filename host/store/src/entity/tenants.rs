@@ -14,6 +14,9 @@ pub struct Model {
     pub name: String,
     /// Creation time, UTC ms.
     pub created_at: i64,
+    /// The admin's overrides of the server's ceilings (JSON), if any.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub limits: Option<String>,
 }
 
 /// Relations: none; references between tables are by value, not foreign key.

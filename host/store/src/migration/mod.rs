@@ -21,9 +21,10 @@ mod m20261125_000010_create_model_snapshots;
 mod m20261125_000011_create_training_runs;
 mod m20261130_000012_create_gaps;
 mod m20261130_000013_alter_checkpoints_source;
+mod m20261130_000014_alter_tenants_limits;
 
 /// How many migrations weir has (one per table, then one per later change).
-pub const MIGRATIONS: usize = 13;
+pub const MIGRATIONS: usize = 14;
 
 /// All of weir's migrations, in order. [`crate::Store::connect`] runs `Migrator::up` itself.
 pub struct Migrator;
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000011_create_training_runs::Migration),
             Box::new(m20261130_000012_create_gaps::Migration),
             Box::new(m20261130_000013_alter_checkpoints_source::Migration),
+            Box::new(m20261130_000014_alter_tenants_limits::Migration),
         ]
     }
 }
