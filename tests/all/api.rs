@@ -161,6 +161,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tenants"),
     ("GET", "/v1/tenants"),
     ("POST", "/v1/tenants/1/keys"),
+    ("GET", "/v1/tenants/1/keys"),
+    ("DELETE", "/v1/tenants/1/keys/1"),
+    ("POST", "/v1/tenants/1/keys/1/rotate"),
     ("GET", "/v1/tenants/1/limits"),
     ("PUT", "/v1/tenants/1/limits"),
     ("GET", "/v1/whoami"),
@@ -393,6 +396,109 @@ async fn the_operator_sets_the_sandbox_not_the_tenant() {
         )
         .await;
     assert_eq!(r.status, 404);
+}
+
+/// Issue 15, row 9: keys are listed (with their last use), made, revoked and rotated by
+/// their tenant or the admin; a new admin key revokes the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_listed_revoked_and_rotated() {
+    let api = Api::new(ApiConfig::default(), false).await;
+    let (id, first) = api.tenant("acme").await;
+    let (other_id, other) = api.tenant("other").await;
+    assert_eq!(api.get("/v1/whoami", &first).await.status, 200);
+    let path = format!("/v1/tenants/{id}/keys");
+    let r = api.get(&path, &first).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let keys = r.body.as_array().unwrap().clone();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["label"], "first key");
+    assert_eq!(keys[0]["revoked"], false);
+    let used = keys[0]["last_used_at"].as_i64().expect("used just now");
+    assert!(used >= keys[0]["created_at"].as_i64().unwrap());
+    let raw = String::from_utf8_lossy(&r.raw).into_owned();
+    assert!(!raw.contains(&first[3..]) && !raw.contains("hash"), "{raw}");
+    assert_eq!(api.get(&path, &other).await.status, 404);
+    // The tenant makes another key and rotates its first.
+    let r = api.call("POST", &path, Some(&first), None).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let second = r.body["api_key"].as_str().unwrap().to_owned();
+    let first_id = keys[0]["id"].as_i64().unwrap();
+    let r = api
+        .call(
+            "POST",
+            &format!("{path}/{first_id}/rotate"),
+            Some(&second),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let rotated = r.body["api_key"].as_str().unwrap().to_owned();
+    assert_eq!(api.get("/v1/whoami", &first).await.status, 401);
+    assert_eq!(api.get("/v1/whoami", &rotated).await.status, 200);
+    let r = api
+        .call(
+            "POST",
+            &format!("{path}/{first_id}/rotate"),
+            Some(&rotated),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404, "a revoked key is not rotated again");
+    // The admin revokes the second key; another tenant cannot touch acme's keys.
+    let keys = api.get(&path, ADMIN).await.body;
+    let labels: Vec<(&str, bool)> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["label"].as_str().unwrap(),
+                k["revoked"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        labels,
+        [("first key", true), ("api", false), ("first key", false)]
+    );
+    let second_id = keys[1]["id"].as_i64().unwrap();
+    let r = api
+        .call("DELETE", &format!("{path}/{second_id}"), Some(&other), None)
+        .await;
+    assert_eq!(r.status, 404);
+    let r = api
+        .call("DELETE", &format!("{path}/{second_id}"), Some(ADMIN), None)
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(api.get("/v1/whoami", &second).await.status, 401);
+    let theirs = api
+        .get(&format!("/v1/tenants/{other_id}/keys"), ADMIN)
+        .await
+        .body[0]["id"]
+        .as_i64()
+        .unwrap();
+    let r = api
+        .call("DELETE", &format!("{path}/{theirs}"), Some(ADMIN), None)
+        .await;
+    assert_eq!(r.status, 404, "not acme's key");
+    assert_eq!(api.get("/v1/whoami", &other).await.status, 200);
+    // A server started with a new admin key: the old one stops working.
+    const NEW_ADMIN: &str = "wk_00000000000000000000000000000000000000000000000000000000000000be";
+    let (state, _) = AppState::new(
+        api.state.store.clone(),
+        crate::common::engine(),
+        Broker::External("127.0.0.1:1".into()),
+        ApiConfig::default(),
+        Some(NEW_ADMIN.into()),
+    )
+    .await
+    .unwrap();
+    let api = Api {
+        state,
+        broker: None,
+    };
+    assert_eq!(api.get("/v1/tenants", ADMIN).await.status, 401);
+    assert_eq!(api.get("/v1/tenants", NEW_ADMIN).await.status, 200);
 }
 
 /// Issue 15, rows 10, 11 and 13: an upload says nothing about other tenants' uploads (it
@@ -1159,6 +1265,7 @@ async fn openapi_document_matches_the_routes() {
                 {
                     "{id}".to_owned()
                 }
+                (_, "1") if parts[i - 1] == "keys" => "{key_id}".to_owned(),
                 (_, "model") => "{stage}".to_owned(),
                 (_, "swap") => "{action}".to_owned(),
                 (_, "canary") => "{action}".to_owned(),
@@ -1179,6 +1286,7 @@ async fn openapi_document_matches_the_routes() {
     for (method, path) in &documented {
         let concrete = path
             .replace("{id}", "1")
+            .replace("{key_id}", "1")
             .replace("{stage}", "model")
             .replace(
                 "{action}",

@@ -274,6 +274,14 @@ fn through_kafka(
         p,
         WorkerOptions {
             until_end: true,
+            // For comparing budgets (`0`: none); the default is the worker's.
+            fire_budget: match std::env::var("WEIR_BENCH_FIRE_BUDGET") {
+                Ok(v) => v.parse().ok().filter(|b| *b > 0),
+                Err(_) => {
+                    WorkerOptions::new(Broker::Embedded(broker.clone()), Durability::KafkaOffsets)
+                        .fire_budget
+                }
+            },
             ..WorkerOptions::new(Broker::Embedded(broker.clone()), durability)
         },
     )?;

@@ -38,10 +38,29 @@ pub enum TenantCmd {
     },
     /// List tenants.
     List,
-    /// Create another key for a tenant.
+    /// Create another key for a tenant (the admin key, or the tenant's own).
     Key {
         /// Tenant id.
         id: i64,
+    },
+    /// List a tenant's keys: id, label, creation, last use, revoked.
+    Keys {
+        /// Tenant id.
+        id: i64,
+    },
+    /// Revoke a key: it stops working at once.
+    Revoke {
+        /// Tenant id.
+        id: i64,
+        /// Key id (from `weir tenant keys`).
+        key_id: i64,
+    },
+    /// Rotate a key: prints a new key with the same label, and revokes the old one.
+    Rotate {
+        /// Tenant id.
+        id: i64,
+        /// Key id (from `weir tenant keys`).
+        key_id: i64,
     },
     /// Show a tenant's sandbox ceiling (what its specs' `limits` and `grants` may ask for),
     /// or set it (admin key).
@@ -214,6 +233,30 @@ pub fn tenant(c: &ClientArgs, cmd: TenantCmd) -> Result<()> {
                         }
                     }
                 }
+            })
+        }
+        TenantCmd::Keys { id } => {
+            let v = cl.call("GET", &format!("/v1/tenants/{id}/keys"), None)?;
+            cl.table(
+                &v,
+                &["id", "label", "created_at", "last_used_at", "revoked"],
+            )
+        }
+        TenantCmd::Revoke { id, key_id } => {
+            let v = cl.call("DELETE", &format!("/v1/tenants/{id}/keys/{key_id}"), None)?;
+            cl.show(&v, || println!("key {key_id} of tenant {id} revoked"))
+        }
+        TenantCmd::Rotate { id, key_id } => {
+            let v = cl.call(
+                "POST",
+                &format!("/v1/tenants/{id}/keys/{key_id}/rotate"),
+                None,
+            )?;
+            cl.show(&v, || {
+                println!(
+                    "new key (shown once; key {key_id} is revoked): {}",
+                    v["api_key"].as_str().unwrap_or("")
+                )
             })
         }
         TenantCmd::Key { id } => {

@@ -13,12 +13,14 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbB
 use sea_orm_migration::MigratorTrait;
 
 pub mod entity;
+mod keys;
 pub mod migration;
 mod mutation;
 mod query;
 mod tenancy;
 mod training;
 
+pub use keys::{KeyMatch, KeyRecord};
 pub use migration::Migrator;
 /// sea-orm itself, so callers of [`Store::connection`] need no dependency of their own.
 pub use sea_orm;

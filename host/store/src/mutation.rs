@@ -357,6 +357,7 @@ impl Store {
             label: Set(label.to_owned()),
             created_at: Set(now_ms()),
             revoked: Set(false),
+            last_used_at: Set(None),
         })
         .exec(&self.db)
         .await?;

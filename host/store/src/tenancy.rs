@@ -232,17 +232,6 @@ impl Store {
         Ok(r.rows_affected == 1)
     }
 
-    /// The stored hash of the key with this hash, with its tenant, unless revoked. The
-    /// caller compares the returned hash with its own in constant time.
-    pub async fn key_by_hash(&self, key_hash: &str) -> Result<Option<(i64, String)>, StoreError> {
-        let row = api_keys::Entity::find()
-            .filter(api_keys::Column::KeyHash.eq(key_hash))
-            .filter(api_keys::Column::Revoked.eq(false))
-            .one(&self.db)
-            .await?;
-        Ok(row.map(|m| (m.tenant_id, m.key_hash)))
-    }
-
     /// True once an admin key exists.
     pub async fn has_admin_key(&self) -> Result<bool, StoreError> {
         let n = api_keys::Entity::find()

@@ -54,8 +54,9 @@ pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
-/// Resolves an `Authorization` header to its caller; 401 for anything else.
-pub async fn authenticate(store: &Store, header: Option<&str>) -> Result<Caller, ApiError> {
+/// Resolves an `Authorization` header to its caller and the key's id; 401 for anything
+/// else.
+pub async fn authenticate(store: &Store, header: Option<&str>) -> Result<(Caller, i64), ApiError> {
     let key = header
         .and_then(|h| {
             h.strip_prefix("Bearer ")
@@ -65,24 +66,27 @@ pub async fn authenticate(store: &Store, header: Option<&str>) -> Result<Caller,
         .filter(|k| k.len() == 67 && k.starts_with("wk_"))
         .ok_or_else(ApiError::unauthorized)?;
     let computed = hash_key(key);
-    let (tenant, stored) = store
-        .key_by_hash(&computed)
+    let found = store
+        .key_match(&computed)
         .await?
         .ok_or_else(ApiError::unauthorized)?;
-    if !bool::from(stored.as_bytes().ct_eq(computed.as_bytes())) {
+    if !bool::from(found.key_hash.as_bytes().ct_eq(computed.as_bytes())) {
         return Err(ApiError::unauthorized());
     }
-    if tenant == ADMIN_TENANT {
-        return Ok(Caller::Admin);
+    if found.tenant_id == ADMIN_TENANT {
+        return Ok((Caller::Admin, found.id));
     }
     let t = store
-        .tenant(tenant)
+        .tenant(found.tenant_id)
         .await?
         .ok_or_else(ApiError::unauthorized)?;
-    Ok(Caller::Tenant {
-        id: t.id,
-        name: t.name,
-    })
+    Ok((
+        Caller::Tenant {
+            id: t.id,
+            name: t.name,
+        },
+        found.id,
+    ))
 }
 
 /// A bucket's tokens and when they were last counted, per (tenant, action).

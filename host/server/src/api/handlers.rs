@@ -33,9 +33,11 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-/// The caller, or 401.
+/// The caller, or 401. The key's last use is recorded (at most once a minute per key).
 pub async fn caller(state: &AppState, authz: Option<String>) -> Result<Caller, ApiError> {
-    auth::authenticate(&state.store, authz.as_deref()).await
+    let (caller, key_id) = auth::authenticate(&state.store, authz.as_deref()).await?;
+    state.touch_key(key_id).await;
+    Ok(caller)
 }
 
 /// The caller, which must be a tenant (admin is 403, nobody is 401).
@@ -526,15 +528,14 @@ pub async fn list_tenants(authz: Option<String>, state: Arc<AppState>) -> Reply 
     Ok(json(StatusCode::OK, &list))
 }
 
-/// Creates another API key for a tenant (admin key only).
+/// Creates another API key for a tenant (the admin key, or the tenant's own).
 #[utoipa::path(post, path = "/v1/tenants/{id}/keys", tag = "tenants", security(("bearer" = [])),
     params(("id" = i64, Path, description = "Tenant id", example = 1)),
     responses((status = 201, description = "The new key, shown once", body = KeyInfo),
               (status = 401, description = "No valid key", body = ErrorBody),
-              (status = 403, description = "Not the admin key", body = ErrorBody),
               (status = 404, description = "No such tenant", body = ErrorBody)))]
 pub async fn create_key(id: i64, authz: Option<String>, state: Arc<AppState>) -> Reply {
-    admin(&state, authz).await?;
+    super::keys::admin_or_own(&state, authz, id).await?;
     let key = auth::new_key();
     let ok = state
         .store

@@ -12,6 +12,7 @@ pub mod ceilings;
 pub mod error;
 mod gaps;
 mod handlers;
+mod keys;
 mod limits;
 pub mod manager;
 pub mod openapi;
@@ -96,6 +97,8 @@ pub struct AppState {
     /// Signs result cursors.
     pub cursors: CursorSigner,
     compiles: Mutex<HashMap<i64, Arc<Semaphore>>>,
+    /// When each key's last use was recorded.
+    touched: Mutex<HashMap<i64, std::time::Instant>>,
     ready: AtomicBool,
 }
 
@@ -112,9 +115,15 @@ impl AppState {
     ) -> Result<(Arc<AppState>, Option<String>), ApiError> {
         let mut printed = None;
         if let Some(k) = admin_key {
+            // The given key is the admin key: stored if new, and every other admin key is
+            // revoked (so changing `WEIR_ADMIN_KEY` rotates it).
             let h = auth::hash_key(&k);
-            if store.key_by_hash(&h).await?.is_none() {
+            if store.key_match(&h).await?.is_none() {
                 store.insert_api_key(ADMIN_TENANT, &h, "admin").await?;
+            }
+            let revoked = store.revoke_admin_keys_except(&h).await?;
+            if revoked > 0 {
+                tracing::info!("the admin key was rotated: {revoked} earlier admin key(s) revoked");
             }
         } else if !store.has_admin_key().await? {
             let k = auth::new_key();
@@ -140,6 +149,7 @@ impl AppState {
             store,
             config,
             compiles: Mutex::default(),
+            touched: Mutex::default(),
             ready: AtomicBool::new(true),
         });
         Ok((state, printed))
@@ -156,6 +166,24 @@ impl AppState {
             .clone();
         sem.try_acquire_owned()
             .map_err(|_| ApiError::rate_limited("concurrent compilations", 1))
+    }
+
+    /// Records a key's use, at most once a minute per key (a failure is only logged).
+    pub async fn touch_key(&self, key_id: i64) {
+        let now = std::time::Instant::now();
+        {
+            let mut t = manager::lock(&self.touched);
+            if t.get(&key_id)
+                .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(60))
+            {
+                return;
+            }
+            t.insert(key_id, now);
+        }
+        let at = i64::try_from(crate::run::now_ms()).unwrap_or(i64::MAX);
+        if let Err(e) = self.store.touch_key(key_id, at).await {
+            tracing::warn!("recording a key's last use: {e}");
+        }
     }
 
     /// Restarts the pipelines whose status is `running` (after a server restart).
@@ -314,6 +342,24 @@ pub fn routes(
             .and(authz())
             .and(s())
             .and_then(h::create_key))
+        .unify()
+        .or(path!("v1" / "tenants" / i64 / "keys")
+            .and(get())
+            .and(authz())
+            .and(s())
+            .and_then(keys::list))
+        .unify()
+        .or(path!("v1" / "tenants" / i64 / "keys" / i64)
+            .and(delete())
+            .and(authz())
+            .and(s())
+            .and_then(keys::revoke))
+        .unify()
+        .or(path!("v1" / "tenants" / i64 / "keys" / i64 / "rotate")
+            .and(post())
+            .and(authz())
+            .and(s())
+            .and_then(keys::rotate))
         .unify()
         .or(path!("v1" / "tenants" / i64 / "limits")
             .and(get())

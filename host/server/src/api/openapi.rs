@@ -1,6 +1,6 @@
 //! The OpenAPI document, generated from the handlers' `#[utoipa::path]` annotations.
 
-use super::{error, gaps, handlers, limits, pipelines};
+use super::{error, gaps, handlers, keys, limits, pipelines};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
@@ -19,6 +19,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         handlers::create_tenant,
         handlers::list_tenants,
         handlers::create_key,
+        keys::list,
+        keys::revoke,
+        keys::rotate,
         limits::get,
         limits::set,
         handlers::whoami,

@@ -20,6 +20,8 @@ pub struct Model {
     pub created_at: i64,
     /// Whether the key was revoked.
     pub revoked: bool,
+    /// When the key last authenticated a request (UTC ms, to the minute), if ever.
+    pub last_used_at: Option<i64>,
 }
 
 /// Relations: none; references between tables are by value, not foreign key.

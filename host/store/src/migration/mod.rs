@@ -22,9 +22,10 @@ mod m20261125_000011_create_training_runs;
 mod m20261130_000012_create_gaps;
 mod m20261130_000013_alter_checkpoints_source;
 mod m20261130_000014_alter_tenants_limits;
+mod m20261130_000015_alter_api_keys_last_used;
 
 /// How many migrations weir has (one per table, then one per later change).
-pub const MIGRATIONS: usize = 14;
+pub const MIGRATIONS: usize = 15;
 
 /// All of weir's migrations, in order. [`crate::Store::connect`] runs `Migrator::up` itself.
 pub struct Migrator;
@@ -47,6 +48,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000012_create_gaps::Migration),
             Box::new(m20261130_000013_alter_checkpoints_source::Migration),
             Box::new(m20261130_000014_alter_tenants_limits::Migration),
+            Box::new(m20261130_000015_alter_api_keys_last_used::Migration),
         ]
     }
 }
