@@ -179,6 +179,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/pipelines/1"),
     ("POST", "/v1/pipelines/1/start"),
     ("POST", "/v1/pipelines/1/stop"),
+    ("POST", "/v1/pipelines/1/events"),
     ("GET", "/v1/pipelines/1/deployments"),
     ("GET", "/v1/pipelines/1/metrics"),
     ("GET", "/v1/pipelines/1/training"),
@@ -582,6 +583,86 @@ async fn the_compile_cache_keeps_tenants_apart_and_lets_go() {
         assert!(t.elapsed() < Duration::from_secs(10));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Issue 15, row 7: a tenant sends its events through the API, with its key, into its own
+/// pipeline's topic: no broker address, no other tenant's topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_ingested_through_the_api() {
+    let api = Api::new(ApiConfig::default(), true).await;
+    // The embedded broker listens on loopback only.
+    assert!(
+        api.bootstrap().starts_with("127.0.0.1:"),
+        "{}",
+        api.bootstrap()
+    );
+    let (_, key) = api.tenant("acme").await;
+    let (_, other) = api.tenant("other").await;
+    api.upload(&key, "standardize", "1.0.0", &plugin("standardize"))
+        .await;
+    api.upload(&key, "logistic", "1.0.0", &plugin("logistic"))
+        .await;
+    let r = api
+        .post("/v1/pipelines", &key, json!({ "spec": SPEC }))
+        .await;
+    let id = r.body["id"].as_i64().unwrap();
+    assert_eq!(
+        api.post(&format!("/v1/pipelines/{id}/start"), &key, json!({}))
+            .await
+            .status,
+        200
+    );
+    let lines: String = weir_workload::Generator::new(300, 11)
+        .map(|e| weir_workload::to_json_line(&e) + "\n")
+        .collect();
+    let path = format!("/v1/pipelines/{id}/events");
+    // Checked before anything is written: a bad line is 400 naming it.
+    let bad = format!("{lines}[1, 2]\n");
+    let r = api
+        .call("POST", &path, Some(&key), Some(bad.into_bytes()))
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.body["message"], "line 301: expected a JSON object");
+    assert_eq!(
+        api.call("POST", &path, None, Some(lines.clone().into_bytes()))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        api.call(
+            "POST",
+            &path,
+            Some(&other),
+            Some(lines.clone().into_bytes())
+        )
+        .await
+        .status,
+        404
+    );
+    let r = api
+        .call("POST", &path, Some(&key), Some(lines.into_bytes()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["accepted"], 300);
+    assert_eq!(r.body["topic"], "acme.events");
+    // Every event is scored, once.
+    let t = Instant::now();
+    loop {
+        let n = all_predictions(&api, &key, id).await.len();
+        if n >= 300 {
+            assert_eq!(n, 300);
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "{n} of 300 scored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        api.post(&format!("/v1/pipelines/{id}/stop"), &key, json!({}))
+            .await
+            .status,
+        200
+    );
 }
 
 /// Issue 15, row 4: concurrent starts run one worker; a delete racing starts leaves none.

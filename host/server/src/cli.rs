@@ -160,6 +160,14 @@ pub enum PipelineCmd {
         /// Pipeline id or name.
         pipeline: String,
     },
+    /// Send events (a JSON Lines file, `-` for stdin) to a pipeline's source topic through
+    /// the API, in batches; no broker address needed.
+    Send {
+        /// Pipeline id or name.
+        pipeline: String,
+        /// The file.
+        file: PathBuf,
+    },
     /// Training: live figures and the champion/challenger decisions, newest first.
     Training {
         /// Pipeline id or name.
@@ -374,6 +382,32 @@ pub fn pipeline(c: &ClientArgs, cmd: PipelineCmd) -> Result<()> {
             cl.show(&json!({"deleted": id}), || {
                 println!("deleted pipeline {id}")
             })
+        }
+        PipelineCmd::Send { pipeline, file } => {
+            let id = cl.pipeline_id(&pipeline)?;
+            let text = if file.as_os_str() == "-" {
+                let mut s = Vec::new();
+                std::io::stdin().read_to_end(&mut s)?;
+                s
+            } else {
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            // Batches well inside the server's limits (8 MiB, 100,000 lines).
+            let (mut sent, mut batch, mut lines) = (0u64, Vec::new(), 0usize);
+            for line in text.split(|b| *b == b'\n') {
+                if batch.len() + line.len() + 1 > 4 << 20 || lines == 50_000 {
+                    sent += cl.send_events(id, &batch)?;
+                    (batch, lines) = (Vec::new(), 0);
+                }
+                batch.extend_from_slice(line);
+                batch.push(b'\n');
+                lines += 1;
+            }
+            if !batch.iter().all(u8::is_ascii_whitespace) {
+                sent += cl.send_events(id, &batch)?;
+            }
+            println!("{sent} events sent to pipeline {id}");
+            Ok(())
         }
         PipelineCmd::Training { pipeline, limit } => {
             let id = cl.pipeline_id(&pipeline)?;
@@ -690,6 +724,16 @@ impl Client {
         };
         let req = req.body(bytes)?;
         self.finish(self.agent.run(req))
+    }
+
+    /// Posts a batch of JSON Lines to a pipeline; returns how many were accepted.
+    fn send_events(&self, id: i64, lines: &[u8]) -> Result<u64> {
+        let req = self
+            .request("POST", &format!("/v1/pipelines/{id}/events"))
+            .header("content-type", "application/x-ndjson")
+            .body(lines.to_vec())?;
+        let v = self.finish(self.agent.run(req))?;
+        Ok(v["accepted"].as_u64().unwrap_or(0))
     }
 
     fn upload(&self, file: &Path, name: &str, version: &str) -> Result<Value> {

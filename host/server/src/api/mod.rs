@@ -12,6 +12,7 @@ pub mod ceilings;
 pub mod error;
 mod gaps;
 mod handlers;
+mod ingest;
 mod keys;
 mod limits;
 pub mod manager;
@@ -48,6 +49,8 @@ pub struct ApiConfig {
     pub rate_burst: f64,
     /// Largest JSON request body, bytes.
     pub max_json_bytes: u64,
+    /// Largest batch of events one `POST /v1/pipelines/{id}/events` may carry, bytes.
+    pub max_ingest_bytes: u64,
     /// The default ceiling on every tenant's sandbox limits and grants (the admin sets
     /// other ceilings per tenant); see [`ceilings`].
     pub ceiling: weir_engine::Manifest,
@@ -74,6 +77,7 @@ impl Default for ApiConfig {
             rate_per_minute: 60.0,
             rate_burst: 20.0,
             max_json_bytes: 1 << 20,
+            max_ingest_bytes: 8 << 20,
             ceiling: ceilings::default_ceiling(),
             spec_bounds: weir_stream::spec::SpecBounds::default(),
             header_timeout: Duration::from_secs(10),
@@ -99,6 +103,8 @@ pub struct AppState {
     compiles: Mutex<HashMap<i64, Arc<Semaphore>>>,
     /// When each key's last use was recorded.
     touched: Mutex<HashMap<i64, std::time::Instant>>,
+    /// Ingestions writing at once (more wait: back-pressure).
+    ingest: Arc<Semaphore>,
     ready: AtomicBool,
 }
 
@@ -150,6 +156,7 @@ impl AppState {
             config,
             compiles: Mutex::default(),
             touched: Mutex::default(),
+            ingest: Arc::new(Semaphore::new(4)),
             ready: AtomicBool::new(true),
         });
         Ok((state, printed))
@@ -242,10 +249,10 @@ fn keyed(
         })
 }
 
-/// A JSON body of at most `limit` bytes, parsed by the handler (an empty body is `{}`). The
-/// limit holds while the body streams in, chunked or not: reading stops at the first byte
-/// over it (413), and a body slower than `timeout` is 408.
-fn json_body(
+/// A body of at most `limit` bytes (JSON, parsed by the handler; or JSON Lines for
+/// ingestion). The limit holds while the body streams in, chunked or not: reading stops at
+/// the first byte over it (413), and a body slower than `timeout` is 408.
+fn limited_body(
     limit: u64,
     timeout: Duration,
 ) -> impl Filter<Extract = (bytes::Bytes,), Error = warp::Rejection> + Clone {
@@ -307,7 +314,9 @@ pub fn routes(
     let s = || with(state.clone());
     let k = || keyed(state.clone());
     let (limit, body_timeout) = (state.config.max_json_bytes, state.config.body_timeout);
-    let body = move || json_body(limit, body_timeout);
+    let body = move || limited_body(limit, body_timeout);
+    let ingest_limit = state.config.max_ingest_bytes;
+    let events_body = move || limited_body(ingest_limit, body_timeout);
 
     let ops = path!("healthz")
         .and(get())
@@ -457,6 +466,13 @@ pub fn routes(
             .and(authz())
             .and(s())
             .and_then(p::stop))
+        .unify()
+        .or(path!("v1" / "pipelines" / i64 / "events")
+            .and(post())
+            .and(k())
+            .and(events_body())
+            .and(s())
+            .and_then(ingest::events))
         .unify()
         .or(path!("v1" / "pipelines" / i64 / "deployments")
             .and(get())

@@ -1,6 +1,6 @@
 //! The OpenAPI document, generated from the handlers' `#[utoipa::path]` annotations.
 
-use super::{error, gaps, handlers, keys, limits, pipelines};
+use super::{error, gaps, handlers, ingest, keys, limits, pipelines};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
@@ -36,6 +36,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         pipelines::get,
         pipelines::start,
         pipelines::stop,
+        ingest::events,
         pipelines::delete,
         pipelines::deployments,
         pipelines::metrics,
