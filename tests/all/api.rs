@@ -92,6 +92,14 @@ impl Api {
         )
     }
 
+    /// Uploads `standardize@1.0.0` and `logistic@1.0.0` (the stages of [`SPEC`]).
+    async fn scoring_plugins(&self, key: &str) {
+        for name in ["standardize", "logistic"] {
+            let r = self.upload(key, name, "1.0.0", &plugin(name)).await;
+            assert_eq!(r.status, 201, "{name}: {}", r.body);
+        }
+    }
+
     async fn upload(&self, key: &str, name: &str, version: &str, bytes: &[u8]) -> Resp {
         self.call(
             "POST",
@@ -197,10 +205,7 @@ async fn the_operator_sets_the_sandbox_not_the_tenant() {
     let api = Api::new(ApiConfig::default(), false).await;
     let (acme, key) = api.tenant("acme").await;
     let (_, other) = api.tenant("other").await;
-    api.upload(&key, "standardize", "1.0.0", &plugin("standardize"))
-        .await;
-    api.upload(&key, "logistic", "1.0.0", &plugin("logistic"))
-        .await;
+    api.scoring_plugins(&key).await;
     let with_model = |extra: &str| {
         SPEC.replace(
             "intercept = -0.909968 }\n",
@@ -598,10 +603,7 @@ async fn events_are_ingested_through_the_api() {
     );
     let (_, key) = api.tenant("acme").await;
     let (_, other) = api.tenant("other").await;
-    api.upload(&key, "standardize", "1.0.0", &plugin("standardize"))
-        .await;
-    api.upload(&key, "logistic", "1.0.0", &plugin("logistic"))
-        .await;
+    api.scoring_plugins(&key).await;
     let r = api
         .post("/v1/pipelines", &key, json!({ "spec": SPEC }))
         .await;
@@ -670,10 +672,7 @@ async fn events_are_ingested_through_the_api() {
 async fn one_worker_per_pipeline_whatever_the_concurrency() {
     let api = Api::new(ApiConfig::default(), true).await;
     let (_, key) = api.tenant("acme").await;
-    api.upload(&key, "standardize", "1.0.0", &plugin("standardize"))
-        .await;
-    api.upload(&key, "logistic", "1.0.0", &plugin("logistic"))
-        .await;
+    api.scoring_plugins(&key).await;
     let r = api
         .post("/v1/pipelines", &key, json!({ "spec": SPEC }))
         .await;
@@ -965,10 +964,7 @@ async fn pipeline_specs_are_validated() {
         "{}",
         r.body
     );
-    api.upload(&key, "standardize", "1.0.0", &plugin("standardize"))
-        .await;
-    api.upload(&key, "logistic", "1.0.0", &plugin("logistic"))
-        .await;
+    api.scoring_plugins(&key).await;
     let wrong = SPEC.replace(
         "plugin = \"logistic@1.0.0\"",
         "plugin = \"standardize@1.0.0\"",
@@ -1789,10 +1785,7 @@ async fn live_pipeline_swap_rollback_canary_shadow_promote() {
 async fn plugin_logs_and_a_failing_shadow() {
     let api = Api::new(ApiConfig::default(), true).await;
     let (_, key) = api.tenant("acme").await;
-    api.upload(&key, "standardize", "1.0.0", &plugin("standardize"))
-        .await;
-    api.upload(&key, "logistic", "1.0.0", &plugin("logistic"))
-        .await;
+    api.scoring_plugins(&key).await;
     let bomb = weir_guests::read(weir_guests::fixtures::MEMBOMB).unwrap();
     let r = api.upload(&key, "membomb", "1.0.0", &bomb).await;
     assert_eq!(r.status, 201, "{}", r.body);
@@ -1924,10 +1917,7 @@ async fn counters(api: &Api, key: &str, pipe: i64) -> Value {
 async fn a_training_pipeline_retrains_and_resumes_over_the_api() {
     let api = Api::new(ApiConfig::default(), true).await;
     let (_, key) = api.tenant("acme").await;
-    api.upload(&key, "standardize", "1.0.0", &plugin("standardize"))
-        .await;
-    api.upload(&key, "logistic", "1.0.0", &plugin("logistic"))
-        .await;
+    api.scoring_plugins(&key).await;
     let spec = weir_server::job3::spec_text(weir_server::job3::Variant::Retraining);
     let r = api.post("/v1/pipelines", &key, json!({"spec": spec})).await;
     assert_eq!(r.status, 201, "{}", r.body);

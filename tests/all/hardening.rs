@@ -186,7 +186,14 @@ async fn slow_and_idle_clients_cannot_hold_the_server() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Served in turn: once a later request is answered, the server holds this one.
+    let mut probe = TcpStream::connect(s.addr).await.unwrap();
+    probe
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: weir\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = read_reply(&mut probe, Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
     let t = Instant::now();
     let _ = s.stop.take().unwrap().send(());
     tokio::time::timeout(Duration::from_secs(10), &mut s.done)

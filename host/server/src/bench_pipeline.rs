@@ -124,22 +124,8 @@ fn loaded_broker(lines: &[Vec<u8>]) -> Result<(Arc<EmbeddedBroker>, f64)> {
 /// Every record of the input produced again unchanged, by weir's consumer (every partition
 /// assigned at its start, no group join) and producer. Returns events/s.
 fn passthrough(bootstrap: &str, n: u64) -> Result<f64> {
-    let hook: AssignHook = Arc::new(|parts: &[i32], log: &SourceLog| {
-        Ok(parts
-            .iter()
-            .map(|p| (*p, log.bounds.get(p).map_or(0, |b| b.low)))
-            .collect::<BTreeMap<i32, i64>>())
-    });
     let started = Instant::now();
-    let mut c = Consumer::with_hook(
-        bootstrap,
-        &format!("passthrough-{}", crate::bench::nanos()),
-        "events",
-        hook,
-        &Membership::All,
-    )?;
-    let all = c.partitions()?;
-    c.take_partitions(&all, &BTreeMap::new())?;
+    let mut c = every_partition(bootstrap, "passthrough")?;
     let mut producer = Producer::new(bootstrap)?;
     let mut records: Vec<Owned> = Vec::with_capacity(2048);
     let mut seen = 0u64;
@@ -160,9 +146,9 @@ fn passthrough(bootstrap: &str, n: u64) -> Result<f64> {
     Ok(n as f64 / secs)
 }
 
-/// The latency run's stand-in for the worker: every input record (but the warm-up's) copied
-/// to `scores` as `{"partition", "offset"}`, as it arrives, until `stop`.
-fn copier(bootstrap: &str, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<Result<()>>> {
+/// A consumer of every partition of `events`, from the start of each, with no group join
+/// (the passthrough runs' consumer, like the worker's).
+fn every_partition(bootstrap: &str, name: &str) -> Result<Consumer> {
     let hook: AssignHook = Arc::new(|parts: &[i32], log: &SourceLog| {
         Ok(parts
             .iter()
@@ -171,13 +157,20 @@ fn copier(bootstrap: &str, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHan
     });
     let mut c = Consumer::with_hook(
         bootstrap,
-        &format!("copier-{}", crate::bench::nanos()),
+        &format!("{name}-{}", crate::bench::nanos()),
         "events",
         hook,
         &Membership::All,
     )?;
     let all = c.partitions()?;
     c.take_partitions(&all, &BTreeMap::new())?;
+    Ok(c)
+}
+
+/// The latency run's stand-in for the worker: every input record (but the warm-up's) copied
+/// to `scores` as `{"partition", "offset"}`, as it arrives, until `stop`.
+fn copier(bootstrap: &str, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<Result<()>>> {
+    let mut c = every_partition(bootstrap, "copier")?;
     let mut producer = Producer::new(bootstrap)?;
     let warm_up = format!("{{\"key\":\"{WARM_UP}\"");
     Ok(std::thread::spawn(move || {

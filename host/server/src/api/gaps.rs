@@ -86,12 +86,7 @@ pub async fn summary(
               (status = 404, description = "No such pipeline", body = ErrorBody)))]
 pub async fn list(id: i64, authz: Option<String>, state: Arc<AppState>) -> Reply {
     let (tenant, _) = tenant(&state, authz).await?;
-    let p = state
-        .store
-        .pipeline(tenant, id)
-        .await
-        .map_err(ApiError::from)?
-        .ok_or_else(|| ApiError::not_found(format!("pipeline {id}")))?;
+    let p = super::pipelines::own(&state, tenant, id).await?;
     let list: Vec<GapView> = state
         .store
         .gaps(&internal_name(tenant, &p.name))

@@ -47,12 +47,7 @@ pub async fn events(
     state: Arc<AppState>,
 ) -> Reply {
     let (tenant, tname) = tenant(&state, authz).await?;
-    let p = state
-        .store
-        .pipeline(tenant, id)
-        .await
-        .map_err(ApiError::from)?
-        .ok_or_else(|| ApiError::not_found(format!("pipeline {id}")))?;
+    let p = super::pipelines::own(&state, tenant, id).await?;
     let spec = tenant_spec(&p.spec, tenant, &tname, &SpecBounds::unlimited())?;
     let topic = spec.source.topic.get_ref().clone();
     let key_field = spec.source.key_field.clone();

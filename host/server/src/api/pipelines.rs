@@ -123,7 +123,11 @@ pub struct PipelineInfo {
     pub error: Option<String>,
 }
 
-async fn own(state: &AppState, tenant: i64, id: i64) -> Result<PipelineRecord, ApiError> {
+pub(super) async fn own(
+    state: &AppState,
+    tenant: i64,
+    id: i64,
+) -> Result<PipelineRecord, ApiError> {
     state
         .store
         .pipeline(tenant, id)
