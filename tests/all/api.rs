@@ -10,22 +10,23 @@ use weir_server::api::{self, ApiConfig, AppState};
 use weir_store::Store;
 use weir_worker::kafka::{Broker, EmbeddedBroker, Producer};
 
-const ADMIN: &str = "wk_00000000000000000000000000000000000000000000000000000000000000ad";
+pub(crate) const ADMIN: &str =
+    "wk_00000000000000000000000000000000000000000000000000000000000000ad";
 
-struct Api {
-    state: Arc<AppState>,
+pub(crate) struct Api {
+    pub(crate) state: Arc<AppState>,
     broker: Option<Arc<EmbeddedBroker>>,
 }
 
-struct Resp {
-    status: u16,
-    body: Value,
+pub(crate) struct Resp {
+    pub(crate) status: u16,
+    pub(crate) body: Value,
     raw: Vec<u8>,
     headers: warp::http::HeaderMap,
 }
 
 impl Api {
-    async fn new(config: ApiConfig, broker: bool) -> Api {
+    pub(crate) async fn new(config: ApiConfig, broker: bool) -> Api {
         Self::with_engine(config, broker, crate::common::engine()).await
     }
 
@@ -43,11 +44,11 @@ impl Api {
         Api { state, broker: b }
     }
 
-    fn bootstrap(&self) -> String {
+    pub(crate) fn bootstrap(&self) -> String {
         self.broker.as_ref().unwrap().bootstrap()
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: &str,
         path: &str,
@@ -71,17 +72,17 @@ impl Api {
         }
     }
 
-    async fn get(&self, path: &str, key: &str) -> Resp {
+    pub(crate) async fn get(&self, path: &str, key: &str) -> Resp {
         self.call("GET", path, Some(key), None).await
     }
 
-    async fn post(&self, path: &str, key: &str, body: Value) -> Resp {
+    pub(crate) async fn post(&self, path: &str, key: &str, body: Value) -> Resp {
         self.call("POST", path, Some(key), Some(body.to_string().into_bytes()))
             .await
     }
 
     /// Creates a tenant; returns its id and key.
-    async fn tenant(&self, name: &str) -> (i64, String) {
+    pub(crate) async fn tenant(&self, name: &str) -> (i64, String) {
         let r = self
             .post("/v1/tenants", ADMIN, json!({ "name": name }))
             .await;
@@ -93,14 +94,14 @@ impl Api {
     }
 
     /// Uploads `standardize@1.0.0` and `logistic@1.0.0` (the stages of [`SPEC`]).
-    async fn scoring_plugins(&self, key: &str) {
+    pub(crate) async fn scoring_plugins(&self, key: &str) {
         for name in ["standardize", "logistic"] {
             let r = self.upload(key, name, "1.0.0", &plugin(name)).await;
             assert_eq!(r.status, 201, "{name}: {}", r.body);
         }
     }
 
-    async fn upload(&self, key: &str, name: &str, version: &str, bytes: &[u8]) -> Resp {
+    pub(crate) async fn upload(&self, key: &str, name: &str, version: &str, bytes: &[u8]) -> Resp {
         self.call(
             "POST",
             &format!("/v1/plugins?name={name}&version={version}"),
@@ -111,7 +112,7 @@ impl Api {
     }
 }
 
-fn plugin(name: &str) -> Vec<u8> {
+pub(crate) fn plugin(name: &str) -> Vec<u8> {
     let path = match name {
         "standardize" => weir_guests::plugins::STANDARDIZE,
         "logistic" => weir_guests::plugins::LOGISTIC,
@@ -122,7 +123,7 @@ fn plugin(name: &str) -> Vec<u8> {
 
 /// The same component with a custom section appended: a distinct plugin (another sha256,
 /// so another version) that behaves identically.
-fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
+pub(crate) fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
     let mut payload = vec![tag.len() as u8];
     payload.extend_from_slice(tag.as_bytes());
     payload.extend_from_slice(b"weir test variant");
@@ -133,11 +134,11 @@ fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
     out
 }
 
-fn err_code(r: &Resp) -> &str {
+pub(crate) fn err_code(r: &Resp) -> &str {
     r.body["code"].as_str().unwrap_or("")
 }
 
-const SPEC: &str = r#"
+pub(crate) const SPEC: &str = r#"
 name = "scores"
 
 [source]
@@ -192,6 +193,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/pipelines/1/metrics"),
     ("GET", "/v1/pipelines/1/training"),
     ("GET", "/v1/pipelines/1/predictions"),
+    ("GET", "/v1/pipelines/1/predictions/stream"),
     ("GET", "/v1/pipelines/1/windows"),
     ("GET", "/v1/pipelines/1/gaps"),
     ("POST", "/v1/pipelines/1/stages/model/swap"),
@@ -1380,7 +1382,7 @@ async fn openapi_document_matches_the_routes() {
 }
 
 /// Waits until `f` returns `Some`, or panics after `secs`.
-async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
+pub(crate) async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
     secs: u64,
     what: &str,
     mut f: impl FnMut() -> F,
@@ -1399,7 +1401,7 @@ async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
 }
 
 /// Reads every prediction of a pipeline through the paged API.
-async fn all_predictions(api: &Api, key: &str, pipe: i64) -> Vec<Value> {
+pub(crate) async fn all_predictions(api: &Api, key: &str, pipe: i64) -> Vec<Value> {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
     loop {

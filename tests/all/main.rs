@@ -11,4 +11,5 @@ mod pipeline;
 mod plugins;
 mod store;
 mod swap;
+mod tenants;
 mod training;

@@ -13,7 +13,7 @@ use weir_workload::{Event, Generator, Models};
 /// Options of `weir bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: `engine`, `pipeline`, `sink`, `swap` or `ml`.
+    /// Which benchmark: `engine`, `pipeline`, `sink`, `swap`, `tenants` or `ml`.
     name: String,
     /// Read events from this JSON Lines file (the shared generator's format) instead of
     /// generating them.
@@ -46,6 +46,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         "sink" => crate::bench_sink::run(args.n.unwrap_or(200_000), 200_000),
         "swap" => crate::bench_swap::run(args.n.unwrap_or(200_000), 100),
+        "tenants" => crate::bench_tenants::run(args.n.unwrap_or(5_000) as f64, args.runs.min(5)),
         "ml" => crate::bench_ml::run(
             match &args.events {
                 Some(_) => Some(load_events(&args)?),
@@ -81,7 +82,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let engine = Engine::new(EngineOptions::default())?;
             let passthrough = std::env::var_os("WEIR_BENCH_PASSTHROUGH").is_some();
             let ((p50, p99), db, achieved) =
-                crate::bench_pipeline::latency(&engine, &lines, rate, passthrough)?;
+                crate::bench_pipeline::latency(&engine, &lines, rate, passthrough, None)?;
             let (db50, db99) = db.unwrap_or_default();
             println!(
                 "at {achieved:.0}/s: topic p50 {p50:.0} ms p99 {p99:.0} ms; checkpoint p50 {db50:.0} ms p99 {db99:.0} ms"
@@ -100,7 +101,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             );
             Ok(())
         }
-        other => bail!("unknown benchmark `{other}` (available: engine, pipeline, sink, swap, ml)"),
+        other => bail!(
+            "unknown benchmark `{other}` (available: engine, pipeline, sink, swap, tenants, ml)"
+        ),
     }
 }
 

@@ -35,18 +35,18 @@ use weir_worker::kafka::{
 use weir_worker::{Durability, WorkerOptions};
 use weir_workload::{Event, to_json_line};
 
-const WORKLOAD: &str = include_str!("../../../examples/workload.toml");
-const INPUT_PARTITIONS: i32 = 64;
+pub(crate) const WORKLOAD: &str = include_str!("../../../examples/workload.toml");
+pub(crate) const INPUT_PARTITIONS: i32 = 64;
 const MARIADB: &str = "mysql://root@127.0.0.1:3306";
 /// The key of the latency run's warm-up events.
 const WARM_UP: &str = "warm-up";
 
-fn spec(name: &str) -> Result<PipelineSpec> {
+pub(crate) fn spec(name: &str) -> Result<PipelineSpec> {
     PipelineSpec::parse(&WORKLOAD.replace("name = \"workload\"", &format!("name = \"{name}\"")))
         .map_err(|e| anyhow!("examples/workload.toml: {e}"))
 }
 
-fn pipeline(engine: &Engine, spec: &PipelineSpec) -> Result<Pipeline> {
+pub(crate) fn pipeline(engine: &Engine, spec: &PipelineSpec) -> Result<Pipeline> {
     Ok(Pipeline::new(spec, build_slots(engine, spec)?)?)
 }
 
@@ -96,7 +96,7 @@ pub fn engine_only(lines: &[Vec<u8>], runs: usize) -> Result<(f64, u64, u64)> {
 /// the event's key would put the hot key's 15% into one partition, more than the embedded
 /// broker keeps (5 MiB); empty keys stick to one partition for 10 ms at a time and leave
 /// some partitions empty, and an input partition without data holds the watermark back.
-fn spread_key(i: usize) -> String {
+pub(crate) fn spread_key(i: usize) -> String {
     i.to_string()
 }
 
@@ -270,10 +270,7 @@ fn through_kafka(
             // For comparing budgets (`0`: none); the default is the worker's.
             fire_budget: match std::env::var("WEIR_BENCH_FIRE_BUDGET") {
                 Ok(v) => v.parse().ok().filter(|b| *b > 0),
-                Err(_) => {
-                    WorkerOptions::new(Broker::Embedded(broker.clone()), Durability::KafkaOffsets)
-                        .fire_budget
-                }
+                Err(_) => Some(weir_worker::DEFAULT_FIRE_BUDGET),
             },
             ..WorkerOptions::new(Broker::Embedded(broker.clone()), durability)
         },
@@ -299,14 +296,22 @@ type Committed = Arc<Mutex<Vec<(i64, BTreeMap<i32, i64>)>>>;
 /// With `passthrough`, a plain copier (weir's consumer and producer, no pipeline, no
 /// database) stands in for the worker: the latency the broker and the clients give on their
 /// own, on the same machine and load (no checkpoint figures then).
+///
+/// With `neighbours`, another tenant's busy pipelines run on the same host meanwhile
+/// (see [`crate::bench_tenants`]); the measured pipeline is the other tenant's.
 pub fn latency(
     engine: &Engine,
     lines: &[Vec<u8>],
     rate: f64,
     passthrough: bool,
+    neighbours: Option<&crate::bench_tenants::Neighbours>,
 ) -> Result<Latency> {
     let broker = Arc::new(EmbeddedBroker::start()?);
     broker.create_topic("events", INPUT_PARTITIONS)?;
+    let busy = match neighbours {
+        Some(n) => Some(n.start(engine, &broker)?),
+        None => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -321,6 +326,7 @@ pub fn latency(
     } else {
         let opts = WorkerOptions {
             stop: stop.clone(),
+            cpu_share: busy.as_ref().and_then(|b| b.share_of_measured()),
             ..WorkerOptions::new(
                 Broker::Embedded(broker.clone()),
                 Durability::Database {
@@ -443,6 +449,9 @@ pub fn latency(
         Err(_) => bail!("worker panicked"),
     }
     let _ = poller.join();
+    if let Some(b) = busy {
+        b.finish()?;
+    }
     let sent: HashMap<(i32, i64), i64> = inputs.iter().map(|&(p, o, ts)| ((p, o), ts)).collect();
     let mut to_topic: Vec<f64> = Vec::with_capacity(results.len());
     for &(p, o, ts) in &results {
@@ -740,13 +749,13 @@ pub fn run(n: u64, events: Option<Vec<Event>>, runs: usize) -> Result<()> {
     let half = (lite / 2.0).max(1_000.0);
     let n_lat = (lines.len() as f64).min(half * 10.0) as usize;
     let ((p50, p99), db, achieved) =
-        latency(&engine, &lines[..n_lat], half, false).context("latency run")?;
+        latency(&engine, &lines[..n_lat], half, false, None).context("latency run")?;
     let (db50, db99) = db.unwrap_or_default();
     println!(
         "  latency at {achieved:.0} events/s (half the durable SQLite rate), {n_lat} events: to the output topic p50 {p50:.0} ms, p99 {p99:.0} ms; to the committed checkpoint p50 {db50:.0} ms, p99 {db99:.0} ms"
     );
     let ((pass50, pass99), _, pass_rate) =
-        latency(&engine, &lines[..n_lat], half, true).context("passthrough latency run")?;
+        latency(&engine, &lines[..n_lat], half, true, None).context("passthrough latency run")?;
     println!(
         "  latency of the passthrough copier at {pass_rate:.0} events/s (no pipeline, no database; the broker's and clients' own): p50 {pass50:.0} ms, p99 {pass99:.0} ms"
     );

@@ -62,8 +62,8 @@ pub enum TenantCmd {
         /// Key id (from `weir tenant keys`).
         key_id: i64,
     },
-    /// Show a tenant's sandbox ceiling (what its specs' `limits` and `grants` may ask for),
-    /// or set it (admin key).
+    /// Show a tenant's sandbox ceiling (what its specs' `limits` and `grants` may ask for)
+    /// and quotas with its use of them, or set them (admin key).
     Limits {
         /// Tenant id.
         id: i64,
@@ -71,7 +71,11 @@ pub enum TenantCmd {
         /// '{"limits": {"memory_bytes": 1073741824}, "grants": {"clocks": true}}'.
         #[arg(long, conflicts_with = "reset")]
         set: Option<String>,
-        /// Back to the server's default ceiling.
+        /// Overrides of the server's default quotas, as JSON: for example
+        /// '{"pipelines": 50, "running_pipelines": 8}'.
+        #[arg(long, conflicts_with = "reset")]
+        quotas: Option<String>,
+        /// Back to the server's default ceiling and quotas.
         #[arg(long)]
         reset: bool,
     },
@@ -212,33 +216,53 @@ pub fn tenant(c: &ClientArgs, cmd: TenantCmd) -> Result<()> {
             let v = cl.call("GET", "/v1/tenants", None)?;
             cl.table(&v, &["id", "name", "created_at"])
         }
-        TenantCmd::Limits { id, set, reset } => {
+        TenantCmd::Limits {
+            id,
+            set,
+            quotas,
+            reset,
+        } => {
             let path = format!("/v1/tenants/{id}/limits");
-            let v = match (set, reset) {
-                (Some(text), _) => {
-                    let sandbox: Value = serde_json::from_str(&text).context(
-                        "--set takes JSON, such as '{\"limits\": {\"memory_bytes\": 1073741824}}'",
-                    )?;
-                    cl.call("PUT", &path, Some(json!({ "sandbox": sandbox })))?
+            let v = if reset {
+                cl.call("PUT", &path, Some(json!({})))?
+            } else if set.is_some() || quotas.is_some() {
+                // A PUT replaces every override: the one not given here is kept as it is.
+                let now = cl.call("GET", &path, None)?;
+                let mut body = now["overrides"].as_object().cloned().unwrap_or_default();
+                for (field, text, example) in [
+                    (
+                        "sandbox",
+                        set,
+                        "'{\"limits\": {\"memory_bytes\": 1073741824}}'",
+                    ),
+                    ("quotas", quotas, "'{\"pipelines\": 50}'"),
+                ] {
+                    if let Some(text) = text {
+                        let value: Value = serde_json::from_str(&text)
+                            .with_context(|| format!("the {field} are JSON, such as {example}"))?;
+                        body.insert(field.into(), value);
+                    }
                 }
-                (None, true) => cl.call("PUT", &path, Some(json!({})))?,
-                (None, false) => cl.call("GET", &path, None)?,
+                cl.call("PUT", &path, Some(Value::Object(body)))?
+            } else {
+                cl.call("GET", &path, None)?
             };
             cl.show(&v, || {
+                let here = |set: bool| if set { "  (set for this tenant)" } else { "" };
                 println!("tenant {}: sandbox ceiling", v["tenant_id"]);
                 for group in ["limits", "grants"] {
                     if let Some(m) = v["sandbox"][group].as_object() {
                         for (k, x) in m {
                             let set_here = !v["overrides"]["sandbox"][group][k].is_null();
-                            println!(
-                                "  {group}.{k:<20} {x}{}",
-                                if set_here {
-                                    "  (set for this tenant)"
-                                } else {
-                                    ""
-                                }
-                            );
+                            println!("  {group}.{k:<20} {x}{}", here(set_here));
                         }
+                    }
+                }
+                println!("quotas (used / allowed)");
+                if let Some(m) = v["quotas"].as_object() {
+                    for (k, x) in m {
+                        let set_here = !v["overrides"]["quotas"][k].is_null();
+                        println!("  {k:<26} {} / {x}{}", v["usage"][k], here(set_here));
                     }
                 }
             })

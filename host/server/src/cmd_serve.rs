@@ -21,6 +21,17 @@ pub struct ServeArgs {
     /// Kafka bootstrap servers; without it, an embedded broker starts in-process.
     #[arg(long)]
     kafka: Option<String>,
+    /// A Kafka client setting for an external cluster, `key=value`, repeatable (or
+    /// comma-separated in `WEIR_KAFKA_OPTIONS`): `security.protocol=SASL_PLAINTEXT`,
+    /// `sasl.mechanism=PLAIN`, `sasl.username=…`, `sasl.password=…`; also `ssl.*`,
+    /// `socket.*`, `client.id`.
+    #[arg(
+        long = "kafka-option",
+        env = "WEIR_KAFKA_OPTIONS",
+        value_delimiter = ',',
+        requires = "kafka"
+    )]
+    kafka_options: Vec<String>,
     /// Directory for compiled plugin artifacts (faster restarts).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -33,6 +44,15 @@ pub struct ServeArgs {
     /// Burst of uploads or swaps a tenant may make at once.
     #[arg(long, default_value_t = 20.0)]
     rate_burst: f64,
+    /// Every tenant's default quotas, as JSON over the built-in ones
+    /// (`{"pipelines": 20, "running_pipelines": 4, "plugins": 100, "plugin_bytes": 1073741824}`);
+    /// the admin sets other quotas per tenant (`weir tenant limits ID --quotas …`).
+    #[arg(long)]
+    quotas: Option<String>,
+    /// Let each pipeline's worker compete for the CPU on its own, instead of sharing the
+    /// CPU fairly between tenants.
+    #[arg(long)]
+    no_fair_cpu: bool,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM.
@@ -45,6 +65,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    weir_worker::kafka::set_client_options(&args.kafka_options)?;
     let broker = match &args.kafka {
         Some(k) => Broker::External(k.clone()),
         None => Broker::Embedded(Arc::new(EmbeddedBroker::start()?)),
@@ -59,11 +80,23 @@ async fn serve(args: ServeArgs) -> Result<()> {
         cache_dir: args.cache_dir.clone(),
         ..Default::default()
     })?;
+    let defaults = ApiConfig::default();
+    let quotas = match &args.quotas {
+        None => defaults.quotas,
+        Some(text) => {
+            let v: serde_json::Value = serde_json::from_str(text)
+                .context("--quotas takes JSON, such as '{\"pipelines\": 50}'")?;
+            api::ceilings::overlay(&defaults.quotas, Some(&v))
+                .map_err(|e| anyhow::anyhow!("--quotas: {e}"))?
+        }
+    };
     let config = ApiConfig {
+        quotas,
+        fair_cpu: !args.no_fair_cpu,
         max_plugin_bytes: args.max_plugin_mib << 20,
         rate_per_minute: args.rate_per_minute,
         rate_burst: args.rate_burst,
-        ..ApiConfig::default()
+        ..defaults
     };
     let admin = std::env::var("WEIR_ADMIN_KEY")
         .ok()

@@ -5,6 +5,7 @@ mod bench_ml;
 mod bench_pipeline;
 mod bench_sink;
 mod bench_swap;
+mod bench_tenants;
 mod cli;
 mod cmd_run;
 mod cmd_serve;

@@ -25,7 +25,7 @@ pub use migration::Migrator;
 /// sea-orm itself, so callers of [`Store::connection`] need no dependency of their own.
 pub use sea_orm;
 pub use tenancy::{
-    ADMIN_TENANT, NewPlugin, PipelineRecord, PluginRecord, ResultFilter, TenantRecord,
+    ADMIN_TENANT, NewPlugin, PipelineRecord, PluginRecord, ResultFilter, TenantRecord, TenantUsage,
 };
 pub use training::{NewTrainingRun, TrainingRun};
 

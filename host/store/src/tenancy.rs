@@ -79,6 +79,17 @@ pub struct PipelineRecord {
     pub error: Option<String>,
 }
 
+/// What a tenant stores (for its quotas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TenantUsage {
+    /// Pipelines, running or not.
+    pub pipelines: u64,
+    /// Plugin versions.
+    pub plugins: u64,
+    /// Bytes of plugin components.
+    pub plugin_bytes: u64,
+}
+
 /// A tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantRecord {
@@ -230,6 +241,28 @@ impl Store {
             .exec(&self.db)
             .await?;
         Ok(r.rows_affected == 1)
+    }
+
+    /// What a tenant stores: its pipelines, its plugin versions and their bytes.
+    pub async fn tenant_usage(&self, tenant_id: i64) -> Result<TenantUsage, StoreError> {
+        let pipelines = pipelines::Entity::find()
+            .filter(pipelines::Column::TenantId.eq(tenant_id))
+            .count(&self.db)
+            .await?;
+        // One size per plugin version (a few hundred at most): summed here, the same on
+        // SQLite and MySQL (whose SUM is a DECIMAL).
+        let sizes: Vec<i64> = plugins::Entity::find()
+            .select_only()
+            .column(plugins::Column::Size)
+            .filter(plugins::Column::TenantId.eq(tenant_id))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(TenantUsage {
+            pipelines,
+            plugins: sizes.len() as u64,
+            plugin_bytes: sizes.iter().map(|&n| n.max(0) as u64).sum(),
+        })
     }
 
     /// True once an admin key exists.
@@ -527,6 +560,54 @@ impl Store {
             .order_by_asc(predictions::Column::Partition)
             .order_by_asc(predictions::Column::Offset)
             .limit(filter.limit)
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(Prediction::from).collect())
+    }
+
+    /// The last stored offset of each partition of a pipeline's predictions (where a live
+    /// stream of them starts).
+    pub async fn prediction_heads(
+        &self,
+        pipeline: &str,
+    ) -> Result<std::collections::BTreeMap<i32, i64>, StoreError> {
+        let rows: Vec<(i32, Option<i64>)> = predictions::Entity::find()
+            .select_only()
+            .column(predictions::Column::Partition)
+            .column_as(predictions::Column::Offset.max(), "head")
+            .filter(predictions::Column::Pipeline.eq(pipeline))
+            .group_by(predictions::Column::Partition)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(p, o)| Some((p, o?)))
+            .collect())
+    }
+
+    /// A pipeline's predictions of one partition after `after` (all with `None`), in offset
+    /// order, at most `limit`, of one key if `key` is set.
+    pub async fn predictions_of_partition(
+        &self,
+        pipeline: &str,
+        partition: i32,
+        after: Option<i64>,
+        key: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<Prediction>, StoreError> {
+        let mut q = predictions::Entity::find()
+            .filter(predictions::Column::Pipeline.eq(pipeline))
+            .filter(predictions::Column::Partition.eq(partition));
+        if let Some(o) = after {
+            q = q.filter(predictions::Column::Offset.gt(o));
+        }
+        if let Some(k) = key {
+            q = q.filter(predictions::Column::Key.eq(k));
+        }
+        let rows = q
+            .order_by_asc(predictions::Column::Offset)
+            .limit(limit)
             .all(&self.db)
             .await?;
         Ok(rows.into_iter().map(Prediction::from).collect())

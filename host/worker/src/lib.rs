@@ -10,13 +10,15 @@ pub mod gaps;
 pub mod kafka;
 
 mod checkpointer;
+pub mod share;
 mod sink;
 mod source;
 mod worker;
 
 pub use checkpointer::{CommitStats, Durability};
+pub use share::{CpuShare, TenantShare};
 pub use sink::produce_outputs;
-pub use worker::{Progress, WorkerOptions, WorkerReport, spec_topics};
+pub use worker::{DEFAULT_FIRE_BUDGET, Progress, WorkerOptions, WorkerReport, spec_topics};
 
 use weir_store::StoreError;
 use weir_stream::pipeline::PipelineError;

@@ -46,6 +46,9 @@ pub struct Progress {
     pub commits: CommitStats,
 }
 
+/// The default [`WorkerOptions::fire_budget`].
+pub const DEFAULT_FIRE_BUDGET: usize = 256;
+
 /// How a worker runs.
 pub struct WorkerOptions {
     /// The broker (the spec's topics are created at start when missing).
@@ -79,6 +82,10 @@ pub struct WorkerOptions {
     pub fire_budget: Option<usize>,
     /// Fail when no partition is assigned for this long (`None`: wait, warning every 30 s).
     pub assign_timeout: Option<Duration>,
+    /// The tenant's share of the host's CPU, where tenants share a host: each round's CPU
+    /// time is charged to the tenant, and a tenant over its share pauses (see
+    /// [`CpuShare`](crate::CpuShare)). `None`: never paused.
+    pub cpu_share: Option<crate::TenantShare>,
 }
 
 impl WorkerOptions {
@@ -96,8 +103,9 @@ impl WorkerOptions {
             commit_interval: Duration::from_millis(1000),
             commit_rows: 50_000,
             batch: 2048,
-            fire_budget: Some(256),
+            fire_budget: Some(DEFAULT_FIRE_BUDGET),
             assign_timeout: None,
+            cpu_share: None,
         }
     }
 }
@@ -141,6 +149,17 @@ pub fn spec_topics(spec: &PipelineSpec) -> Vec<(String, i32)> {
         }
     }
     out
+}
+
+/// Waits until the tenant's CPU share lets the next round run, or the worker is stopped.
+fn wait_turn(share: &crate::TenantShare, expected: Duration, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let wait = share.share.admit(share.tenant, expected);
+        if wait.is_zero() {
+            break;
+        }
+        std::thread::sleep(wait.min(Duration::from_millis(20)));
+    }
 }
 
 fn now_ms() -> u64 {
@@ -211,10 +230,16 @@ pub fn run(
     let mut last_idle_warning = Instant::now();
     let mut report = WorkerReport::default();
     let mut finished = false;
+    // The last round's CPU time: what the next is expected to take (see `CpuShare`).
+    let mut expected_cpu = Duration::ZERO;
     loop {
+        if let Some(share) = &opts.cpu_share {
+            wait_turn(share, expected_cpu, &opts.stop);
+        }
         if opts.stop.load(Ordering::Relaxed) {
             break;
         }
+        let cpu_at_start = opts.cpu_share.as_ref().map(|_| crate::share::thread_cpu());
         records.clear();
         let want = match opts.max_records {
             Some(m) => (m.saturating_sub(report.records) as usize).clamp(1, opts.batch),
@@ -353,6 +378,11 @@ pub fn run(
         }
         if finished {
             break;
+        }
+        if let (Some(share), Some(at_start)) = (&opts.cpu_share, cpu_at_start) {
+            let spent = crate::share::thread_cpu().saturating_sub(at_start);
+            share.share.settle(share.tenant, expected_cpu, spent);
+            expected_cpu = spent;
         }
     }
     // Fits still running record their decisions with the last checkpoint.

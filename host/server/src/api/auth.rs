@@ -143,7 +143,7 @@ pub struct CursorBody {
     pub t: i64,
     /// The pipeline.
     pub p: i64,
-    /// `predictions` or `windows`.
+    /// `predictions`, `windows` or `stream`.
     pub k: String,
     /// Predictions: the last (partition, offset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,6 +151,9 @@ pub struct CursorBody {
     /// Windows: the last (key, window start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kw: Option<(String, i64)>,
+    /// A live stream: the last offset sent of each partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos: Option<Vec<(i32, i64)>>,
 }
 
 impl CursorSigner {
@@ -241,6 +244,7 @@ mod tests {
             k: "predictions".into(),
             po: Some((3, 40)),
             kw: None,
+            pos: None,
         };
         let c = s.sign(&body);
         assert_eq!(s.open(&c, 1, 2, "predictions").ok(), Some(body));

@@ -39,20 +39,30 @@ pub fn default_ceiling() -> Manifest {
 /// A tenant's effective ceiling: the server's, with the admin's stored overrides (a partial
 /// `{"limits": {..}, "grants": {..}}` document) laid over it.
 pub fn effective(server: &Manifest, overrides: Option<&Value>) -> Result<Manifest, String> {
-    let mut base = serde_json::to_value(server).map_err(|e| e.to_string())?;
+    overlay(server, overrides).map_err(|e| format!("sandbox ceiling: {e}"))
+}
+
+/// `base` with a partial document of overrides laid over it, field by field (unknown
+/// fields are errors). The server's defaults and the admin's per-tenant settings, for the
+/// ceiling and for the quotas alike.
+pub fn overlay<T: serde::Serialize + serde::de::DeserializeOwned>(
+    base: &T,
+    overrides: Option<&Value>,
+) -> Result<T, String> {
+    let mut value = serde_json::to_value(base).map_err(|e| e.to_string())?;
     if let Some(o) = overrides {
-        merge(&mut base, o)?;
+        merge(&mut value, o)?;
     }
-    serde_json::from_value(base).map_err(|e| format!("sandbox ceiling: {e}"))
+    serde_json::from_value(value).map_err(|e| e.to_string())
 }
 
 /// Lays `over` (objects of objects) over `base`; unknown keys are errors.
 fn merge(base: &mut Value, over: &Value) -> Result<(), String> {
     let Value::Object(o) = over else {
-        return Err("sandbox ceiling: expected an object".into());
+        return Err("expected an object".into());
     };
     let Value::Object(b) = base else {
-        return Err("sandbox ceiling: expected an object".into());
+        return Err("expected an object".into());
     };
     for (k, v) in o {
         match b.get_mut(k) {

@@ -62,6 +62,10 @@ impl ApiError {
             "this needs the admin key",
         )
     }
+    /// 403 `quota_exceeded`: the tenant reached one of its quotas (the message names it).
+    pub fn quota_exceeded(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "quota_exceeded", message)
+    }
     /// 404.
     pub fn not_found(what: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", what)

@@ -3,6 +3,7 @@
 use super::auth::{self, Caller};
 use super::error::{ApiError, ErrorBody};
 use super::manager::{lock, valid_name};
+use super::quotas::Quota;
 use super::{AppState, Reply};
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -673,6 +674,7 @@ pub fn valid_version(v: &str) -> bool {
     responses((status = 201, description = "Stored and compiled", body = PluginInfo),
               (status = 400, description = "Bad name or version", body = ErrorBody),
               (status = 401, description = "No valid key", body = ErrorBody),
+              (status = 403, description = "The tenant's `plugins` or `plugin_bytes` quota is reached", body = ErrorBody),
               (status = 409, description = "This name and version exist", body = ErrorBody),
               (status = 413, description = "Too large", body = ErrorBody),
               (status = 422, description = "Not a valid weir plugin", body = ErrorBody),
@@ -720,6 +722,15 @@ pub async fn upload_plugin(
         }
     }
     let sha256 = hex::encode(hasher.finalize());
+    // Checked before the compile (fails fast) and again, under the tenant's lock, where
+    // the row is written.
+    let size = bytes.len() as u64;
+    let check_quotas = || async {
+        let m = &state.manager;
+        m.check_quota(tenant, Quota::Plugins, 1).await?;
+        m.check_quota(tenant, Quota::PluginBytes, size).await
+    };
+    check_quotas().await?;
     let info = weir_engine::inspect(&bytes, &weir_engine::Grants { clocks: true })
         .map_err(|e| ApiError::unprocessable("invalid_plugin", e.to_string()))?;
     let permit = state.compile_permit(tenant)?;
@@ -740,6 +751,8 @@ pub async fn upload_plugin(
         "imports": info.imports,
         "compile_ms": (plugin.compile_time().as_secs_f64() * 1e3 * 10.0).round() / 10.0,
     });
+    let _quota = state.manager.tenant_lock(tenant).await;
+    check_quotas().await?;
     let rec = state
         .store
         .insert_plugin(NewPlugin {

@@ -6,8 +6,10 @@
 //! its spec names is prefixed with `<tenant name>.`, so one tenant's spec cannot read or
 //! write another tenant's topics.
 
+use super::ApiConfig;
 use super::ceilings;
 use super::error::ApiError;
+use super::quotas::{self, Quota, Quotas};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +21,7 @@ use weir_stream::metrics::{ModelVariants, PipelineMetrics};
 use weir_stream::pipeline::{Pipeline, StageSlots};
 use weir_stream::spec::{PipelineSpec, SpecBounds, StageSpec};
 use weir_worker::kafka::Broker;
-use weir_worker::{Durability, Progress, WorkerOptions, spec_topics};
+use weir_worker::{CpuShare, Durability, Progress, TenantShare, WorkerOptions, spec_topics};
 
 /// Actions recorded in `deployments.actor` that change what a stage serves.
 const SERVING_ACTIONS: [&str; 5] = [
@@ -236,8 +238,14 @@ pub struct Manager {
     /// holds its place until it really ends).
     compile_pool: Arc<tokio::sync::Semaphore>,
     ceiling: Manifest,
+    quotas: Quotas,
     bounds: SpecBounds,
+    /// The tenants' shares of the CPU (`None`: the OS's scheduling alone).
+    cpu: Option<Arc<CpuShare>>,
     running: Mutex<HashMap<i64, Arc<Running>>>,
+    /// One lock per tenant, held while a quota is checked and the object it counts is
+    /// made: concurrent calls cannot both pass the check.
+    tenant_locks: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     /// One lock per pipeline, held through each start, stop and delete: transitions of one
     /// pipeline happen one at a time, so concurrent calls cannot start a second worker or
     /// start one for a pipeline being deleted.
@@ -246,26 +254,22 @@ pub struct Manager {
 
 impl Manager {
     /// A manager running pipelines over `broker`.
-    pub fn new(
-        store: Arc<Store>,
-        engine: Engine,
-        broker: Broker,
-        compile_timeout: Duration,
-        ceiling: Manifest,
-        bounds: SpecBounds,
-    ) -> Self {
+    pub fn new(store: Arc<Store>, engine: Engine, broker: Broker, config: &ApiConfig) -> Self {
         Manager {
             store,
             engine,
             broker,
-            compile_timeout,
+            compile_timeout: config.compile_timeout,
             compile_pool: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
-            ceiling,
-            bounds,
+            ceiling: config.ceiling.clone(),
+            quotas: config.quotas,
+            bounds: config.spec_bounds.clone(),
+            cpu: config.fair_cpu.then(CpuShare::of_this_machine),
             running: Mutex::default(),
             transitions: Mutex::default(),
+            tenant_locks: Mutex::default(),
         }
     }
 
@@ -275,6 +279,13 @@ impl Manager {
             .entry(pipeline_id)
             .or_default()
             .clone();
+        m.lock_owned().await
+    }
+
+    /// Waits for the tenant's quota lock: hold it from a quota check until the object it
+    /// counts exists.
+    pub async fn tenant_lock(&self, tenant: i64) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = lock(&self.tenant_locks).entry(tenant).or_default().clone();
         m.lock_owned().await
     }
 
@@ -400,14 +411,60 @@ impl Manager {
 
     /// A tenant's sandbox ceiling: the server's, with the admin's overrides for it.
     pub async fn ceiling(&self, tenant: i64) -> Result<Manifest, ApiError> {
-        let rec = self
-            .store
+        self.ceiling_of(&self.tenant_record(tenant).await?)
+    }
+
+    /// A tenant's sandbox ceiling, from its record.
+    pub fn ceiling_of(&self, rec: &TenantRecord) -> Result<Manifest, ApiError> {
+        let overrides = tenant_overrides(rec)?;
+        ceilings::effective(&self.ceiling, overrides.get("sandbox"))
+            .map_err(|e| ApiError::internal(format!("tenant {}'s stored limits: {e}", rec.id)))
+    }
+
+    async fn tenant_record(&self, tenant: i64) -> Result<TenantRecord, ApiError> {
+        self.store
             .tenant(tenant)
             .await?
-            .ok_or_else(|| ApiError::not_found(format!("tenant {tenant}")))?;
-        let overrides = tenant_overrides(&rec)?;
-        ceilings::effective(&self.ceiling, overrides.get("sandbox"))
-            .map_err(|e| ApiError::internal(format!("tenant {tenant}'s stored limits: {e}")))
+            .ok_or_else(|| ApiError::not_found(format!("tenant {tenant}")))
+    }
+
+    /// The server's default quotas.
+    pub fn default_quotas(&self) -> &Quotas {
+        &self.quotas
+    }
+
+    /// A tenant's quotas, from its record: the server's, with the admin's overrides.
+    pub fn quotas_of(&self, rec: &TenantRecord) -> Result<Quotas, ApiError> {
+        let overrides = tenant_overrides(rec)?;
+        ceilings::overlay(&self.quotas, overrides.get("quotas"))
+            .map_err(|e| ApiError::internal(format!("tenant {}'s stored quotas: {e}", rec.id)))
+    }
+
+    /// What a tenant uses of its quotas now.
+    pub async fn usage(&self, tenant: i64) -> Result<Quotas, ApiError> {
+        let stored = self.store.tenant_usage(tenant).await?;
+        let running = lock(&self.running)
+            .values()
+            .filter(|r| r.tenant == tenant && r.is_alive())
+            .count() as u64;
+        Ok(Quotas {
+            pipelines: stored.pipelines,
+            running_pipelines: running,
+            plugins: stored.plugins,
+            plugin_bytes: stored.plugin_bytes,
+        })
+    }
+
+    /// Checks that a tenant may add `adding` of `quota` (403 `quota_exceeded` naming it
+    /// otherwise). Hold [`Manager::tenant_lock`] until the object exists.
+    pub async fn check_quota(
+        &self,
+        tenant: i64,
+        quota: Quota,
+        adding: u64,
+    ) -> Result<(), ApiError> {
+        let quotas = self.quotas_of(&self.tenant_record(tenant).await?)?;
+        quotas::check(&quotas, &self.usage(tenant).await?, quota, adding)
     }
 
     /// The server's default sandbox ceiling.
@@ -483,6 +540,7 @@ impl Manager {
         record: &PipelineRecord,
     ) -> Result<Arc<Running>, ApiError> {
         let _transition = self.transition(record.id).await;
+        let _quota = self.tenant_lock(tenant).await;
         // Read again under the lock: a delete may have come first.
         let record = &self
             .store
@@ -495,6 +553,7 @@ impl Manager {
             }
             self.reap(record.id).await;
         }
+        self.check_quota(tenant, Quota::RunningPipelines, 1).await?;
         let spec = tenant_spec(&record.spec, tenant, tenant_name, &self.bounds)?;
         let plugins = self.effective_plugins(tenant, record, &spec).await?;
         let mut versions = HashMap::new();
@@ -549,6 +608,10 @@ impl Manager {
             stop: running.stop.clone(),
             progress: running.progress.clone(),
             group: Some(format!("weir-{}", running.internal)),
+            cpu_share: self.cpu.as_ref().map(|share| TenantShare {
+                share: share.clone(),
+                tenant,
+            }),
             ..WorkerOptions::new(
                 self.broker.clone(),
                 Durability::Database {

@@ -18,6 +18,8 @@ mod limits;
 pub mod manager;
 pub mod openapi;
 mod pipelines;
+pub mod quotas;
+mod stream;
 
 use auth::{CursorSigner, RateLimiter};
 use error::ApiError;
@@ -54,6 +56,13 @@ pub struct ApiConfig {
     /// The default ceiling on every tenant's sandbox limits and grants (the admin sets
     /// other ceilings per tenant); see [`ceilings`].
     pub ceiling: weir_engine::Manifest,
+    /// The default quotas of every tenant (the admin sets others per tenant); see
+    /// [`quotas`].
+    pub quotas: quotas::Quotas,
+    /// Share the CPU fairly between tenants (see [`weir_worker::CpuShare`]): a tenant's
+    /// pipelines together get no more than any other busy tenant's. Off, each pipeline's
+    /// worker thread competes on its own.
+    pub fair_cpu: bool,
     /// Bounds on tenants' specs: window sizes, lateness, label waits, training windows.
     pub spec_bounds: weir_stream::spec::SpecBounds,
     /// A connection must send a request's headers within this long (and an idle kept-alive
@@ -79,6 +88,8 @@ impl Default for ApiConfig {
             max_json_bytes: 1 << 20,
             max_ingest_bytes: 8 << 20,
             ceiling: ceilings::default_ceiling(),
+            quotas: quotas::Quotas::default(),
+            fair_cpu: true,
             spec_bounds: weir_stream::spec::SpecBounds::default(),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
@@ -142,14 +153,7 @@ impl AppState {
         // hashes of the admin keys, so cursors stay valid across restarts.
         let secret = store.admin_secret().await?;
         let state = Arc::new(AppState {
-            manager: Manager::new(
-                store.clone(),
-                engine,
-                broker,
-                config.compile_timeout,
-                config.ceiling.clone(),
-                config.spec_bounds.clone(),
-            ),
+            manager: Manager::new(store.clone(), engine, broker, &config),
             limiter: RateLimiter::new(config.rate_per_minute, config.rate_burst),
             cursors: CursorSigner::new(secret.as_bytes()),
             store,
@@ -498,6 +502,14 @@ pub fn routes(
             .and(authz())
             .and(s())
             .and_then(p::metrics))
+        .unify()
+        .or(path!("v1" / "pipelines" / i64 / "predictions" / "stream")
+            .and(get())
+            .and(authz())
+            .and(warp::header::optional::<String>("last-event-id"))
+            .and(warp::query::<stream::StreamQuery>())
+            .and(s())
+            .and_then(stream::predictions))
         .unify()
         .or(path!("v1" / "pipelines" / i64 / "predictions")
             .and(get())

@@ -1,6 +1,6 @@
 //! The OpenAPI document, generated from the handlers' `#[utoipa::path]` annotations.
 
-use super::{error, gaps, handlers, ingest, keys, limits, pipelines};
+use super::{error, gaps, handlers, ingest, keys, limits, pipelines, stream};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
@@ -43,6 +43,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         pipelines::stage_action,
         pipelines::stage_abort,
         pipelines::predictions,
+        stream::predictions,
         pipelines::windows,
         pipelines::training,
         gaps::list,

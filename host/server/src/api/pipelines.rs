@@ -6,6 +6,7 @@ use super::error::{ApiError, ErrorBody};
 use super::gaps::GapSummary;
 use super::handlers::{json, parse, tenant};
 use super::manager::{VariantInfo, internal_name, lock, parse_spec, stages, valid_name};
+use super::quotas::Quota;
 use super::{AppState, Reply};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -221,6 +222,7 @@ async fn info(
     responses((status = 201, description = "Created (not started)", body = PipelineInfo),
               (status = 400, description = "Bad request", body = ErrorBody),
               (status = 401, description = "No valid key", body = ErrorBody),
+              (status = 403, description = "The tenant's `pipelines` quota is reached", body = ErrorBody),
               (status = 409, description = "The name is taken", body = ErrorBody),
               (status = 422, description = "Invalid spec", body = ErrorBody)))]
 pub async fn create(authz: Option<String>, body: bytes::Bytes, state: Arc<AppState>) -> Reply {
@@ -252,11 +254,18 @@ pub async fn create(authz: Option<String>, body: bytes::Bytes, state: Arc<AppSta
             .into());
         }
     }
-    let rec = state
-        .store
-        .insert_pipeline(tenant, &name, &req.spec)
-        .await
-        .map_err(ApiError::from)?;
+    let rec = {
+        let _quota = state.manager.tenant_lock(tenant).await;
+        state
+            .manager
+            .check_quota(tenant, Quota::Pipelines, 1)
+            .await?;
+        state
+            .store
+            .insert_pipeline(tenant, &name, &req.spec)
+            .await
+            .map_err(ApiError::from)?
+    };
     let body = info(&state, tenant, &tname, rec).await?;
     Ok(json(StatusCode::CREATED, &body))
 }
@@ -299,6 +308,7 @@ pub async fn get(id: i64, authz: Option<String>, state: Arc<AppState>) -> Reply 
     params(("id" = i64, Path, description = "Pipeline id", example = 1)),
     responses((status = 200, description = "Running", body = PipelineInfo),
               (status = 401, description = "No valid key", body = ErrorBody),
+              (status = 403, description = "The tenant's `running_pipelines` quota is reached", body = ErrorBody),
               (status = 404, description = "No such pipeline", body = ErrorBody),
               (status = 409, description = "Already running", body = ErrorBody),
               (status = 422, description = "A stage cannot be served", body = ErrorBody),
@@ -888,6 +898,21 @@ pub struct PredictionRow {
     pub output: serde_json::Value,
 }
 
+impl From<weir_store::Prediction> for PredictionRow {
+    fn from(r: weir_store::Prediction) -> Self {
+        PredictionRow {
+            partition: r.partition,
+            offset: r.offset,
+            key: r.key,
+            ts: r.ts,
+            score: r.score,
+            model_version: r.model_version,
+            extractor_version: r.extractor_version,
+            output: serde_json::from_str(&r.output).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
 /// A page of predictions.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PredictionPage {
@@ -975,21 +1000,10 @@ pub async fn predictions(
             k: "predictions".into(),
             po: Some((r.partition, r.offset)),
             kw: None,
+            pos: None,
         })
     });
-    let items = rows
-        .into_iter()
-        .map(|r| PredictionRow {
-            partition: r.partition,
-            offset: r.offset,
-            key: r.key,
-            ts: r.ts,
-            score: r.score,
-            model_version: r.model_version,
-            extractor_version: r.extractor_version,
-            output: serde_json::from_str(&r.output).unwrap_or(serde_json::Value::Null),
-        })
-        .collect();
+    let items = rows.into_iter().map(PredictionRow::from).collect();
     Ok(json(StatusCode::OK, &PredictionPage { items, next }))
 }
 
@@ -1025,6 +1039,7 @@ pub async fn windows(
             k: "windows".into(),
             po: None,
             kw: Some((r.key.clone(), r.window_start)),
+            pos: None,
         })
     });
     let items = rows

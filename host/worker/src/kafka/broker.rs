@@ -1,7 +1,6 @@
 //! Where topics live: weir's embedded broker, or an external Kafka-protocol cluster.
 
 use anyhow::{Context, Result, anyhow};
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
@@ -156,8 +155,7 @@ fn create_external(bootstrap: &str, topics: &[(String, i32)]) -> Result<()> {
     if topics.is_empty() {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let admin: AdminClient<DefaultClientContext> = super::client_config(bootstrap)
         .create()
         .context("creating a Kafka admin client")?;
     // What exists: the whole cluster's metadata (a request for named topics could create

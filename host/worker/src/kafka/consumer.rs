@@ -6,7 +6,6 @@
 
 use super::topic_id::topic_id;
 use anyhow::{Context, Result, anyhow};
-use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
@@ -294,8 +293,7 @@ impl Consumer {
             topic: topic.to_string(),
             ..RebalanceLog::default()
         };
-        let inner: BaseConsumer<RebalanceLog> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let inner: BaseConsumer<RebalanceLog> = super::client_config(bootstrap)
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

@@ -13,3 +13,71 @@ pub use consumer::{
     SourceLog,
 };
 pub use producer::{CountingContext, DELIVERY_TIMEOUT, Deliveries, Producer, SendError};
+
+use rdkafka::ClientConfig;
+use std::sync::OnceLock;
+
+/// Client properties the operator may set for an external cluster: how to connect and
+/// authenticate. Everything else weir's clients rely on (acks, idempotence, offsets) stays
+/// weir's.
+const OPERATOR_PROPERTIES: [&str; 6] = [
+    "security.protocol",
+    "sasl.",
+    "ssl.",
+    "client.id",
+    "socket.",
+    "broker.address.family",
+];
+
+static CLIENT_OPTIONS: OnceLock<Vec<(String, String)>> = OnceLock::new();
+
+/// Why client options were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientOptionError {
+    /// Not `key=value`.
+    #[error("a Kafka client option is `key=value`, such as `sasl.mechanism=PLAIN`; got `{0}`")]
+    Syntax(String),
+    /// A property weir sets itself.
+    #[error(
+        "`{0}` is not a connection setting weir lets the operator change (allowed: security.protocol, sasl.*, ssl.*, client.id, socket.*, broker.address.family)"
+    )]
+    NotAllowed(String),
+    /// Set twice, differently, in one process.
+    #[error("the Kafka client options were already set differently in this process")]
+    AlreadySet,
+}
+
+/// Parses `key=value` client options (for example `security.protocol=SASL_PLAINTEXT`,
+/// `sasl.mechanism=PLAIN`, `sasl.username=…`, `sasl.password=…`) and makes every Kafka
+/// client of this process use them. Set once, at start, before any client connects.
+pub fn set_client_options(options: &[String]) -> Result<(), ClientOptionError> {
+    let mut parsed = Vec::new();
+    for o in options {
+        let (k, v) = o
+            .split_once('=')
+            .filter(|(k, _)| !k.trim().is_empty())
+            .ok_or_else(|| ClientOptionError::Syntax(o.clone()))?;
+        let k = k.trim();
+        if !OPERATOR_PROPERTIES
+            .iter()
+            .any(|p| k == *p || (p.ends_with('.') && k.starts_with(p)))
+        {
+            return Err(ClientOptionError::NotAllowed(k.to_owned()));
+        }
+        parsed.push((k.to_owned(), v.to_owned()));
+    }
+    if CLIENT_OPTIONS.get_or_init(|| parsed.clone()) != &parsed {
+        return Err(ClientOptionError::AlreadySet);
+    }
+    Ok(())
+}
+
+/// A client configuration for `bootstrap` with the operator's options.
+pub(crate) fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    for (k, v) in CLIENT_OPTIONS.get().into_iter().flatten() {
+        c.set(k, v);
+    }
+    c
+}

@@ -2,7 +2,6 @@
 //! and delivery failures that surface as errors naming their topic instead of log lines.
 
 use anyhow::{Context, Result, anyhow};
-use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -167,8 +166,7 @@ impl Producer {
     pub fn with_delivery_timeout(bootstrap: &str, timeout: Duration) -> Result<Self> {
         let ctx = CountingContext::default();
         let deliveries = ctx.0.clone();
-        let inner: ThreadedProducer<CountingContext> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let inner: ThreadedProducer<CountingContext> = super::client_config(bootstrap)
             .set("acks", "all")
             .set("enable.idempotence", "true")
             // lz4: cheap, and it matters doubly on the embedded broker, whose mock
