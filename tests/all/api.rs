@@ -1146,6 +1146,7 @@ async fn tenants_cannot_see_or_touch_each_other() {
         k: "predictions".into(),
         po: Some((0, 10)),
         kw: None,
+        pos: None,
     });
     let before_plugins = api.get("/v1/plugins", &b).await.body;
     let before_pipe = api.get(&format!("/v1/pipelines/{b_pipe}"), &b).await.body;

@@ -131,13 +131,23 @@ async fn quotas_are_the_operators_and_named_when_reached() {
         json!({"pipelines": 3, "running_pipelines": 1, "plugins": 3, "plugin_bytes": bytes})
     );
     // The tenant cannot raise them; the admin can, per tenant, and they hold at once.
-    let put = |k: &str, body: Value| {
-        api.call("PUT", &limits, Some(k), Some(body.to_string().into_bytes()))
+    let put = |k: String, body: Value| {
+        let limits = limits.clone();
+        let api = &api;
+        async move {
+            api.call(
+                "PUT",
+                &limits,
+                Some(&k),
+                Some(body.to_string().into_bytes()),
+            )
+            .await
+        }
     };
-    let r = put(&key, json!({"quotas": {"running_pipelines": 10}})).await;
+    let r = put(key.clone(), json!({"quotas": {"running_pipelines": 10}})).await;
     assert_eq!((r.status, err_code(&r)), (403, "admin_only"));
     let r = put(
-        ADMIN,
+        ADMIN.to_owned(),
         json!({"quotas": {"running_pipelines": 2, "plugin_bytes": bytes + 10}}),
     )
     .await;
@@ -146,7 +156,7 @@ async fn quotas_are_the_operators_and_named_when_reached() {
     assert_eq!(r.body["overrides"]["quotas"]["running_pipelines"], 2);
     assert_eq!(api.post(&start(made[1]), &key, json!({})).await.status, 200);
     let r = put(
-        ADMIN,
+        ADMIN.to_owned(),
         json!({"quotas": {"plugins": 10, "plugin_bytes": bytes + 10}}),
     )
     .await;
@@ -167,7 +177,7 @@ async fn quotas_are_the_operators_and_named_when_reached() {
         "{}",
         r.body
     );
-    let r = put(ADMIN, json!({"quotas": {"pipelnes": 1}})).await;
+    let r = put(ADMIN.to_owned(), json!({"quotas": {"pipelnes": 1}})).await;
     assert_eq!(r.status, 400);
     assert!(
         r.body["message"]
@@ -240,10 +250,7 @@ impl Sse {
         }
         if self.head.is_some() {
             // Chunked transfer coding: `<hex size>\r\n<data>\r\n`.
-            loop {
-                let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") else {
-                    break;
-                };
+            while let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
                 let size = usize::from_str_radix(std::str::from_utf8(&self.buf[..i]).unwrap(), 16)
                     .unwrap();
                 if self.buf.len() < i + 2 + size + 2 {
@@ -327,17 +334,17 @@ async fn committed_predictions_stream_live_and_resume_where_they_stopped() {
     let mut s = Sse::open(addr, &path, &key, Some("forged")).await;
     assert!(s.head().await.starts_with("HTTP/1.1 400"));
 
+    let events = format!("/v1/pipelines/{id}/events");
     let send = |from: u64, n: u64| {
         let lines: String = weir_workload::Generator::new(from + n, 5)
             .skip(from as usize)
             .map(|e| weir_workload::to_json_line(&e) + "\n")
             .collect();
-        api.call(
-            "POST",
-            &format!("/v1/pipelines/{id}/events"),
-            Some(&key),
-            Some(lines.into_bytes()),
-        )
+        let (api, events, key) = (&api, &events, &key);
+        async move {
+            api.call("POST", events, Some(key), Some(lines.into_bytes()))
+                .await
+        }
     };
     // Opened before any prediction exists: it sends each one as its checkpoint commits.
     let mut s = Sse::open(addr, &path, &key, None).await;

@@ -51,6 +51,17 @@ pub enum ClientOptionError {
 /// `sasl.mechanism=PLAIN`, `sasl.username=…`, `sasl.password=…`) and makes every Kafka
 /// client of this process use them. Set once, at start, before any client connects.
 pub fn set_client_options(options: &[String]) -> Result<(), ClientOptionError> {
+    let parsed = parse_client_options(options)?;
+    if CLIENT_OPTIONS.get_or_init(|| parsed.clone()) != &parsed {
+        return Err(ClientOptionError::AlreadySet);
+    }
+    Ok(())
+}
+
+/// Checks and splits `key=value` client options (see [`set_client_options`]).
+pub fn parse_client_options(
+    options: &[String],
+) -> Result<Vec<(String, String)>, ClientOptionError> {
     let mut parsed = Vec::new();
     for o in options {
         let (k, v) = o
@@ -66,10 +77,7 @@ pub fn set_client_options(options: &[String]) -> Result<(), ClientOptionError> {
         }
         parsed.push((k.to_owned(), v.to_owned()));
     }
-    if CLIENT_OPTIONS.get_or_init(|| parsed.clone()) != &parsed {
-        return Err(ClientOptionError::AlreadySet);
-    }
-    Ok(())
+    Ok(parsed)
 }
 
 /// A client configuration for `bootstrap` with the operator's options.
@@ -80,4 +88,35 @@ pub(crate) fn client_config(bootstrap: &str) -> ClientConfig {
         c.set(k, v);
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_connection_settings_pass() {
+        let opts: Vec<String> = [
+            "security.protocol=SASL_PLAINTEXT",
+            "sasl.mechanism=PLAIN",
+            "sasl.username=alpha",
+            "sasl.password=s=cr=t",
+        ]
+        .map(String::from)
+        .to_vec();
+        let parsed = parse_client_options(&opts).unwrap();
+        assert_eq!(parsed[3], ("sasl.password".into(), "s=cr=t".into()));
+        for (bad, message) in [
+            (
+                "enable.idempotence=false",
+                "`enable.idempotence` is not a connection setting",
+            ),
+            ("acks=0", "`acks` is not a connection setting"),
+            ("sasl.mechanism", "a Kafka client option is `key=value`"),
+            ("=x", "a Kafka client option is `key=value`"),
+        ] {
+            let e = parse_client_options(&[bad.to_owned()]).unwrap_err();
+            assert!(e.to_string().starts_with(message), "{bad}: {e}");
+        }
+    }
 }
