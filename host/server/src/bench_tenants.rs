@@ -3,7 +3,8 @@
 //! result p99 on the output topic is measured (as in `scripts/bench pipeline`'s latency
 //! run) three ways, interleaved in each repetition:
 //!
-//! - `alone`: B's pipeline is the only one on the host;
+//! - `alone`: B's pipeline is the only one on the host (in the CPU share, as `weir serve`
+//!   runs it);
 //! - `unshared`: tenant A runs its quota of running pipelines (4 by default) on the same
 //!   host, each computing as much as its sandbox lets it (a model that runs every call to
 //!   its deadline), and every worker competes for the CPU on its own (as `weir serve
@@ -137,6 +138,16 @@ impl Busy {
     /// (the measurement would not have had them busy throughout).
     pub fn finish(self) -> Result<()> {
         let idle = self.workers.iter().filter(|w| w.is_finished()).count();
+        if let Some(s) = &self.share {
+            let ((a, a_wait), (b, b_wait)) = (s.usage(TENANT_A), s.usage(TENANT_B));
+            eprintln!(
+                "  CPU charged: tenant A {:.1} s (waited {:.1} s), tenant B {:.1} s (waited {:.1} s)",
+                a.as_secs_f64(),
+                a_wait.as_secs_f64(),
+                b.as_secs_f64(),
+                b_wait.as_secs_f64()
+            );
+        }
         self.stop.store(true, Ordering::Relaxed);
         let mut records = 0;
         for w in self.workers {
@@ -178,13 +189,14 @@ pub fn run(rate: f64, runs: usize) -> Result<()> {
             ("unshared", &mut unshared),
             ("shared", &mut shared),
         ] {
-            let neighbours = (way != "alone").then(|| Neighbours {
-                pipelines: quota,
-                fair: way == "shared",
+            // Alone, B runs as `weir serve` runs it: in the CPU share.
+            let neighbours = Neighbours {
+                pipelines: if way == "alone" { 0 } else { quota },
+                fair: way != "unshared",
                 backlog: backlog.clone(),
-            });
+            };
             let ((p50, p99), _, achieved) =
-                latency(&engine, &lines, rate, false, neighbours.as_ref())
+                latency(&engine, &lines, rate, false, Some(&neighbours))
                     .with_context(|| format!("run {r}, {way}"))?;
             eprintln!("run {r} {way:<9}: at {achieved:.0}/s p50 {p50:.0} ms p99 {p99:.0} ms");
             out.push(p99);

@@ -42,6 +42,9 @@ struct Account {
     at: Instant,
     /// When the tenant last charged a round.
     last_round: Instant,
+    /// CPU time charged so far, and time spent waiting for a turn.
+    spent: Duration,
+    waited: Duration,
 }
 
 /// A worker's place in a [`CpuShare`]: the share and the tenant its rounds are charged to.
@@ -85,8 +88,10 @@ impl CpuShare {
         let (a, rate) = self.account(&mut tenants, tenant, now);
         if a.balance < 0.0 {
             // Never zero: zero means "run".
-            return Duration::from_secs_f64(-a.balance / rate)
+            let wait = Duration::from_secs_f64(-a.balance / rate)
                 .clamp(Duration::from_micros(100), MAX_PAUSE);
+            a.waited += wait.min(Duration::from_millis(20));
+            return wait;
         }
         a.balance -= expected.as_secs_f64();
         Duration::ZERO
@@ -96,6 +101,17 @@ impl CpuShare {
         let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
         let (a, _) = self.account(&mut tenants, tenant, now);
         a.balance += expected.as_secs_f64() - spent.as_secs_f64();
+        a.spent += spent;
+    }
+
+    /// A tenant's CPU time charged so far and its time spent waiting for turns (about:
+    /// each wait is counted up to the 20 ms a worker sleeps at once), while it stays known
+    /// (a tenant quiet for a second is forgotten).
+    pub fn usage(&self, tenant: i64) -> (Duration, Duration) {
+        let tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        tenants
+            .get(&tenant)
+            .map_or((Duration::ZERO, Duration::ZERO), |a| (a.spent, a.waited))
     }
 
     /// The tenant's account brought up to `now`, and its rate (CPU-seconds per second).
@@ -120,6 +136,8 @@ impl CpuShare {
             balance: bank,
             at: now,
             last_round: now,
+            spent: Duration::ZERO,
+            waited: Duration::ZERO,
         });
         a.balance = if busy == 1 {
             bank
@@ -129,6 +147,21 @@ impl CpuShare {
         a.at = a.at.max(now);
         a.last_round = a.last_round.max(now);
         (a, rate)
+    }
+}
+
+/// The OS priority (nice value) of a worker thread whose rounds are charged to a tenant:
+/// below the host's own threads (Kafka clients, the embedded broker, checkpoints, the
+/// API), which every tenant's latency depends on, so a tenant's long plugin call yields to
+/// them at once instead of holding a core until its deadline. Within the tenants, the
+/// shares decide.
+pub const TENANT_NICE: i32 = 5;
+
+/// Lowers this thread's OS priority to [`TENANT_NICE`] (Linux: the nice value is per
+/// thread). A failure is logged, not fatal: the shares still hold.
+pub(crate) fn lower_this_thread() {
+    if let Err(e) = rustix::process::setpriority_process(None, TENANT_NICE) {
+        tracing::warn!("could not lower a tenant worker's priority: {e}");
     }
 }
 

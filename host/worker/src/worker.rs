@@ -230,6 +230,9 @@ pub fn run(
     let mut last_idle_warning = Instant::now();
     let mut report = WorkerReport::default();
     let mut finished = false;
+    if opts.cpu_share.is_some() {
+        crate::share::lower_this_thread();
+    }
     // The last round's CPU time: what the next is expected to take (see `CpuShare`).
     let mut expected_cpu = Duration::ZERO;
     loop {
