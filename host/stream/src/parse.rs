@@ -595,6 +595,22 @@ mod tests {
         }
     }
 
+    /// Found by `scripts/fuzz` (target `record`, 2026-12-01): a number too large for an
+    /// f64 in a field weir skips is valid JSON (RFC 8259 sets no range) and is accepted,
+    /// though serde_json's `Value` refuses it; where weir reads the number, a value that is
+    /// not finite is an error.
+    #[test]
+    fn out_of_range_numbers_are_json_but_not_inputs() {
+        let p = parser();
+        let mut inputs = Vec::new();
+        let ok = br#"{"key":"k1","ts":160000,"xts":1000e90000,"x":[1.5,-2]}"#;
+        assert!(p.parse(ok, &mut inputs).is_ok());
+        assert_eq!(inputs, [1.5, -2.0]);
+        let bad = br#"{"key":"k1","ts":160000,"x":[1e999,-2]}"#;
+        assert!(p.parse(bad, &mut inputs).is_err());
+        assert_eq!(inputs.len(), 2, "nothing appended");
+    }
+
     #[test]
     fn parses_and_keeps_going_past_unknown_fields() {
         let mut inputs = Vec::new();
