@@ -40,7 +40,9 @@ pub struct TenantLimits {
 
 /// What `PUT` sets: overrides of the server's default ceiling and quotas, field by field
 /// (`{"sandbox": {"limits": {"memory_bytes": 1073741824}, "grants": {"clocks": true}},
-/// "quotas": {"pipelines": 50}}`). `{}` goes back to the defaults.
+/// "quotas": {"pipelines": 50}}`). A `PUT` replaces the tenant's overrides: what it leaves
+/// out is the server's default again (`{}`: every default). `weir tenant limits` keeps the
+/// part it is not given.
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetLimits {
