@@ -195,10 +195,11 @@ pub fn run(rate: f64, runs: usize) -> Result<()> {
                 fair: way != "unshared",
                 backlog: backlog.clone(),
             };
+            eprintln!("run {r}, {way}:");
             let ((p50, p99), _, achieved) =
                 latency(&engine, &lines, rate, false, Some(&neighbours))
                     .with_context(|| format!("run {r}, {way}"))?;
-            eprintln!("run {r} {way:<9}: at {achieved:.0}/s p50 {p50:.0} ms p99 {p99:.0} ms");
+            eprintln!("  tenant B at {achieved:.0}/s: p50 {p50:.0} ms, p99 {p99:.0} ms");
             out.push(p99);
         }
     }

@@ -53,6 +53,19 @@ pub struct ServeArgs {
     /// CPU fairly between tenants.
     #[arg(long)]
     no_fair_cpu: bool,
+    /// Seconds a connection has to send a request's headers (an idle kept-alive one, its
+    /// next request's).
+    #[arg(long, default_value_t = 10)]
+    header_timeout_s: u64,
+    /// Seconds a request's body has to arrive (408 otherwise).
+    #[arg(long, default_value_t = 30)]
+    body_timeout_s: u64,
+    /// Most open connections; more are closed as soon as they are accepted.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds open requests get to finish on shutdown.
+    #[arg(long, default_value_t = 10)]
+    shutdown_grace_s: u64,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM.
@@ -93,6 +106,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let config = ApiConfig {
         quotas,
         fair_cpu: !args.no_fair_cpu,
+        header_timeout: std::time::Duration::from_secs(args.header_timeout_s.max(1)),
+        body_timeout: std::time::Duration::from_secs(args.body_timeout_s.max(1)),
+        max_connections: args.max_connections.max(1),
+        shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_s),
         max_plugin_bytes: args.max_plugin_mib << 20,
         rate_per_minute: args.rate_per_minute,
         rate_burst: args.rate_burst,
