@@ -25,17 +25,8 @@ pub struct RunArgs {
     /// weir starts its embedded broker with the spec's topics and prints its address.
     #[arg(long)]
     kafka: Option<String>,
-    /// A Kafka client setting for an external cluster, `key=value`, repeatable (or
-    /// comma-separated in `WEIR_KAFKA_OPTIONS`): `security.protocol=SASL_PLAINTEXT`,
-    /// `sasl.mechanism=PLAIN`, `sasl.username=…`, `sasl.password=…`; also `ssl.*`,
-    /// `socket.*`, `client.id`.
-    #[arg(
-        long = "kafka-option",
-        env = "WEIR_KAFKA_OPTIONS",
-        value_delimiter = ',',
-        requires = "kafka"
-    )]
-    kafka_options: Vec<String>,
+    #[command(flatten)]
+    kafka_client: crate::kafka_args::KafkaClientArgs,
     /// Database: `sqlite://weir.db` (created on first run) or
     /// `mysql://root@127.0.0.1:3306/test`.
     #[arg(long, default_value = "sqlite://weir.db")]
@@ -96,7 +87,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     if args.reset {
         rt.block_on(store.reset_pipeline(spec.name.get_ref()))?;
     }
-    weir_worker::kafka::set_client_options(&args.kafka_options)?;
+    args.kafka_client.apply()?;
     let broker = match &args.kafka {
         Some(b) => Broker::External(b.clone()),
         None => {

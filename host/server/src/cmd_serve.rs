@@ -21,17 +21,8 @@ pub struct ServeArgs {
     /// Kafka bootstrap servers; without it, an embedded broker starts in-process.
     #[arg(long)]
     kafka: Option<String>,
-    /// A Kafka client setting for an external cluster, `key=value`, repeatable (or
-    /// comma-separated in `WEIR_KAFKA_OPTIONS`): `security.protocol=SASL_PLAINTEXT`,
-    /// `sasl.mechanism=PLAIN`, `sasl.username=…`, `sasl.password=…`; also `ssl.*`,
-    /// `socket.*`, `client.id`.
-    #[arg(
-        long = "kafka-option",
-        env = "WEIR_KAFKA_OPTIONS",
-        value_delimiter = ',',
-        requires = "kafka"
-    )]
-    kafka_options: Vec<String>,
+    #[command(flatten)]
+    kafka_client: crate::kafka_args::KafkaClientArgs,
     /// Directory for compiled plugin artifacts (faster restarts).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -78,7 +69,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    weir_worker::kafka::set_client_options(&args.kafka_options)?;
+    args.kafka_client.apply()?;
     let broker = match &args.kafka {
         Some(k) => Broker::External(k.clone()),
         None => Broker::Embedded(Arc::new(EmbeddedBroker::start()?)),

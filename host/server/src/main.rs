@@ -9,6 +9,7 @@ mod bench_tenants;
 mod cli;
 mod cmd_run;
 mod cmd_serve;
+mod kafka_args;
 mod up;
 
 use weir_worker::kafka;

@@ -27,17 +27,8 @@ pub struct UpArgs {
     /// Kafka bootstrap servers; without it weir starts its embedded broker.
     #[arg(long)]
     kafka: Option<String>,
-    /// A Kafka client setting for an external cluster, `key=value`, repeatable (or
-    /// comma-separated in `WEIR_KAFKA_OPTIONS`): `security.protocol=SASL_PLAINTEXT`,
-    /// `sasl.mechanism=PLAIN`, `sasl.username=…`, `sasl.password=…`; also `ssl.*`,
-    /// `socket.*`, `client.id`.
-    #[arg(
-        long = "kafka-option",
-        env = "WEIR_KAFKA_OPTIONS",
-        value_delimiter = ',',
-        requires = "kafka"
-    )]
-    kafka_options: Vec<String>,
+    #[command(flatten)]
+    kafka_client: crate::kafka_args::KafkaClientArgs,
     /// Pipeline spec (default: the shared workload, examples/workload.toml).
     #[arg(long)]
     spec: Option<PathBuf>,
@@ -80,7 +71,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     let spec =
         PipelineSpec::parse(&spec_text).map_err(|e| anyhow::anyhow!("pipeline spec: {e}"))?;
 
-    weir_worker::kafka::set_client_options(&args.kafka_options)?;
+    args.kafka_client.apply()?;
     let broker = match &args.kafka {
         Some(b) => Broker::External(b.clone()),
         None => {
