@@ -12,6 +12,17 @@ use tokio::net::TcpStream;
 use weir_server::api::quotas::Quotas;
 use weir_server::api::{self, ApiConfig};
 
+/// Asserts a 403 `quota_exceeded` whose message starts with `prefix`.
+fn quota_reached(status: u16, body: &Value, prefix: &str) {
+    assert_eq!(
+        (status, &body["code"]),
+        (403, &json!("quota_exceeded")),
+        "{body}"
+    );
+    let message = body["message"].as_str().unwrap_or("");
+    assert!(message.starts_with(prefix), "{body}");
+}
+
 fn spec_named(name: &str) -> String {
     SPEC.replace("name = \"scores\"", &format!("name = \"{name}\""))
 }
@@ -39,12 +50,7 @@ async fn quotas_are_the_operators_and_named_when_reached() {
     // The fourth plugin version is over the quota of 3: 403, naming it.
     let fourth = variant(&plugin("logistic"), "fourth");
     let r = api.upload(&key, "logistic", "1.0.2", &fourth).await;
-    assert_eq!(
-        (r.status, err_code(&r)),
-        (403, "quota_exceeded"),
-        "{}",
-        r.body
-    );
+    quota_reached(r.status, &r.body, "quota `plugins` reached");
     assert_eq!(
         r.body["message"],
         "quota `plugins` reached: 3 plugin versions are stored; the quota is 3 (an admin can \
@@ -84,12 +90,10 @@ async fn quotas_are_the_operators_and_named_when_reached() {
         match status {
             201 => made.push(body["id"].as_i64().unwrap()),
             403 => {
-                assert_eq!(body["code"], "quota_exceeded");
-                assert!(
-                    body["message"].as_str().unwrap().starts_with(
-                        "quota `pipelines` reached: 3 pipelines exist; the quota is 3"
-                    ),
-                    "{body}"
+                quota_reached(
+                    status,
+                    &body,
+                    "quota `pipelines` reached: 3 pipelines exist; the quota is 3",
                 );
                 refused += 1;
             }
@@ -102,19 +106,10 @@ async fn quotas_are_the_operators_and_named_when_reached() {
     let start = |p: i64| format!("/v1/pipelines/{p}/start");
     assert_eq!(api.post(&start(made[0]), &key, json!({})).await.status, 200);
     let r = api.post(&start(made[1]), &key, json!({})).await;
-    assert_eq!(
-        (r.status, err_code(&r)),
-        (403, "quota_exceeded"),
-        "{}",
-        r.body
-    );
-    assert!(
-        r.body["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("quota `running_pipelines` reached: 1 pipelines are running"),
-        "{}",
-        r.body
+    quota_reached(
+        r.status,
+        &r.body,
+        "quota `running_pipelines` reached: 1 pipelines are running",
     );
 
     // The tenant sees its quotas and its use of them.
@@ -162,20 +157,14 @@ async fn quotas_are_the_operators_and_named_when_reached() {
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let r = api.upload(&key, "logistic", "1.0.2", &fourth).await;
-    assert_eq!(
-        (r.status, err_code(&r)),
-        (403, "quota_exceeded"),
-        "{}",
-        r.body
-    );
-    assert!(
-        r.body["message"].as_str().unwrap().starts_with(&format!(
+    quota_reached(
+        r.status,
+        &r.body,
+        &format!(
             "quota `plugin_bytes` reached: {bytes} bytes of plugins are stored and this adds {}; the quota is {}",
             fourth.len(),
             bytes + 10
-        )),
-        "{}",
-        r.body
+        ),
     );
     let r = put(ADMIN.to_owned(), json!({"quotas": {"pipelnes": 1}})).await;
     assert_eq!(r.status, 400);

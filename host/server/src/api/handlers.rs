@@ -725,12 +725,8 @@ pub async fn upload_plugin(
     // Checked before the compile (fails fast) and again, under the tenant's lock, where
     // the row is written.
     let size = bytes.len() as u64;
-    let check_quotas = || async {
-        let m = &state.manager;
-        m.check_quota(tenant, Quota::Plugins, 1).await?;
-        m.check_quota(tenant, Quota::PluginBytes, size).await
-    };
-    check_quotas().await?;
+    let adding = [(Quota::Plugins, 1), (Quota::PluginBytes, size)];
+    state.manager.check_quota(tenant, &adding).await?;
     let info = weir_engine::inspect(&bytes, &weir_engine::Grants { clocks: true })
         .map_err(|e| ApiError::unprocessable("invalid_plugin", e.to_string()))?;
     let permit = state.compile_permit(tenant)?;
@@ -752,7 +748,7 @@ pub async fn upload_plugin(
         "compile_ms": (plugin.compile_time().as_secs_f64() * 1e3 * 10.0).round() / 10.0,
     });
     let _quota = state.manager.tenant_lock(tenant).await;
-    check_quotas().await?;
+    state.manager.check_quota(tenant, &adding).await?;
     let rec = state
         .store
         .insert_plugin(NewPlugin {

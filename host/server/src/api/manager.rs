@@ -455,16 +455,16 @@ impl Manager {
         })
     }
 
-    /// Checks that a tenant may add `adding` of `quota` (403 `quota_exceeded` naming it
-    /// otherwise). Hold [`Manager::tenant_lock`] until the object exists.
-    pub async fn check_quota(
-        &self,
-        tenant: i64,
-        quota: Quota,
-        adding: u64,
-    ) -> Result<(), ApiError> {
+    /// Checks that a tenant may add `adding` of each `quota` (403 `quota_exceeded` naming
+    /// the first one reached otherwise). Hold [`Manager::tenant_lock`] until the objects
+    /// exist.
+    pub async fn check_quota(&self, tenant: i64, adding: &[(Quota, u64)]) -> Result<(), ApiError> {
         let quotas = self.quotas_of(&self.tenant_record(tenant).await?)?;
-        quotas::check(&quotas, &self.usage(tenant).await?, quota, adding)
+        let usage = self.usage(tenant).await?;
+        for &(quota, n) in adding {
+            quotas::check(&quotas, &usage, quota, n)?;
+        }
+        Ok(())
     }
 
     /// The server's default sandbox ceiling.
@@ -553,7 +553,8 @@ impl Manager {
             }
             self.reap(record.id).await;
         }
-        self.check_quota(tenant, Quota::RunningPipelines, 1).await?;
+        self.check_quota(tenant, &[(Quota::RunningPipelines, 1)])
+            .await?;
         let spec = tenant_spec(&record.spec, tenant, tenant_name, &self.bounds)?;
         let plugins = self.effective_plugins(tenant, record, &spec).await?;
         let mut versions = HashMap::new();

@@ -258,7 +258,7 @@ pub async fn create(authz: Option<String>, body: bytes::Bytes, state: Arc<AppSta
         let _quota = state.manager.tenant_lock(tenant).await;
         state
             .manager
-            .check_quota(tenant, Quota::Pipelines, 1)
+            .check_quota(tenant, &[(Quota::Pipelines, 1)])
             .await?;
         state
             .store
