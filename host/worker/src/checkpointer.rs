@@ -2,9 +2,10 @@
 //!
 //! The worker cuts a checkpoint every `commit_interval` (or `commit_rows` outputs): the
 //! pipeline's [`Checkpoint`] value plus the source positions, owner epochs and gaps. A cut
-//! goes to the checkpointer and the worker carries on with the next batches. At most one cut
-//! is being committed and one more may wait; a third blocks the worker (back-pressure, never
-//! a drop). Before a cut commits, every output record queued before it is acknowledged by
+//! goes to the checkpointer and the worker carries on with the next batches. While a cut is
+//! being committed the worker defers the next one (it covers more when it comes), unless
+//! outputs pile up past a bound; then one more may wait, and a third blocks the worker
+//! (back-pressure, never a drop). Before a cut commits, every output record queued before it is acknowledged by
 //! Kafka, so the topics always hold at least what a checkpoint says was done.
 
 use crate::kafka::{Consumer, DELIVERY_TIMEOUT, Deliveries};
@@ -118,6 +119,17 @@ impl Checkpointer {
         }
     }
 
+    /// Whether a cut is still being committed (checked after [`Checkpointer::poll`]). The
+    /// worker then defers its next cut rather than queueing one behind it, as Flink does
+    /// with one concurrent checkpoint: the next cut covers more, state written twice in
+    /// the meantime is written once, and processing does not wait for the database.
+    pub(crate) fn busy(&self) -> bool {
+        match self {
+            Checkpointer::Database(d) => d.submitted > d.completed,
+            Checkpointer::Kafka(_) => false,
+        }
+    }
+
     /// Collects finished commits; fails with the first commit that failed.
     pub(crate) fn poll(&mut self, consumer: &Consumer) -> Result<()> {
         match self {
@@ -191,6 +203,9 @@ pub(crate) struct DatabaseLane {
     done: Receiver<Result<CommitStats, String>>,
     thread: Option<JoinHandle<()>>,
     stats: CommitStats,
+    /// Cuts handed over, and commits reported done.
+    submitted: u64,
+    completed: u64,
 }
 
 impl DatabaseLane {
@@ -215,6 +230,8 @@ impl DatabaseLane {
             done,
             thread: Some(thread),
             stats: CommitStats::default(),
+            submitted: 0,
+            completed: 0,
         })
     }
 
@@ -229,13 +246,17 @@ impl DatabaseLane {
             self.poll()?;
             bail!("the checkpointer has stopped");
         }
+        self.submitted += 1;
         Ok(())
     }
 
     fn poll(&mut self) -> Result<()> {
         loop {
             match self.done.try_recv() {
-                Ok(Ok(s)) => self.stats = s,
+                Ok(Ok(s)) => {
+                    self.stats = s;
+                    self.completed += 1;
+                }
                 Ok(Err(e)) => return Err(anyhow!(e)),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => return Ok(()),
             }

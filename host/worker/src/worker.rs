@@ -46,6 +46,10 @@ pub struct Progress {
     pub commits: CommitStats,
 }
 
+/// While a commit runs, outputs may pile up to this many times `commit_rows` before the
+/// worker cuts anyway (and waits for the database when two cuts are queued).
+const DEFER_ROWS: usize = 4;
+
 /// The default [`WorkerOptions::fire_budget`].
 pub const DEFAULT_FIRE_BUDGET: usize = 256;
 
@@ -341,7 +345,11 @@ pub fn run(
         producer.check()?;
         waiting += out.results.len() + out.windows.len();
         let t_out = Instant::now();
-        if waiting >= opts.commit_rows || last_cut.elapsed() >= opts.commit_interval {
+        // A cut is due by time or by outputs; while the last one is still committing it
+        // waits (the next covers more), unless outputs pile up past `DEFER_ROWS` cuts'
+        // worth, which bounds what the pipeline keeps for it.
+        let due = waiting >= opts.commit_rows || last_cut.elapsed() >= opts.commit_interval;
+        if due && (!checkpointer.busy() || waiting >= opts.commit_rows * DEFER_ROWS) {
             cut(
                 &mut pipeline,
                 &mut source,
