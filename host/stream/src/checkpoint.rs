@@ -15,6 +15,13 @@ use crate::training::Decision;
 use std::collections::{BTreeMap, HashMap};
 use weir_engine::Runner;
 
+/// The keyed-state namespace of a key's window header (see [`Windower::take_touched`]).
+///
+/// [`Windower::take_touched`]: crate::window::Windower::take_touched
+pub const WINDOW_NAMESPACE: &str = "window";
+/// The namespace of a key's window row chunk `N` is this prefix and `N`.
+pub const WINDOW_ROWS_PREFIX: &str = "window#";
+
 /// What a checkpoint carries besides the state (which it always carries).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CheckpointOptions {
@@ -149,8 +156,12 @@ impl Pipeline {
         }
         let mut changes = Vec::new();
         if let Some(w) = self.window.as_mut() {
-            for (key, value) in w.windower.take_touched() {
-                changes.push(("window".to_owned(), key, value));
+            for e in w.windower.take_touched() {
+                let namespace = match e.chunk {
+                    None => WINDOW_NAMESPACE.to_owned(),
+                    Some(seq) => format!("{WINDOW_ROWS_PREFIX}{seq}"),
+                };
+                changes.push((namespace, e.key, e.value));
             }
         }
         for (stage, st) in &cp.states {
@@ -212,17 +223,20 @@ impl Pipeline {
                 "restoring a partition needs checkpoints enabled".into(),
             ));
         };
+        // A key's window state is its header and its row chunks, restored together.
+        let mut headers: BTreeMap<&str, &[u8]> = BTreeMap::new();
+        let mut chunks: BTreeMap<&str, Vec<(u64, &[u8])>> = BTreeMap::new();
         for (namespace, key, value) in entries {
             cp.key_partition.insert(key.clone(), partition);
-            if namespace == "window" {
-                let w = self.window.as_mut().ok_or_else(|| {
-                    PipelineError::Setup(
-                        "the checkpoint has window state but the pipeline has no window".into(),
-                    )
+            if namespace == WINDOW_NAMESPACE {
+                headers.insert(key, value);
+                continue;
+            }
+            if let Some(seq) = namespace.strip_prefix(WINDOW_ROWS_PREFIX) {
+                let seq = seq.parse().map_err(|_| {
+                    PipelineError::Setup(format!("unknown state namespace `{namespace}`"))
                 })?;
-                w.windower
-                    .restore_key(key, value)
-                    .map_err(|e| PipelineError::Setup(format!("key `{key}`: {e}")))?;
+                chunks.entry(key).or_default().push((seq, value));
                 continue;
             }
             let (stage, name) = namespace.split_once('/').ok_or_else(|| {
@@ -239,6 +253,25 @@ impl Pipeline {
                     ))
                 })?;
             st.load(key, name, value.clone());
+        }
+        if headers.is_empty() && chunks.is_empty() {
+            return Ok(());
+        }
+        let w = self.window.as_mut().ok_or_else(|| {
+            PipelineError::Setup(
+                "the checkpoint has window state but the pipeline has no window".into(),
+            )
+        })?;
+        if let Some(key) = chunks.keys().find(|k| !headers.contains_key(*k)) {
+            return Err(PipelineError::Setup(format!(
+                "key `{key}`: corrupt window state: row chunks without their header"
+            )));
+        }
+        for (key, header) in headers {
+            let rows = chunks.remove(key).unwrap_or_default();
+            w.windower
+                .restore_key(key, header, &rows)
+                .map_err(|e| PipelineError::Setup(format!("key `{key}`: {e}")))?;
         }
         Ok(())
     }

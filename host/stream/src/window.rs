@@ -85,6 +85,48 @@ pub struct Pane {
     pub new_rows: Vec<f64>,
     fired: bool,
     dirty: bool,
+    /// How many values of `new_rows` the store holds already (in row chunks).
+    stored: usize,
+    /// The first row chunk holding the stored ones (meaningful while `stored > 0`).
+    since: u64,
+}
+
+impl Pane {
+    fn new(span: WindowSpan) -> Self {
+        Pane {
+            span,
+            agg: Agg::default(),
+            new_rows: Vec::new(),
+            fired: false,
+            dirty: false,
+            stored: 0,
+            since: 0,
+        }
+    }
+}
+
+/// One key's row chunks in the store: each cut writes the rows its panes gained since the
+/// previous cut as a new chunk, so a checkpoint writes what changed, not every row a pane
+/// holds again and again.
+#[derive(Debug, Default, Clone)]
+struct Chunks {
+    /// The sequence number of the next chunk.
+    next: u64,
+    /// Chunks in the store, oldest first.
+    stored: Vec<u64>,
+}
+
+/// A change to the stored window state of one key, from [`Windower::take_touched`]: its
+/// header (`chunk: None`: the panes, their accumulators and flags) or one of its row chunks
+/// (`chunk: Some(seq)`). `value: None` deletes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowEntry {
+    /// `None` for the header, the chunk's sequence number otherwise.
+    pub chunk: Option<u64>,
+    /// The key.
+    pub key: String,
+    /// The encoded value, or `None` to delete it.
+    pub value: Option<Vec<u8>>,
 }
 
 /// A pane that fired.
@@ -168,6 +210,10 @@ pub struct Windower {
     /// each with whether it had panes at that cut (a key that had none then and has none
     /// now changed nothing a store holds).
     touched: Option<HashMap<u32, bool>>,
+    /// Each key's row chunks in the store (only with rows kept and tracking on).
+    chunks: HashMap<u32, Chunks>,
+    /// A key keeps its rows inline while it has at most this many values.
+    inline_values: usize,
 }
 
 impl Windower {
@@ -190,6 +236,8 @@ impl Windower {
             late_events: 0,
             judge: i64::MIN,
             touched: None,
+            chunks: HashMap::new(),
+            inline_values: INLINE_VALUES,
         }
     }
 
@@ -199,39 +247,149 @@ impl Windower {
         self.touched.get_or_insert_with(HashMap::new);
     }
 
+    /// Sets how many row values a key keeps inline before its rows move to chunks.
+    #[cfg(test)]
+    fn with_inline_values(mut self, n: usize) -> Self {
+        self.inline_values = n;
+        self
+    }
+
     /// Marks a key changed; call it before changing its panes.
     #[inline]
     fn touch(&mut self, k: u32) {
         mark(&mut self.touched, &self.panes, k);
     }
 
-    /// The keys whose panes changed since the last call, each with its encoded panes
-    /// (`None` when the key has no open pane left). Empty unless tracking is on.
-    pub fn take_touched(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
+    /// What changed in the stored window state since the last call: for each key whose
+    /// panes changed, its header (or its deletion, when it has no open pane left), a new
+    /// chunk with the rows its panes gained, and the deletion of chunks no pane needs any
+    /// more. Empty unless tracking is on.
+    pub fn take_touched(&mut self) -> Vec<WindowEntry> {
         let Some(touched) = self.touched.as_mut() else {
             return Vec::new();
         };
         let mut keys: Vec<(u32, bool)> = touched.drain().collect();
         keys.sort_unstable();
-        keys.into_iter()
-            .filter_map(|(k, stored)| {
-                let value = self
-                    .panes
-                    .get(&k)
-                    .filter(|m| !m.is_empty())
-                    .map(|m| encode_panes(m.values()));
-                // Opened and released since the last cut: nothing to store or delete.
-                (stored || value.is_some()).then(|| (self.names[k as usize].clone(), value))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for (k, had) in keys {
+            let key = &self.names[k as usize];
+            let chunks = self.chunks.entry(k).or_default();
+            let Some(panes) = self.panes.get_mut(&k).filter(|m| !m.is_empty()) else {
+                // No open pane: the header and every chunk go (a key opened and released
+                // between two cuts has neither).
+                for seq in chunks.stored.drain(..) {
+                    out.push(WindowEntry {
+                        chunk: Some(seq),
+                        key: key.clone(),
+                        value: None,
+                    });
+                }
+                self.chunks.remove(&k);
+                if had {
+                    out.push(WindowEntry {
+                        chunk: None,
+                        key: key.clone(),
+                        value: None,
+                    });
+                }
+                continue;
+            };
+            // A key with few rows keeps them inline in its header; past INLINE_VALUES it
+            // moves to append-only chunks (until it closes), so a hot key's rows are written
+            // once, not again at every cut.
+            let inline = chunks.stored.is_empty()
+                && panes.values().map(|p| p.new_rows.len()).sum::<usize>() <= self.inline_values;
+            let seq = chunks.next;
+            let mut rows = vec![ROWS_FORMAT];
+            for p in panes.values_mut().filter(|_| !inline) {
+                if p.new_rows.len() > p.stored {
+                    if p.stored == 0 {
+                        p.since = seq;
+                    }
+                    let fresh = &p.new_rows[p.stored..];
+                    rows.extend_from_slice(&p.span.start.to_le_bytes());
+                    rows.extend_from_slice(&(fresh.len() as u32).to_le_bytes());
+                    for x in fresh {
+                        rows.extend_from_slice(&x.to_le_bytes());
+                    }
+                    p.stored = p.new_rows.len();
+                }
+            }
+            if rows.len() > 1 {
+                chunks.next += 1;
+                chunks.stored.push(seq);
+                out.push(WindowEntry {
+                    chunk: Some(seq),
+                    key: key.clone(),
+                    value: Some(rows),
+                });
+            }
+            // Chunks older than every stored row still pending hold nothing needed.
+            let needed = panes
+                .values()
+                .filter(|p| p.stored > 0)
+                .map(|p| p.since)
+                .min()
+                .unwrap_or(u64::MAX);
+            let dead = chunks.stored.iter().take_while(|&&s| s < needed).count();
+            for seq in chunks.stored.drain(..dead) {
+                out.push(WindowEntry {
+                    chunk: Some(seq),
+                    key: key.clone(),
+                    value: None,
+                });
+            }
+            out.push(WindowEntry {
+                chunk: None,
+                key: key.clone(),
+                value: Some(encode_header(chunks.next, panes.values(), inline)),
+            });
+        }
+        out
     }
 
-    /// Restores a key's panes from [`Windower::take_touched`]'s encoding (replacing any it
-    /// has).
-    pub fn restore_key(&mut self, key: &str, bytes: &[u8]) -> Result<(), String> {
-        let panes = decode_panes(bytes, self.dims)?;
+    /// Restores a key's panes from the entries [`Windower::take_touched`] left in a store:
+    /// its header and its row chunks, `(sequence number, bytes)` in any order. Replaces any
+    /// panes it has.
+    pub fn restore_key(
+        &mut self,
+        key: &str,
+        header: &[u8],
+        chunks: &[(u64, &[u8])],
+    ) -> Result<(), String> {
+        let (next, mut panes) = decode_header(header, self.dims)?;
+        let mut chunks = chunks.to_vec();
+        chunks.sort_unstable_by_key(|(seq, _)| *seq);
+        for &(seq, bytes) in &chunks {
+            for (start, rows) in decode_rows(bytes, self.dims)? {
+                let p = panes
+                    .iter_mut()
+                    .find(|p| p.span.start == start)
+                    .ok_or_else(|| format!("corrupt window state: chunk {seq} has rows of a pane it does not have ({start})"))?;
+                if p.stored > 0 && seq >= p.since {
+                    p.new_rows.extend(rows);
+                }
+            }
+        }
+        for p in panes.iter().filter(|p| p.stored > 0) {
+            if p.new_rows.len() != p.stored {
+                return Err(format!(
+                    "corrupt window state: the pane at {} has {} stored values of {}",
+                    p.span.start,
+                    p.new_rows.len(),
+                    p.stored
+                ));
+            }
+        }
         self.remove_key(key);
         let k = self.key_id(key);
+        self.chunks.insert(
+            k,
+            Chunks {
+                next,
+                stored: chunks.iter().map(|(s, _)| *s).collect(),
+            },
+        );
         let mut map = BTreeMap::new();
         for p in panes {
             if !p.fired {
@@ -264,6 +422,7 @@ impl Windower {
         if let Some(t) = self.touched.as_mut() {
             t.remove(&k);
         }
+        self.chunks.remove(&k);
     }
 
     /// Events routed to the late output so far.
@@ -363,13 +522,7 @@ impl Windower {
         let pane = panes.entry(span.start).or_insert_with(|| {
             self.pending.insert((span.end, k, span.start));
             self.cleanup.insert((span.end, k, span.start));
-            Pane {
-                span,
-                agg: Agg::default(),
-                new_rows: Vec::new(),
-                fired: false,
-                dirty: false,
-            }
+            Pane::new(span)
         });
         pane.agg.add(value);
         if keep {
@@ -401,13 +554,8 @@ impl Windower {
             .filter(|(_, p)| p.span.end > span.start)
             .map(|(&s, _)| s)
             .collect();
-        let mut merged = Pane {
-            span,
-            agg: Agg::default(),
-            new_rows: Vec::new(),
-            fired: false,
-            dirty: false,
-        };
+        // A merged pane is new to the store: its rows go into the next chunk whole.
+        let mut merged = Pane::new(span);
         let mut any_fired = false;
         for s in overlapping {
             if let Some(p) = panes.remove(&s) {
@@ -533,6 +681,7 @@ fn combine(a: Lateness, b: Lateness) -> Lateness {
 }
 
 fn fire(names: &[String], k: u32, p: &mut Pane, first: bool, closing: bool) -> Fired {
+    p.stored = 0;
     Fired {
         key: names.get(k as usize).cloned().unwrap_or_default(),
         span: p.span,
@@ -544,10 +693,6 @@ fn fire(names: &[String], k: u32, p: &mut Pane, first: bool, closing: bool) -> F
     }
 }
 
-const PANES_FORMAT: u8 = 1;
-
-/// Encodes a key's panes: a format byte, then per pane its span, accumulator, flags and
-/// pending rows (all little-endian).
 /// Marks key `k` changed since the last cut, noting whether it had panes at that cut (its
 /// panes are as they were then until its first change).
 #[inline]
@@ -562,74 +707,137 @@ fn mark(
     }
 }
 
-fn encode_panes<'a>(panes: impl Iterator<Item = &'a Pane>) -> Vec<u8> {
+/// The first format kept each pane's rows inline in the key's one entry; it is still read.
+const PANES_FORMAT_INLINE: u8 = 1;
+/// A key's header: a format byte, the next chunk's sequence number, then per pane its span,
+/// accumulator, flags, how many row values the key's chunks hold for it and the chunk they
+/// start in, and its rows kept inline (a count and the values; all little-endian). A key's
+/// rows are all inline or all in chunks.
+const PANES_FORMAT: u8 = 2;
+/// A key keeps its rows inline in its header while it has at most this many values (8 KiB).
+const INLINE_VALUES: usize = 1024;
+/// A row chunk: a format byte, then per pane its start, a value count and the values.
+const ROWS_FORMAT: u8 = 1;
+
+fn encode_header<'a>(next: u64, panes: impl Iterator<Item = &'a Pane>, inline: bool) -> Vec<u8> {
     let mut out = vec![PANES_FORMAT];
+    out.extend_from_slice(&next.to_le_bytes());
     for p in panes {
         out.extend_from_slice(&p.span.start.to_le_bytes());
         out.extend_from_slice(&p.span.end.to_le_bytes());
         p.agg.encode(&mut out);
         out.push(u8::from(p.fired) | (u8::from(p.dirty) << 1));
-        out.extend_from_slice(&(p.new_rows.len() as u32).to_le_bytes());
-        for x in &p.new_rows {
+        out.extend_from_slice(&(p.stored as u64).to_le_bytes());
+        out.extend_from_slice(&p.since.to_le_bytes());
+        let own: &[f64] = if inline { &p.new_rows } else { &[] };
+        out.extend_from_slice(&(own.len() as u32).to_le_bytes());
+        for x in own {
             out.extend_from_slice(&x.to_le_bytes());
         }
     }
     out
 }
 
-fn decode_panes(bytes: &[u8], dims: usize) -> Result<Vec<Pane>, String> {
-    let bad = |what: &str| format!("corrupt window state: {what}");
-    let (&format, mut rest) = bytes.split_first().ok_or_else(|| bad("empty"))?;
-    if format != PANES_FORMAT {
-        return Err(bad(&format!("unknown format {format}")));
-    }
-    let take = |rest: &mut &[u8], n: usize| -> Result<Vec<u8>, String> {
-        if rest.len() < n {
+fn bad(what: &str) -> String {
+    format!("corrupt window state: {what}")
+}
+
+/// Reads little-endian fields off the front of a byte slice.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
             return Err(bad("truncated"));
         }
-        let (h, t) = rest.split_at(n);
-        *rest = t;
-        Ok(h.to_vec())
-    };
-    let i64_of = |b: Vec<u8>| -> i64 {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&b);
-        i64::from_le_bytes(w)
-    };
-    let mut panes = Vec::new();
-    while !rest.is_empty() {
-        let start = i64_of(take(&mut rest, 8)?);
-        let end = i64_of(take(&mut rest, 8)?);
-        let (agg, r) = Agg::decode(rest).ok_or_else(|| bad("truncated accumulator"))?;
-        rest = r;
-        let flags = take(&mut rest, 1)?[0];
-        let mut n = [0u8; 4];
-        n.copy_from_slice(&take(&mut rest, 4)?);
-        let n = u32::from_le_bytes(n) as usize;
+        let (h, t) = self.0.split_at(n);
+        self.0 = t;
+        Ok(h)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn i64(&mut self) -> Result<i64, String> {
+        Ok(i64::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn values(&mut self, n: usize, dims: usize) -> Result<Vec<f64>, String> {
         if dims > 0 && !n.is_multiple_of(dims) {
             return Err(bad("rows do not match the input dimensions"));
         }
-        let raw = take(&mut rest, n.checked_mul(8).ok_or_else(|| bad("row count"))?)?;
-        let new_rows = raw
+        let raw = self.take(n.checked_mul(8).ok_or_else(|| bad("row count"))?)?;
+        Ok(raw
             .chunks_exact(8)
             .map(|c| {
                 let mut w = [0u8; 8];
                 w.copy_from_slice(c);
                 f64::from_le_bytes(w)
             })
-            .collect();
+            .collect())
+    }
+}
+
+/// Decodes a key's header: the next chunk's number and its panes, without their rows
+/// (except in the inline format, whose rows are in it: they count as not stored, so the
+/// next cut writes them as a chunk).
+fn decode_header(bytes: &[u8], dims: usize) -> Result<(u64, Vec<Pane>), String> {
+    let (&format, rest) = bytes.split_first().ok_or_else(|| bad("empty"))?;
+    if format != PANES_FORMAT && format != PANES_FORMAT_INLINE {
+        return Err(bad(&format!("unknown format {format}")));
+    }
+    let mut r = Reader(rest);
+    let next = if format == PANES_FORMAT { r.u64()? } else { 0 };
+    let mut panes = Vec::new();
+    while !r.0.is_empty() {
+        let start = r.i64()?;
+        let end = r.i64()?;
+        let (agg, rest) = Agg::decode(r.0).ok_or_else(|| bad("truncated accumulator"))?;
+        r.0 = rest;
+        let flags = r.take(1)?[0];
         if end <= start {
             return Err(bad("empty span"));
         }
-        panes.push(Pane {
-            span: WindowSpan { start, end },
-            agg,
-            new_rows,
-            fired: flags & 1 != 0,
-            dirty: flags & 2 != 0,
-        });
+        let mut p = Pane::new(WindowSpan { start, end });
+        p.agg = agg;
+        p.fired = flags & 1 != 0;
+        p.dirty = flags & 2 != 0;
+        if format == PANES_FORMAT {
+            p.stored = usize::try_from(r.u64()?).map_err(|_| bad("row count"))?;
+            p.since = r.u64()?;
+        }
+        // Rows kept inline (a key with few rows, or the first format) count as not stored
+        // in chunks: if the key grows, the next cut writes them into one.
+        let n = r.u32()? as usize;
+        p.new_rows = r.values(n, dims)?;
+        if p.stored > 0 && !p.new_rows.is_empty() {
+            return Err(bad("a pane with both inline and chunked rows"));
+        }
+        panes.push(p);
     }
-    Ok(panes)
+    Ok((next, panes))
+}
+
+/// Decodes a row chunk: `(pane start, values)` per pane.
+fn decode_rows(bytes: &[u8], dims: usize) -> Result<Vec<(i64, Vec<f64>)>, String> {
+    let (&format, rest) = bytes.split_first().ok_or_else(|| bad("empty chunk"))?;
+    if format != ROWS_FORMAT {
+        return Err(bad(&format!("unknown chunk format {format}")));
+    }
+    let mut r = Reader(rest);
+    let mut out = Vec::new();
+    while !r.0.is_empty() {
+        let start = r.i64()?;
+        let n = r.u32()? as usize;
+        out.push((start, r.values(n, dims)?));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -727,7 +935,10 @@ mod tests {
                 )
             })
             .collect();
-        for kind in kinds {
+        for (kind, inline) in kinds
+            .iter()
+            .flat_map(|k| [(*k, 0), (*k, 8), (*k, INLINE_VALUES)])
+        {
             let run = |w: &mut Windower, evs: &[(String, i64, f64)], out: &mut Vec<String>| {
                 for (k, ts, x) in evs {
                     let r = w.add(k, *ts, *x, &[*x, 1.0]);
@@ -749,31 +960,129 @@ mod tests {
                     }
                 }
             };
-            let mut a = Windower::new(kind, 60, 2, true);
+            // Cuts every 50 events go to a store, as the checkpointer writes them.
+            let mut store: BTreeMap<(String, Option<u64>), Vec<u8>> = BTreeMap::new();
+            let apply = |w: &mut Windower, store: &mut BTreeMap<_, _>| {
+                for e in w.take_touched() {
+                    match e.value {
+                        Some(v) => store.insert((e.key, e.chunk), v),
+                        None => store.remove(&(e.key, e.chunk)),
+                    };
+                }
+            };
+            let mut a = Windower::new(kind, 60, 2, true).with_inline_values(inline);
             a.track_changes();
             let mut full = Vec::new();
-            run(&mut a, &events[..300], &mut full);
-            let mut saved: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
-            saved.extend(a.take_touched());
+            for part in events[..300].chunks(50) {
+                run(&mut a, part, &mut full);
+                apply(&mut a, &mut store);
+            }
+            let saved = store.clone();
             let wm = a.watermark();
             let mut rest_a = Vec::new();
-            run(&mut a, &events[300..], &mut rest_a);
+            for part in events[300..].chunks(50) {
+                run(&mut a, part, &mut rest_a);
+                apply(&mut a, &mut store);
+            }
 
-            let mut b = Windower::new(kind, 60, 2, true);
-            for (k, v) in &saved {
-                if let Some(v) = v {
-                    b.restore_key(k, v).expect("restores");
-                }
+            let mut b = Windower::new(kind, 60, 2, true).with_inline_values(inline);
+            let keys: BTreeSet<&String> = saved.keys().map(|(k, _)| k).collect();
+            for k in keys {
+                let header = &saved[&(k.clone(), None)];
+                let chunks: Vec<(u64, &[u8])> = saved
+                    .iter()
+                    .filter_map(|((key, c), v)| (key == k).then_some((*c, v)))
+                    .filter_map(|(c, v)| c.map(|c| (c, v.as_slice())))
+                    .collect();
+                b.restore_key(k, header, &chunks).expect("restores");
             }
             b.raise_watermark(wm);
             let mut rest_b = Vec::new();
             run(&mut b, &events[300..], &mut rest_b);
             assert!(!rest_a.is_empty());
-            assert_eq!(rest_a, rest_b, "{kind:?}");
+            assert_eq!(rest_a, rest_b, "{kind:?}, {inline} values inline");
             assert_eq!(a.flush().len(), b.flush().len());
+            // Everything released: the store is empty again.
+            apply(&mut a, &mut store);
+            assert!(store.is_empty(), "{kind:?}: {} entries left", store.len());
         }
-        assert!(decode_panes(&[9], 1).is_err());
-        assert!(decode_panes(&[PANES_FORMAT, 1, 2], 1).is_err());
+        assert!(decode_header(&[9], 1).is_err());
+        assert!(decode_header(&[PANES_FORMAT, 1, 2], 1).is_err());
+        assert!(decode_rows(&[ROWS_FORMAT, 1], 1).is_err());
+    }
+
+    /// A checkpoint writes the rows a key gained since the last one, not every row it holds.
+    #[test]
+    fn a_cut_writes_only_the_new_rows() {
+        let mut w = Windower::new(WindowKind::Tumbling { size_ms: 1000 }, 2000, 1, true);
+        w.track_changes();
+        let rows_written = |e: &[WindowEntry]| -> usize {
+            e.iter()
+                .filter(|e| e.chunk.is_some())
+                .filter_map(|e| e.value.as_ref())
+                .map(|v| decode_rows(v, 1).map_or(0, |r| r.iter().map(|(_, x)| x.len()).sum()))
+                .sum()
+        };
+        // Few rows stay inline in the header.
+        w.add("k", 0, 0.0, &[0.0]);
+        let first = w.take_touched();
+        assert_eq!((first.len(), rows_written(&first)), (1, 0));
+        for i in 1..INLINE_VALUES as i64 + 10 {
+            w.add("k", i % 1000, i as f64, &[i as f64]);
+        }
+        // Past the inline limit every row moves to a chunk, once.
+        assert_eq!(rows_written(&w.take_touched()), INLINE_VALUES + 10);
+        for i in 10..13 {
+            w.add("k", i, i as f64, &[i as f64]);
+        }
+        let second = w.take_touched();
+        assert_eq!(rows_written(&second), 3, "only the new rows");
+        assert_eq!(second.iter().filter(|e| e.value.is_none()).count(), 0);
+        // The pane fires (and stays open for late events): its rows left for the operator,
+        // so both chunks go and the header stays.
+        let f = w.advance(999);
+        assert_eq!(f[0].new_rows.len(), INLINE_VALUES + 13);
+        let third = w.take_touched();
+        let deleted: Vec<Option<u64>> = third
+            .iter()
+            .filter(|e| e.value.is_none())
+            .map(|e| e.chunk)
+            .collect();
+        assert_eq!(deleted, [Some(0), Some(1)]);
+    }
+
+    /// State written by the first format (rows inline in the key's entry) still restores.
+    #[test]
+    fn the_inline_format_still_restores() {
+        let mut agg = Agg::default();
+        agg.add(2.0);
+        agg.add(3.0);
+        let mut v1 = vec![PANES_FORMAT_INLINE];
+        v1.extend_from_slice(&0i64.to_le_bytes());
+        v1.extend_from_slice(&1000i64.to_le_bytes());
+        agg.encode(&mut v1);
+        v1.push(0);
+        v1.extend_from_slice(&2u32.to_le_bytes());
+        for x in [2.0f64, 3.0] {
+            v1.extend_from_slice(&x.to_le_bytes());
+        }
+        let mut w =
+            Windower::new(WindowKind::Tumbling { size_ms: 1000 }, 0, 1, true).with_inline_values(0);
+        w.track_changes();
+        w.restore_key("k", &v1, &[]).expect("restores");
+        // The next cut moves the inline rows into a chunk.
+        let e = w.take_touched();
+        assert!(e.is_empty(), "nothing changed yet");
+        w.add("k", 5, 4.0, &[4.0]);
+        let e = w.take_touched();
+        let chunk = e.iter().find(|e| e.chunk.is_some()).expect("a chunk");
+        let rows = decode_rows(chunk.value.as_deref().unwrap_or_default(), 1).expect("rows");
+        assert_eq!(rows, [(0, vec![2.0, 3.0, 4.0])]);
+        let f = w.advance(999);
+        assert_eq!(
+            (f[0].agg.count, f[0].new_rows.clone()),
+            (3, vec![2.0, 3.0, 4.0])
+        );
     }
 
     #[test]
@@ -783,12 +1092,19 @@ mod tests {
         w.add("stays", 100, 1.0, &[]);
         let first = w.take_touched();
         assert_eq!(first.len(), 1);
-        assert!(first[0].1.is_some());
+        assert!(first[0].value.is_some() && first[0].chunk.is_none());
         // "brief" opens and is released before the next cut; "stays" is released too, but
         // the store has its panes from the first cut, so it must hear of the removal.
         w.add("brief", 200, 1.0, &[]);
         w.advance(5_000);
-        assert_eq!(w.take_touched(), vec![("stays".to_string(), None)]);
+        assert_eq!(
+            w.take_touched(),
+            vec![WindowEntry {
+                chunk: None,
+                key: "stays".to_string(),
+                value: None
+            }]
+        );
         assert!(w.take_touched().is_empty());
     }
 
