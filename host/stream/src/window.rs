@@ -362,11 +362,12 @@ impl Windower {
         chunks.sort_unstable_by_key(|(seq, _)| *seq);
         for &(seq, bytes) in &chunks {
             for (start, rows) in decode_rows(bytes, self.dims)? {
-                let p = panes
-                    .iter_mut()
-                    .find(|p| p.span.start == start)
-                    .ok_or_else(|| format!("corrupt window state: chunk {seq} has rows of a pane it does not have ({start})"))?;
-                if p.stored > 0 && seq >= p.since {
+                // Rows of a pane released since (or of an earlier firing) are garbage the
+                // chunk keeps until no pane needs it.
+                if let Some(p) = panes.iter_mut().find(|p| p.span.start == start)
+                    && p.stored > 0
+                    && seq >= p.since
+                {
                     p.new_rows.extend(rows);
                 }
             }

@@ -139,7 +139,9 @@ fn retention_under_a_running_worker_is_found_on_the_fetch() {
                     "--db",
                     &db.url,
                 ])
-                .args(["--commit-rows", "1000000"])
+                // Small cuts, each 2.5 s in its commit: the worker defers cuts while one
+                // commits only up to four cuts' worth of outputs, then waits for the database.
+                .args(["--commit-rows", "1000"])
                 .env("WEIR_FAILPOINT_COMMIT_PAUSE_MS", "2500")
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(dir.0.join("run.err")).unwrap())
