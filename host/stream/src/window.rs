@@ -1052,6 +1052,50 @@ mod tests {
         assert_eq!(deleted, [Some(0), Some(1)]);
     }
 
+    /// A chunk outlives a pane whose rows it holds while another pane still needs it: the
+    /// restore skips the released pane's rows.
+    #[test]
+    fn a_chunk_kept_for_one_pane_restores_without_the_released_ones() {
+        let new = || {
+            Windower::new(WindowKind::Tumbling { size_ms: 1000 }, 500, 1, true)
+                .with_inline_values(0)
+        };
+        let mut w = new();
+        w.track_changes();
+        let mut store: BTreeMap<Option<u64>, Vec<u8>> = BTreeMap::new();
+        let mut cut = |w: &mut Windower| {
+            for e in w.take_touched() {
+                match e.value {
+                    Some(v) => store.insert(e.chunk, v),
+                    None => store.remove(&e.chunk),
+                };
+            }
+        };
+        w.add("k", 10, 1.0, &[1.0]);
+        w.add("k", 2_010, 2.0, &[2.0]);
+        cut(&mut w);
+        // The pane at 0 fires and is released; the one at 2,000 still needs chunk 0.
+        let f = w.advance(1_600);
+        assert!(f.iter().any(|f| f.span.start == 0 && f.closing));
+        cut(&mut w);
+        assert!(store.contains_key(&Some(0)), "chunk 0 is still needed");
+        let mut b = new();
+        let chunks: Vec<(u64, &[u8])> = store
+            .iter()
+            .filter_map(|(c, v)| c.map(|c| (c, v.as_slice())))
+            .collect();
+        b.restore_key("k", &store[&None], &chunks)
+            .expect("restores");
+        let (fa, fb) = (w.flush(), b.flush());
+        let rows = |f: &[Fired]| f.iter().map(|f| f.new_rows.clone()).collect::<Vec<_>>();
+        assert_eq!(rows(&fa), rows(&fb));
+        assert_eq!(
+            rows(&fb),
+            [vec![2.0], vec![]],
+            "its first firing, then its release"
+        );
+    }
+
     /// State written by the first format (rows inline in the key's entry) still restores.
     #[test]
     fn the_inline_format_still_restores() {
