@@ -5,8 +5,9 @@
 //! goes to the checkpointer and the worker carries on with the next batches. While a cut is
 //! being committed the worker defers the next one (it covers more when it comes), unless
 //! outputs pile up past a bound; then one more may wait, and a third blocks the worker
-//! (back-pressure, never a drop). Before a cut commits, every output record queued before it is acknowledged by
-//! Kafka, so the topics always hold at least what a checkpoint says was done.
+//! (back-pressure, never a drop). Before a cut commits, every output record queued before it
+//! is acknowledged by Kafka, so the topics always hold at least what a checkpoint says was
+//! done.
 
 use crate::kafka::{Consumer, DELIVERY_TIMEOUT, Deliveries};
 use crate::source::Owning;
