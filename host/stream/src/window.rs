@@ -306,12 +306,8 @@ impl Windower {
                     if p.stored == 0 {
                         p.since = seq;
                     }
-                    let fresh = &p.new_rows[p.stored..];
                     rows.extend_from_slice(&p.span.start.to_le_bytes());
-                    rows.extend_from_slice(&(fresh.len() as u32).to_le_bytes());
-                    for x in fresh {
-                        rows.extend_from_slice(&x.to_le_bytes());
-                    }
+                    put_values(&mut rows, &p.new_rows[p.stored..]);
                     p.stored = p.new_rows.len();
                 }
             }
@@ -730,13 +726,17 @@ fn encode_header<'a>(next: u64, panes: impl Iterator<Item = &'a Pane>, inline: b
         out.push(u8::from(p.fired) | (u8::from(p.dirty) << 1));
         out.extend_from_slice(&(p.stored as u64).to_le_bytes());
         out.extend_from_slice(&p.since.to_le_bytes());
-        let own: &[f64] = if inline { &p.new_rows } else { &[] };
-        out.extend_from_slice(&(own.len() as u32).to_le_bytes());
-        for x in own {
-            out.extend_from_slice(&x.to_le_bytes());
-        }
+        put_values(&mut out, if inline { &p.new_rows } else { &[] });
     }
     out
+}
+
+/// Writes a value count and the values (little-endian), as [`Reader::values`] reads them.
+fn put_values(out: &mut Vec<u8>, values: &[f64]) {
+    out.extend_from_slice(&(values.len() as u32).to_le_bytes());
+    for x in values {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
 }
 
 fn bad(what: &str) -> String {
@@ -769,7 +769,9 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Result<u32, String> {
         Ok(u32::from_le_bytes(self.array()?))
     }
-    fn values(&mut self, n: usize, dims: usize) -> Result<Vec<f64>, String> {
+    /// A value count and the values, as [`put_values`] writes them.
+    fn values(&mut self, dims: usize) -> Result<Vec<f64>, String> {
+        let n = self.u32()? as usize;
         if dims > 0 && !n.is_multiple_of(dims) {
             return Err(bad("rows do not match the input dimensions"));
         }
@@ -815,8 +817,7 @@ fn decode_header(bytes: &[u8], dims: usize) -> Result<(u64, Vec<Pane>), String> 
         }
         // Rows kept inline (a key with few rows, or the first format) count as not stored
         // in chunks: if the key grows, the next cut writes them into one.
-        let n = r.u32()? as usize;
-        p.new_rows = r.values(n, dims)?;
+        p.new_rows = r.values(dims)?;
         if p.stored > 0 && !p.new_rows.is_empty() {
             return Err(bad("a pane with both inline and chunked rows"));
         }
@@ -835,8 +836,7 @@ fn decode_rows(bytes: &[u8], dims: usize) -> Result<Vec<(i64, Vec<f64>)>, String
     let mut out = Vec::new();
     while !r.0.is_empty() {
         let start = r.i64()?;
-        let n = r.u32()? as usize;
-        out.push((start, r.values(n, dims)?));
+        out.push((start, r.values(dims)?));
     }
     Ok(out)
 }

@@ -96,13 +96,13 @@ fn crash_recovery(db: TestDb, clean: TestDb) {
                 break Some(s);
             }
             if kills < KILLS {
-                // Killed after a random share of the input, not a random time: a faster
-                // worker must not outrun the kills.
                 // A start-up kill that the worker outran (it checkpointed already) lands now:
                 // a fast worker could otherwise finish the whole input before it.
                 if lives % 4 == 0 && position() > base {
                     kill_at = Some(Instant::now());
                 }
+                // Killed after a random share of the input, not a random time: a faster
+                // worker must not outrun the kills.
                 if kill_at.is_none() && position() >= base + kill_after {
                     kill_at = Some(Instant::now() + Duration::from_millis(rng.below(60)));
                 }
