@@ -70,13 +70,16 @@ impl StateValues {
 /// In-memory [`KeyedState`], the default.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryState {
-    entries: HashMap<String, HashMap<String, Vec<u8>>>,
+    entries: Map<String, Map<String, Vec<u8>>>,
 }
+
+/// foldhash, seeded per map: the keys are users' event keys, looked up per pane.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 impl MemoryState {
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.entries.values().map(HashMap::len).sum()
+        self.entries.values().map(Map::len).sum()
     }
 
     /// True when no entry is stored.

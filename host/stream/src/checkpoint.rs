@@ -12,7 +12,7 @@ use crate::output::{Outputs, Records};
 use crate::pipeline::{Pipeline, PipelineError, Switch};
 use crate::state::TrackedState;
 use crate::training::Decision;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use weir_engine::Runner;
 
 /// The keyed-state namespace of a key's window header (see [`Windower::take_touched`]).
@@ -82,7 +82,7 @@ pub struct Checkpoint {
 pub(crate) struct Tracking {
     pub(crate) options: CheckpointOptions,
     /// Which partition owns each key.
-    pub(crate) key_partition: HashMap<String, i32>,
+    pub(crate) key_partition: crate::FastMap<String, i32>,
     /// `(stage name, its state)` for every stateful Wasm stage.
     pub(crate) states: Vec<(String, TrackedState)>,
     pub(crate) results: Records,

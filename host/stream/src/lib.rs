@@ -23,6 +23,11 @@ pub use state::{EntryChange, MemoryStateStore, StateScope, StateStore, TrackedSt
 pub use watermark::Watermarks;
 pub use window::{Fired, Lateness, Pane, WindowKind, WindowSpan, Windower};
 
+/// The hash map of the per-event paths (window keys and panes, keyed state, key ownership):
+/// foldhash, seeded per map, instead of SipHash. Keys come from users' events, so the seed
+/// stays random; a tenant that crafts colliding keys slows only its own pipeline.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Where a record came from.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,

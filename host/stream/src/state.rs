@@ -91,14 +91,14 @@ pub struct TrackedState {
     inner: Arc<Mutex<Tracked>>,
 }
 
-type KeyEntries = HashMap<String, HashMap<String, Vec<u8>>>;
+type KeyEntries = crate::FastMap<String, crate::FastMap<String, Vec<u8>>>;
 
 #[derive(Debug, Default)]
 struct Tracked {
     entries: KeyEntries,
     /// Entries changed since the last cut, each with whether it existed at that cut: one
     /// written and removed between two cuts changed nothing a store holds.
-    dirty: HashMap<(String, String), bool>,
+    dirty: crate::FastMap<(String, String), bool>,
 }
 
 impl Tracked {

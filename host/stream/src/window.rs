@@ -8,9 +8,10 @@
 //! again. A pane is released (its last firing is marked `closing`) once
 //! `W ≥ end − 1 + lateness`.
 
+use crate::FastMap;
 use crate::aggregate::Agg;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Kind and size of a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,13 +166,14 @@ impl Fired {
 /// handed to the operator once per call: an operator reads and writes a pane's state once
 /// per call, and two firings of one pane in one call would read the same state twice.
 pub fn merge_firings(fired: Vec<Fired>) -> Vec<Fired> {
-    let mut seen: std::collections::HashSet<(&str, i64)> =
-        std::collections::HashSet::with_capacity(fired.len());
+    let mut seen: std::collections::HashSet<(&str, i64), foldhash::fast::RandomState> =
+        std::collections::HashSet::with_capacity_and_hasher(fired.len(), Default::default());
     if fired.iter().all(|f| seen.insert((&f.key, f.span.start))) {
         return fired;
     }
     drop(seen);
-    let mut at: HashMap<(String, i64), usize> = HashMap::with_capacity(fired.len());
+    let mut at: FastMap<(String, i64), usize> =
+        FastMap::with_capacity_and_hasher(fired.len(), Default::default());
     let mut out: Vec<Fired> = Vec::with_capacity(fired.len());
     for f in fired {
         let id = (f.key.clone(), f.span.start);
@@ -193,9 +195,9 @@ pub struct Windower {
     lateness: i64,
     dims: usize,
     keep_rows: bool,
-    keys: HashMap<String, u32>,
+    keys: FastMap<String, u32>,
     names: Vec<String>,
-    panes: HashMap<u32, BTreeMap<i64, Pane>>,
+    panes: FastMap<u32, BTreeMap<i64, Pane>>,
     /// Unfired panes by (end, key, start).
     pending: BTreeSet<(i64, u32, i64)>,
     /// Fired panes with late updates.
@@ -209,9 +211,9 @@ pub struct Windower {
     /// Keys whose panes changed since the last [`Windower::take_touched`], when tracked,
     /// each with whether it had panes at that cut (a key that had none then and has none
     /// now changed nothing a store holds).
-    touched: Option<HashMap<u32, bool>>,
+    touched: Option<FastMap<u32, bool>>,
     /// Each key's row chunks in the store (only with rows kept and tracking on).
-    chunks: HashMap<u32, Chunks>,
+    chunks: FastMap<u32, Chunks>,
     /// A key keeps its rows inline while it has at most this many values.
     inline_values: usize,
 }
@@ -226,9 +228,9 @@ impl Windower {
             lateness: lateness_ms.max(0),
             dims,
             keep_rows,
-            keys: HashMap::new(),
+            keys: FastMap::default(),
             names: Vec::new(),
-            panes: HashMap::new(),
+            panes: FastMap::default(),
             pending: BTreeSet::new(),
             dirty: BTreeSet::new(),
             cleanup: BTreeSet::new(),
@@ -236,7 +238,7 @@ impl Windower {
             late_events: 0,
             judge: i64::MIN,
             touched: None,
-            chunks: HashMap::new(),
+            chunks: FastMap::default(),
             inline_values: INLINE_VALUES,
         }
     }
@@ -244,7 +246,7 @@ impl Windower {
     /// Starts tracking which keys' panes change, for checkpoints
     /// ([`Windower::take_touched`]).
     pub fn track_changes(&mut self) {
-        self.touched.get_or_insert_with(HashMap::new);
+        self.touched.get_or_insert_with(FastMap::default);
     }
 
     /// Sets how many row values a key keeps inline before its rows move to chunks.
@@ -694,8 +696,8 @@ fn fire(names: &[String], k: u32, p: &mut Pane, first: bool, closing: bool) -> F
 /// panes are as they were then until its first change).
 #[inline]
 fn mark(
-    touched: &mut Option<HashMap<u32, bool>>,
-    panes: &HashMap<u32, BTreeMap<i64, Pane>>,
+    touched: &mut Option<FastMap<u32, bool>>,
+    panes: &FastMap<u32, BTreeMap<i64, Pane>>,
     k: u32,
 ) {
     if let Some(t) = touched.as_mut() {
