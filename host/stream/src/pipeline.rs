@@ -73,6 +73,11 @@ pub struct Stats {
     pub batches: u64,
     /// Current watermark.
     pub watermark: i64,
+    /// Events (with checkpoints on) whose key's state is kept with another partition: the
+    /// partition the key was first seen on. Harmless while one worker owns every
+    /// partition; with several workers, input must be keyed by the event's key (see
+    /// [`Pipeline::checkpoint`]).
+    pub key_hops: u64,
 }
 
 /// The slots of a pipeline's Wasm stages.
@@ -399,8 +404,25 @@ impl Pipeline {
                     });
                     self.raw.push((i, 0));
                     if let Some(cp) = self.checkpoints.as_mut() {
-                        match cp.key_partition.get_mut(&*p.key) {
-                            Some(part) => *part = r.partition,
+                        // A key's state stays with the partition it was first seen on: its
+                        // rows must live in one partition, or a restore would find an old
+                        // copy in the partition it left.
+                        match cp.key_partition.get(&*p.key) {
+                            Some(&owner) if owner != r.partition => {
+                                if self.stats.key_hops == 0 {
+                                    tracing::warn!(
+                                        "key `{}` arrived on partition {} but its state is kept \
+                                         with partition {owner}, where it was first seen; fine \
+                                         while one worker owns every partition, but workers that \
+                                         share the topic need it keyed by the event's key \
+                                         (counted in `key_hops`, warned once)",
+                                        p.key,
+                                        r.partition
+                                    );
+                                }
+                                self.stats.key_hops += 1;
+                            }
+                            Some(_) => {}
                             None => {
                                 cp.key_partition.insert(p.key.into_owned(), r.partition);
                             }

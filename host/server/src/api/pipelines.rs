@@ -89,6 +89,10 @@ pub struct Counters {
     pub skipped: u64,
     /// Errors the consumer reported (the broker unreachable, for example).
     pub source_errors: u64,
+    /// Events whose key's state is kept with another partition (the one the key was first
+    /// seen on). Fine with one worker; with several, the input must be keyed by the event's
+    /// key.
+    pub key_hops: u64,
 }
 
 /// A pipeline.
@@ -190,6 +194,7 @@ async fn info(
                     unassigned_s: pr.idle_for.map(|d| d.as_secs_f64()),
                     skipped: pr.skipped,
                     source_errors: pr.source_errors,
+                    key_hops: st.key_hops,
                 }),
                 lock(&r.error).clone().or_else(|| p.error.clone()),
             )
