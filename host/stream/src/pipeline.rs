@@ -111,6 +111,10 @@ pub(crate) struct WindowStage {
     pub(crate) windower: Windower,
     aggs: Vec<AggKind>,
     value_index: usize,
+    /// The inputs an operator's rows carry (`window.row_inputs`), when not all of them,
+    /// and the row being built from them.
+    row_inputs: Option<Vec<usize>>,
+    row: Vec<f64>,
     pub(crate) operator: Option<Runner>,
     outputs: Vec<String>,
     /// Windows due but not emitted yet (with a fire budget: see
@@ -191,10 +195,17 @@ impl Pipeline {
                 )?;
                 let kind = w.kind_checked().map_err(PipelineError::Setup)?;
                 let keep_rows = w.operator.is_some();
+                let row_inputs: Option<Vec<usize>> = w
+                    .row_inputs
+                    .as_ref()
+                    .map(|r| r.iter().map(|i| *i.get_ref() as usize).collect());
+                let row_dims = row_inputs.as_ref().map_or(dims, Vec::len);
                 Some(WindowStage {
-                    windower: Windower::new(kind, *w.lateness_ms.get_ref(), dims, keep_rows),
+                    windower: Windower::new(kind, *w.lateness_ms.get_ref(), row_dims, keep_rows),
                     aggs: w.aggregate_kinds(),
                     value_index: *w.value_index.get_ref() as usize,
+                    row_inputs,
+                    row: Vec::with_capacity(row_dims),
                     operator: slots.window_operator.map(Runner::new),
                     outputs: w.outputs.clone(),
                     pending: VecDeque::new(),
@@ -506,10 +517,16 @@ impl Pipeline {
             let partition = self.positions[i].partition;
             self.watermarks.observe(partition, ts, now_ms);
             let judge = self.watermarks.partition_watermark(partition);
-            if w.windower
-                .add_judged(key, ts, row[w.value_index], row, judge)
-                == Lateness::TooLate
-            {
+            let value = row[w.value_index];
+            let row = match &w.row_inputs {
+                Some(inputs) => {
+                    w.row.clear();
+                    w.row.extend(inputs.iter().map(|&j| row[j]));
+                    &w.row[..]
+                }
+                None => row,
+            };
+            if w.windower.add_judged(key, ts, value, row, judge) == Lateness::TooLate {
                 w.windower.count_late();
                 self.stats.late += 1;
                 let r = &records[self.raw[i].0];

@@ -243,6 +243,11 @@ pub struct WindowSpec {
     pub aggregates: Vec<Spanned<String>>,
     /// A Wasm operator whose `on-window` hook computes the window results instead.
     pub operator: Option<StageSpec>,
+    /// The inputs (by index, in this order) that the rows handed to the window operator
+    /// carry; every input when absent. A pane keeps each row until it fires, in memory and
+    /// in checkpoints, so name only what the operator reads (the workload's `window-stats`
+    /// reads one value: `row_inputs = [0]`, an eighth of the state).
+    pub row_inputs: Option<Vec<Spanned<u32>>>,
     /// Names of the values the window operator emits (default `v0`, `v1`, …).
     #[serde(default)]
     pub outputs: Vec<String>,
@@ -578,6 +583,34 @@ impl PipelineSpec {
                     ));
                 }
             }
+            if let Some(inputs) = &w.row_inputs {
+                if w.operator.is_none() {
+                    return Err(at(
+                        w.kind.span(),
+                        "window.row_inputs chooses what the window operator's rows carry, \
+                         and the window has no operator"
+                            .into(),
+                    ));
+                }
+                if inputs.is_empty() {
+                    return Err(at(
+                        w.kind.span(),
+                        "window.row_inputs is empty: name at least one input".into(),
+                    ));
+                }
+                for i in inputs {
+                    if *i.get_ref() >= *self.source.input_dims.get_ref() {
+                        return Err(at(
+                            i.span(),
+                            format!(
+                                "window.row_inputs: input {} is outside the {} inputs",
+                                i.get_ref(),
+                                self.source.input_dims.get_ref()
+                            ),
+                        ));
+                    }
+                }
+            }
             if w.aggregates.is_empty() && w.operator.is_none() {
                 return Err(at(
                     w.kind.span(),
@@ -797,6 +830,35 @@ dead_letter_topic = "dlq"
                 .unwrap_err();
         assert_eq!(e.location, Some((7, 14)), "{e}");
         assert!(e.message.contains("between 1 and 1024"), "{e}");
+    }
+
+    #[test]
+    fn row_inputs_name_inputs_an_operator_reads() {
+        // GOOD's window has built-in aggregates only: rows go to no operator.
+        let e = PipelineSpec::parse(
+            &GOOD.replace("lateness_ms = 2000", "lateness_ms = 2000\nrow_inputs = [0]"),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("the window has no operator"), "{e}");
+        let with_op = GOOD.replace(
+            "aggregates = [\"count\", \"mean\", \"max\"]",
+            "row_inputs = [2, 0]\n[window.operator]\nplugin = \"window-stats\"",
+        );
+        let s = PipelineSpec::parse(&with_op).unwrap();
+        let inputs: Vec<u32> = s
+            .window
+            .unwrap()
+            .row_inputs
+            .unwrap()
+            .iter()
+            .map(|i| *i.get_ref())
+            .collect();
+        assert_eq!(inputs, [2, 0]);
+        let e = PipelineSpec::parse(&with_op.replace("[2, 0]", "[2, 8]")).unwrap_err();
+        assert!(e.message.contains("input 8 is outside the 8 inputs"), "{e}");
+        assert_eq!(e.location.map(|l| l.0), Some(18), "{e}");
+        let e = PipelineSpec::parse(&with_op.replace("[2, 0]", "[]")).unwrap_err();
+        assert!(e.message.contains("row_inputs is empty"), "{e}");
     }
 
     #[test]
