@@ -246,7 +246,8 @@ pub struct WindowSpec {
     /// The inputs (by index, in this order) that the rows handed to the window operator
     /// carry; every input when absent. A pane keeps each row until it fires, in memory and
     /// in checkpoints, so name only what the operator reads (the workload's `window-stats`
-    /// reads one value: `row_inputs = [0]`, an eighth of the state).
+    /// reads one value: `row_inputs = [0]`, an eighth of the state). Stored window state
+    /// records its row width: a restore with another width is refused with a clear error.
     pub row_inputs: Option<Vec<Spanned<u32>>>,
     /// Names of the values the window operator emits (default `v0`, `v1`, …).
     #[serde(default)]

@@ -340,7 +340,12 @@ impl Windower {
             out.push(WindowEntry {
                 chunk: None,
                 key: key.clone(),
-                value: Some(encode_header(chunks.next, panes.values(), inline)),
+                value: Some(encode_header(
+                    chunks.next,
+                    self.dims,
+                    panes.values(),
+                    inline,
+                )),
             });
         }
         out
@@ -708,19 +713,27 @@ fn mark(
 
 /// The first format kept each pane's rows inline in the key's one entry; it is still read.
 const PANES_FORMAT_INLINE: u8 = 1;
-/// A key's header: a format byte, the next chunk's sequence number, then per pane its span,
-/// accumulator, flags, how many row values the key's chunks hold for it and the chunk they
-/// start in, and its rows kept inline (a count and the values; all little-endian). A key's
-/// rows are all inline or all in chunks.
-const PANES_FORMAT: u8 = 2;
+/// The second format: the third without the row width; it is still read.
+const PANES_FORMAT_NO_WIDTH: u8 = 2;
+/// A key's header: a format byte, the next chunk's sequence number, the row width (values
+/// per row), then per pane its span, accumulator, flags, how many row values the key's
+/// chunks hold for it and the chunk they start in, and its rows kept inline (a count and the
+/// values; all little-endian). A key's rows are all inline or all in chunks.
+const PANES_FORMAT: u8 = 3;
 /// A key keeps its rows inline in its header while it has at most this many values (8 KiB).
 const INLINE_VALUES: usize = 1024;
 /// A row chunk: a format byte, then per pane its start, a value count and the values.
 const ROWS_FORMAT: u8 = 1;
 
-fn encode_header<'a>(next: u64, panes: impl Iterator<Item = &'a Pane>, inline: bool) -> Vec<u8> {
+fn encode_header<'a>(
+    next: u64,
+    dims: usize,
+    panes: impl Iterator<Item = &'a Pane>,
+    inline: bool,
+) -> Vec<u8> {
     let mut out = vec![PANES_FORMAT];
     out.extend_from_slice(&next.to_le_bytes());
+    out.extend_from_slice(&(dims as u32).to_le_bytes());
     for p in panes {
         out.extend_from_slice(&p.span.start.to_le_bytes());
         out.extend_from_slice(&p.span.end.to_le_bytes());
@@ -794,11 +807,25 @@ impl<'a> Reader<'a> {
 /// next cut writes them as a chunk).
 fn decode_header(bytes: &[u8], dims: usize) -> Result<(u64, Vec<Pane>), String> {
     let (&format, rest) = bytes.split_first().ok_or_else(|| bad("empty"))?;
-    if format != PANES_FORMAT && format != PANES_FORMAT_INLINE {
+    if ![PANES_FORMAT, PANES_FORMAT_NO_WIDTH, PANES_FORMAT_INLINE].contains(&format) {
         return Err(bad(&format!("unknown format {format}")));
     }
     let mut r = Reader(rest);
-    let next = if format == PANES_FORMAT { r.u64()? } else { 0 };
+    let next = if format == PANES_FORMAT_INLINE {
+        0
+    } else {
+        r.u64()?
+    };
+    if format == PANES_FORMAT {
+        let width = r.u32()? as usize;
+        if width != dims {
+            return Err(format!(
+                "the stored window rows have {width} values each, and this pipeline's have \
+                 {dims}: `window.row_inputs` or `source.input_dims` changed while the window \
+                 held state (restore with the spec that wrote it, or start the pipeline anew)"
+            ));
+        }
+    }
     let mut panes = Vec::new();
     while !r.0.is_empty() {
         let start = r.i64()?;
@@ -813,7 +840,7 @@ fn decode_header(bytes: &[u8], dims: usize) -> Result<(u64, Vec<Pane>), String> 
         p.agg = agg;
         p.fired = flags & 1 != 0;
         p.dirty = flags & 2 != 0;
-        if format == PANES_FORMAT {
+        if format != PANES_FORMAT_INLINE {
             p.stored = usize::try_from(r.u64()?).map_err(|_| bad("row count"))?;
             p.since = r.u64()?;
         }
@@ -1130,6 +1157,33 @@ mod tests {
             (f[0].agg.count, f[0].new_rows.clone()),
             (3, vec![2.0, 3.0, 4.0])
         );
+    }
+
+    #[test]
+    fn rows_of_another_width_are_refused() {
+        let kind = WindowKind::Tumbling { size_ms: 1000 };
+        let mut w = Windower::new(kind, 0, 2, true);
+        w.track_changes();
+        w.add("k", 5, 1.0, &[1.0, 2.0]);
+        let e = w.take_touched();
+        let header = e[0].value.clone().expect("a header");
+        let err = Windower::new(kind, 0, 1, true)
+            .restore_key("k", &header, &[])
+            .expect_err("one value per row now");
+        assert!(
+            err.contains("have 2 values each, and this pipeline's have 1"),
+            "{err}"
+        );
+        let mut same = Windower::new(kind, 0, 2, true);
+        same.restore_key("k", &header, &[]).expect("same width");
+        assert_eq!(same.advance(999)[0].new_rows, [1.0, 2.0]);
+        // The second format, which has no width, still restores (unchecked).
+        let mut v2 = vec![PANES_FORMAT_NO_WIDTH];
+        v2.extend_from_slice(&header[1..9]);
+        v2.extend_from_slice(&header[13..]);
+        let mut old = Windower::new(kind, 0, 2, true);
+        old.restore_key("k", &v2, &[]).expect("format 2");
+        assert_eq!(old.advance(999)[0].new_rows, [1.0, 2.0]);
     }
 
     #[test]
