@@ -185,6 +185,35 @@ struct Cursor<'a> {
     i: usize,
 }
 
+/// Folds the decimal digits of `b` from `i` into `mantissa` while it has fewer than 19
+/// significant ones (`digits`; leading zeros do not count), clearing `exact` for any
+/// dropped. Returns where the digits end and how many went into `mantissa`.
+#[inline(always)]
+fn fold_digits(
+    b: &[u8],
+    mut i: usize,
+    mantissa: &mut u64,
+    digits: &mut u32,
+    exact: &mut bool,
+) -> (usize, i32) {
+    let mut kept = 0;
+    while let Some(&d) = b.get(i) {
+        let v = d.wrapping_sub(b'0');
+        if v > 9 {
+            break;
+        }
+        if *digits < 19 {
+            *mantissa = *mantissa * 10 + u64::from(v);
+            *digits += u32::from(*mantissa != 0);
+            kept += 1;
+        } else {
+            *exact = false;
+        }
+        i += 1;
+    }
+    (i, kept)
+}
+
 /// A string scanned by [`Cursor::plain`].
 enum Plain<'a> {
     /// Its bytes, with no escapes, and whether they are all ASCII.
@@ -403,19 +432,7 @@ impl<'a> Cursor<'a> {
         match b.get(i) {
             Some(b'0') => i += 1,
             Some(b'1'..=b'9') => {
-                while let Some(&d) = b.get(i) {
-                    let v = d.wrapping_sub(b'0');
-                    if v > 9 {
-                        break;
-                    }
-                    if digits < 19 {
-                        mantissa = mantissa * 10 + u64::from(v);
-                        digits += 1;
-                    } else {
-                        exact = false;
-                    }
-                    i += 1;
-                }
+                (i, _) = fold_digits(b, i, &mut mantissa, &mut digits, &mut exact);
             }
             _ => return malformed(self, i),
         }
@@ -424,20 +441,9 @@ impl<'a> Cursor<'a> {
             integer = false;
             i += 1;
             let first = i;
-            while let Some(&d) = b.get(i) {
-                let v = d.wrapping_sub(b'0');
-                if v > 9 {
-                    break;
-                }
-                if digits < 19 {
-                    mantissa = mantissa * 10 + u64::from(v);
-                    digits += u32::from(mantissa != 0);
-                    exp10 -= 1;
-                } else {
-                    exact = false;
-                }
-                i += 1;
-            }
+            let kept;
+            (i, kept) = fold_digits(b, i, &mut mantissa, &mut digits, &mut exact);
+            exp10 -= kept;
             if i == first {
                 return malformed(self, i);
             }
