@@ -75,8 +75,8 @@ pub struct Stats {
     pub watermark: i64,
     /// Events (with checkpoints on) whose key's state is kept with another partition: the
     /// partition the key was first seen on. Harmless while one worker owns every
-    /// partition; with several workers, input must be keyed by the event's key (see
-    /// [`Pipeline::checkpoint`]).
+    /// partition; with several workers, input must be keyed by the event's key (the
+    /// README's "Persistence" section).
     pub key_hops: u64,
 }
 
