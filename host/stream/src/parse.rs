@@ -277,12 +277,9 @@ impl<'a> Cursor<'a> {
     /// A string: borrowed when it has no escapes, unescaped otherwise.
     fn string(&mut self) -> Result<Cow<'a, str>, String> {
         match self.plain()? {
-            Plain::Bytes(s, _) => std::str::from_utf8(s).map(Cow::Borrowed).map_err(|_| {
-                self.i -= 1;
-                let e = self.error("a string that is not UTF-8");
-                self.i += 1;
-                e
-            }),
+            Plain::Bytes(s, _) => std::str::from_utf8(s)
+                .map(Cow::Borrowed)
+                .map_err(|_| self.not_utf8()),
             Plain::Escaped(start) => self.escaped(start).map(Cow::Owned),
         }
     }
@@ -293,13 +290,21 @@ impl<'a> Cursor<'a> {
         match self.plain()? {
             Plain::Bytes(s, ascii) => {
                 if !ascii && std::str::from_utf8(s).is_err() {
-                    self.i -= 1;
-                    return Err(self.error("a string that is not UTF-8"));
+                    return Err(self.not_utf8());
                 }
                 Ok(Cow::Borrowed(s))
             }
             Plain::Escaped(start) => self.escaped(start).map(|s| Cow::Owned(s.into_bytes())),
         }
+    }
+
+    /// The error for a string just scanned (the cursor past its closing quote) that is not
+    /// UTF-8; it points at the closing quote.
+    fn not_utf8(&self) -> String {
+        format!(
+            "malformed record: a string that is not UTF-8 at byte {}",
+            (self.i - 1).min(self.b.len())
+        )
     }
 
     /// Scans a string up to its closing quote (then just past it) or its first escape
