@@ -15,6 +15,7 @@ use weir_worker::{Durability, Progress, WorkerOptions, WorkerReport};
 use weir_workload::{Event, to_json_line};
 
 const WORKLOAD: &str = include_str!("../../examples/workload.toml");
+const FUSED: &str = include_str!("../../examples/workload-fused.toml");
 
 /// An embedded broker with the workload's topics. Its partitions keep only their last
 /// 5 MiB (see `EmbeddedBroker`), and these tests load a topic before reading it, so the
@@ -246,6 +247,57 @@ fn window_results_equal_an_independent_reference() {
 
     // Job 1 ran on every event, late ones included.
     assert_eq!(stats.results_out, evs.len() as u64);
+}
+
+/// `examples/workload-fused.toml`: job 1 as one model component over the raw inputs
+/// (`scaled-logistic`, no extractor) scores every event as standardize → logistic does.
+#[test]
+fn a_fused_model_scores_every_event_like_the_two_stages() {
+    let b = broker(8);
+    let n = 20_000u64;
+    let evs = events(n);
+    produce(
+        &b.bootstrap(),
+        evs.iter().map(|e| (e.key.clone(), to_json_line(e))),
+    );
+    let spec = PipelineSpec::parse(FUSED).unwrap();
+    assert!(spec.extractor.is_none());
+    let p = run(&Db::new(), &spec, &b.bootstrap(), n, 1024);
+    assert_eq!(p.stats.results_out, n);
+
+    // The reference score of each input record, by (partition, offset).
+    let m = &models().event_model;
+    let mut want: HashMap<(i64, i64), f64> = HashMap::new();
+    for r in read_raw(&b.bootstrap(), "events", n) {
+        let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        let x: Vec<f64> = v["x"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let mut score = Vec::new();
+        weir_workload::native::job1(m, &x, &mut score);
+        want.insert((r.partition as i64, r.offset), score[0]);
+    }
+    let results = read(&b.bootstrap(), "scores", n);
+    let mut seen = std::collections::HashSet::new();
+    let mut worst = 0.0f64;
+    for r in &results {
+        let at = (
+            r["partition"].as_i64().unwrap(),
+            r["offset"].as_i64().unwrap(),
+        );
+        assert!(seen.insert(at), "two results for {at:?}");
+        let got = r["score"].as_f64().unwrap();
+        worst = worst.max((got - want[&at]).abs());
+        assert!(r.get("extractor_version").is_none(), "{r}");
+    }
+    assert_eq!(seen.len() as u64, n, "one result per input record");
+    assert!(
+        worst <= 1e-9,
+        "largest difference from the reference: {worst:e}"
+    );
 }
 
 #[test]

@@ -198,6 +198,11 @@ impl Engine {
         config.epoch_interruption(true);
         config.max_wasm_stack(512 * 1024);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // For profilers: `WEIR_PERFMAP=1` writes /tmp/perf-PID.map, so `perf report` names
+        // the plugins' compiled functions instead of showing bare addresses.
+        if std::env::var_os("WEIR_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         if options.pooling {
             let mut pool = wasmtime::PoolingAllocationConfig::default();
             pool.total_component_instances(256)

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use weir_engine::{
-    Deployment, Engine, EngineOptions, EventBatch, Instance, Manifest, Plugin, Runner, Slot,
+    Deployment, Engine, EngineOptions, EventBatch, FeatureBatch, Instance, Manifest, Plugin,
+    Runner, Slot,
 };
 use weir_workload::{Event, Generator, Models};
 
@@ -101,6 +102,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
             );
             Ok(())
         }
+        // For profilers: job 1 fused into one model (`scaled-logistic`), in a loop.
+        "fused-loop" => {
+            let events = load_events(&args)?;
+            let fuel = std::env::var_os("WEIR_BENCH_NO_FUEL").is_none();
+            let engine = Engine::new(EngineOptions {
+                fuel,
+                cache_dir: std::env::var_os("WEIR_CACHE_DIR").map(PathBuf::from),
+                ..EngineOptions::default()
+            })?;
+            let inputs: Vec<f64> = events.iter().flat_map(|e| e.x).collect();
+            let (secs, _) =
+                Job1::fused(&engine, &Models::load(), &inputs, 1024)?.time(args.runs)?;
+            println!("fused_ns_per_event={:.1}", secs * 1e9 / events.len() as f64);
+            Ok(())
+        }
         other => bail!(
             "unknown benchmark `{other}` (available: engine, pipeline, sink, swap, tenants, ml)"
         ),
@@ -145,30 +161,105 @@ fn batches(events: &[Event], size: usize) -> Vec<EventBatch> {
         .collect()
 }
 
-fn wasm_job1(
-    engine: &Engine,
-    models: &Models,
-    batches: &[EventBatch],
-    runs: usize,
-) -> Result<(f64, Vec<f64>)> {
-    let bytes = |p: &str| weir_guests::read(p).with_context(|| format!("reading {p}"));
-    let std = engine.load(
-        &bytes(weir_guests::plugins::STANDARDIZE)?,
-        Manifest::default(),
-    )?;
-    let lr = engine.load(&bytes(weir_guests::plugins::LOGISTIC)?, Manifest::default())?;
-    let mut std = Instance::new(Deployment::new(std, models.standardize_config()))?;
-    let mut lr = Instance::new(Deployment::new(lr, models.logistic_config()))?;
-    let mut scores = Vec::new();
-    let secs = time_runs(runs, || {
+/// Job 1 in Wasm over prepared batches, ready to be timed: either the two stages
+/// (`standardize` → `logistic`, as examples/workload.toml runs it) or the fused model
+/// (`scaled-logistic` over the raw inputs, as examples/workload-fused.toml runs it: the
+/// features never leave the guest).
+enum Job1 {
+    TwoStage {
+        std: Instance,
+        lr: Instance,
+        batches: Vec<EventBatch>,
+    },
+    Fused {
+        model: Instance,
+        batches: Vec<FeatureBatch>,
+    },
+}
+
+impl Job1 {
+    fn two_stage(engine: &Engine, models: &Models, batches: Vec<EventBatch>) -> Result<Self> {
+        let std = load_guest(engine, weir_guests::plugins::STANDARDIZE)?;
+        let lr = load_guest(engine, weir_guests::plugins::LOGISTIC)?;
+        Ok(Job1::TwoStage {
+            std: Instance::new(Deployment::new(std, models.standardize_config()))?,
+            lr: Instance::new(Deployment::new(lr, models.logistic_config()))?,
+            batches,
+        })
+    }
+
+    fn fused(engine: &Engine, models: &Models, inputs: &[f64], size: usize) -> Result<Self> {
+        let plugin = load_guest(engine, weir_guests::plugins::SCALED_LOGISTIC)?;
+        Ok(Job1::Fused {
+            model: Instance::new(Deployment::new(plugin, models.scaled_logistic_config()))?,
+            batches: inputs
+                .chunks(size * 8)
+                .map(|c| FeatureBatch::new((c.len() / 8) as u32, 8, c.to_vec()))
+                .collect(),
+        })
+    }
+
+    /// Scores every batch once, into `scores`.
+    fn run(&mut self, scores: &mut Vec<f64>) -> Result<()> {
         scores.clear();
-        for b in batches {
-            let f = std.extract(b)?;
-            scores.extend(lr.predict(&f)?);
+        match self {
+            Job1::TwoStage { std, lr, batches } => {
+                for b in batches.iter() {
+                    let f = std.extract(b)?;
+                    scores.extend(lr.predict(&f)?);
+                }
+            }
+            Job1::Fused { model, batches } => {
+                for b in batches.iter() {
+                    scores.extend(model.predict(b)?);
+                }
+            }
         }
         Ok(())
-    })?;
-    Ok((secs, scores))
+    }
+
+    /// The median time of `runs` runs, and the scores.
+    fn time(&mut self, runs: usize) -> Result<(f64, Vec<f64>)> {
+        let mut scores = Vec::new();
+        let secs = time_runs(runs, || self.run(&mut scores))?;
+        Ok((secs, scores))
+    }
+}
+
+fn load_guest(engine: &Engine, path: &str) -> Result<Arc<Plugin>> {
+    let bytes = weir_guests::read(path).with_context(|| format!("reading {path}"))?;
+    Ok(engine.load(&bytes, Manifest::default())?)
+}
+
+/// Times `a` and `b` in `pairs` alternating pairs (which goes first alternates too), so
+/// both see the same moments of a noisy machine. Returns the median time of each and the
+/// median of the per-pair ratios `b / a`.
+fn paired(
+    pairs: usize,
+    mut a: impl FnMut() -> Result<()>,
+    mut b: impl FnMut() -> Result<()>,
+) -> Result<(f64, f64, f64)> {
+    a()?;
+    b()?;
+    let (mut ta, mut tb, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let timed = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        let t = Instant::now();
+        f()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    for i in 0..pairs {
+        let (x, y) = if i % 2 == 0 {
+            let x = timed(&mut a)?;
+            (x, timed(&mut b)?)
+        } else {
+            let y = timed(&mut b)?;
+            (timed(&mut a)?, y)
+        };
+        ta.push(x);
+        tb.push(y);
+        ratios.push(y / x);
+    }
+    Ok((median(ta), median(tb), median(ratios)))
 }
 
 /// Times the two stages separately (batch 1024).
@@ -178,12 +269,8 @@ fn wasm_breakdown(
     batches: &[EventBatch],
     runs: usize,
 ) -> Result<(f64, f64)> {
-    let bytes = |p: &str| weir_guests::read(p).with_context(|| format!("reading {p}"));
-    let std = engine.load(
-        &bytes(weir_guests::plugins::STANDARDIZE)?,
-        Manifest::default(),
-    )?;
-    let lr = engine.load(&bytes(weir_guests::plugins::LOGISTIC)?, Manifest::default())?;
+    let std = load_guest(engine, weir_guests::plugins::STANDARDIZE)?;
+    let lr = load_guest(engine, weir_guests::plugins::LOGISTIC)?;
     let mut std = Instance::new(Deployment::new(std, models.standardize_config()))?;
     let mut lr = Instance::new(Deployment::new(lr, models.logistic_config()))?;
     let features: Vec<_> = batches
@@ -210,7 +297,7 @@ fn engine(args: &BenchArgs) -> Result<()> {
     let n = events.len();
     let models = Models::load();
     println!(
-        "bench engine: job 1 (standardize + logistic) over {n} events, median of {} runs; Wasm under the default sandbox (fuel + epoch deadline)",
+        "bench engine: job 1 (standardize + logistic) over {n} events, median of {} runs; Wasm under the default sandbox (fuel + epoch deadline). The ratio is the fused model's (scaled-logistic, examples/workload-fused.toml); the two-stage ratio follows it",
         args.runs
     );
 
@@ -221,14 +308,7 @@ fn engine(args: &BenchArgs) -> Result<()> {
     let mut native = Vec::new();
     weir_workload::native::job1(&models.event_model, &inputs, &mut native);
     let mut fast = Vec::new();
-    let native_s = time_runs(args.runs, || {
-        weir_workload::native::job1_fast(
-            &models.event_model,
-            std::hint::black_box(&inputs),
-            &mut fast,
-        );
-        Ok(())
-    })?;
+    weir_workload::native::job1_fast(&models.event_model, &inputs, &mut fast);
     let fast_diff = native
         .iter()
         .zip(&fast)
@@ -238,25 +318,51 @@ fn engine(args: &BenchArgs) -> Result<()> {
         bail!("the optimised native job 1 is {fast_diff} from the reference");
     }
     let ns = |s: f64| s * 1e9 / n as f64;
-    println!(
-        "  native, folded weights      {:>8.1} ns/event",
-        ns(native_s)
-    );
+    let mut native_job = || {
+        weir_workload::native::job1_fast(
+            &models.event_model,
+            std::hint::black_box(&inputs),
+            &mut fast,
+        );
+        Ok(())
+    };
 
     let engine = Engine::new(EngineOptions::default())?;
-    let b1 = batches(&events, 1);
-    let b1024 = batches(&events, 1024);
-    let (w1, s1) = wasm_job1(&engine, &models, &b1, args.runs.min(3))?;
-    println!("  wasm, batch 1               {:>8.1} ns/event", ns(w1));
-    let (w1024, s1024) = wasm_job1(&engine, &models, &b1024, args.runs)?;
-    println!("  wasm, batch 1024            {:>8.1} ns/event", ns(w1024));
-    let (ext, pred) = wasm_breakdown(&engine, &models, &b1024, args.runs)?;
+    let mut fused = Job1::fused(&engine, &models, &inputs, 1024)?;
+    let mut two = Job1::two_stage(&engine, &models, batches(&events, 1024))?;
+    // Each Wasm form against native in alternating pairs: the ratios on the last line.
+    let pairs = args.runs.max(15);
+    let mut scratch = Vec::new();
+    let (native_s, wfused, fused_ratio) =
+        paired(pairs, &mut native_job, || fused.run(&mut scratch))?;
+    let (native2_s, w1024, two_ratio) = paired(pairs, &mut native_job, || two.run(&mut scratch))?;
+    println!(
+        "  native, folded weights      {:>8.1} ns/event (median of both pairings: {:.1}, {:.1})",
+        ns(native_s.min(native2_s)),
+        ns(native_s),
+        ns(native2_s)
+    );
+    println!(
+        "  wasm, fused model, batch 1024 {:>6.1} ns/event (scaled-logistic: no extractor), {fused_ratio:.3}x native in {pairs} pairs",
+        ns(wfused)
+    );
+    println!(
+        "  wasm, two stages, batch 1024 {:>7.1} ns/event (standardize -> logistic), {two_ratio:.3}x native",
+        ns(w1024)
+    );
+    let (ext, pred) = wasm_breakdown(&engine, &models, &batches(&events, 1024), args.runs)?;
     println!("    of which extract          {:>8.1} ns/event", ns(ext));
     println!("    of which predict          {:>8.1} ns/event", ns(pred));
+    let (w1, s1) =
+        Job1::two_stage(&engine, &models, batches(&events, 1))?.time(args.runs.min(3))?;
+    println!("  wasm, two stages, batch 1   {:>8.1} ns/event", ns(w1));
+    let (_, s1024) = two.time(1)?;
+    let (_, sfused) = fused.time(1)?;
     let max_diff = native
         .iter()
         .zip(&s1024)
         .chain(native.iter().zip(&s1))
+        .chain(native.iter().zip(&sfused))
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f64::max);
     println!("  max |wasm - native| score   {max_diff:.2e} (must be <= 1e-9)");
@@ -268,10 +374,15 @@ fn engine(args: &BenchArgs) -> Result<()> {
         fuel: false,
         ..EngineOptions::default()
     })?;
-    let (wf, _) = wasm_job1(&no_fuel, &models, &b1024, args.runs)?;
+    let (wf, _) = Job1::two_stage(&no_fuel, &models, batches(&events, 1024))?.time(args.runs)?;
     println!(
-        "  wasm, batch 1024, no fuel   {:>8.1} ns/event (epoch deadline only)",
+        "  wasm, two stages, no fuel   {:>8.1} ns/event (epoch deadline only)",
         ns(wf)
+    );
+    let (wff, _) = Job1::fused(&no_fuel, &models, &inputs, 1024)?.time(args.runs)?;
+    println!(
+        "  wasm, fused, no fuel        {:>8.1} ns/event (epoch deadline only)",
+        ns(wff)
     );
 
     // Swap figures.
@@ -351,8 +462,9 @@ fn engine(args: &BenchArgs) -> Result<()> {
         median(lat)
     );
 
-    let ratio = w1024 / native_s;
-    println!("wasm_vs_native_ratio_batch1024={ratio:.3}");
+    println!(
+        "wasm_vs_native_ratio_batch1024={fused_ratio:.3} wasm_two_stage_vs_native_ratio_batch1024={two_ratio:.3}"
+    );
     Ok(())
 }
 

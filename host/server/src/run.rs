@@ -12,6 +12,7 @@ pub fn resolve_plugin(name: &str) -> Result<Vec<u8>> {
     let builtin = match name {
         "standardize" => Some(weir_guests::plugins::STANDARDIZE),
         "logistic" => Some(weir_guests::plugins::LOGISTIC),
+        "scaled-logistic" => Some(weir_guests::plugins::SCALED_LOGISTIC),
         "window-stats" => Some(weir_guests::plugins::WINDOW_STATS),
         "kmeans" => Some(weir_guests::plugins::KMEANS),
         _ => None,
@@ -19,7 +20,7 @@ pub fn resolve_plugin(name: &str) -> Result<Vec<u8>> {
     let path = builtin.map(Path::new).unwrap_or_else(|| Path::new(name));
     if !path.exists() {
         bail!(
-            "plugin `{name}` is neither a built-in example plugin (standardize, logistic, window-stats, kmeans) nor a file"
+            "plugin `{name}` is neither a built-in example plugin (standardize, logistic, scaled-logistic, window-stats, kmeans) nor a file"
         );
     }
     std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))

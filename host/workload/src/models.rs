@@ -72,6 +72,17 @@ impl Models {
             .to_string()
     }
 
+    /// Config JSON for the `scaled-logistic` plugin: job 1 (standardize → logistic) fused
+    /// into one model over the raw inputs, `log1p(|x0|)` as the ninth feature.
+    pub fn scaled_logistic_config(&self) -> String {
+        let m = &self.event_model;
+        serde_json::json!({
+            "mean": m.x_mean, "std": m.x_std, "log1p_abs": [0],
+            "coef": m.coef, "intercept": m.intercept,
+        })
+        .to_string()
+    }
+
     /// Config JSON for the `logistic` plugin learning online from zero (job 3).
     pub fn online_config(&self) -> String {
         serde_json::json!({

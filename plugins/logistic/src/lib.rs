@@ -7,7 +7,8 @@
 //! `{"dims": 9, "lr": 0.01}` to start from zero.
 
 use serde::{Deserialize, Serialize};
-use weir_sdk::{Error, Model, Result};
+use weir_sdk::math::{sigmoid, sigmoid_all};
+use weir_sdk::{Error, Model, Result, Rows};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +40,15 @@ struct Logistic {
 }
 
 impl Logistic {
+    /// `intercept + coef · row`.
+    fn z(&self, row: &[f64]) -> f64 {
+        let mut z = self.intercept;
+        for (w, f) in self.coef.iter().zip(row) {
+            z += w * f;
+        }
+        z
+    }
+
     fn check(&self, row: &[f64]) -> Result<()> {
         if row.len() != self.coef.len() {
             return Err(Error::input(format!(
@@ -99,11 +109,22 @@ impl Model for Logistic {
 
     fn predict(&self, row: &[f64]) -> Result<f64> {
         self.check(row)?;
-        let mut z = self.intercept;
-        for (w, f) in self.coef.iter().zip(row) {
-            z += w * f;
+        Ok(sigmoid(self.z(row)))
+    }
+
+    /// The linear parts first, row by row, then one vectorised sigmoid over the batch.
+    fn predict_batch(&self, rows: &Rows<'_>, out: &mut Vec<f64>) -> Result<()> {
+        if rows.dims() != self.coef.len() {
+            return Err(Error::input(format!(
+                "expected {} features, got {}",
+                self.coef.len(),
+                rows.dims()
+            )));
         }
-        Ok(1.0 / (1.0 + (-z).exp()))
+        let start = out.len();
+        out.extend(rows.iter().map(|row| self.z(row)));
+        sigmoid_all(&mut out[start..]);
+        Ok(())
     }
 
     fn learn(&mut self, row: &[f64], label: f64) -> Result<()> {

@@ -52,7 +52,7 @@ fn standardize(config: &Config, event: &Event<'_>, out: &mut Vec<f64>) -> weir_s
             .zip(&config.inv_std)
             .map(|((x, m), r)| (x - m) * r),
     );
-    // libm (pure Rust) inlines under LTO; wasi-libc's log1p cannot.
-    out.push(libm::log1p(x[0].abs()));
+    // The SDK's log1p inlines and has no branch on the common path; wasi-libc's cannot.
+    out.push(weir_sdk::math::log1p(x[0].abs()));
     Ok(())
 }

@@ -91,7 +91,7 @@ impl Operator for WindowStats {
                 out.emit(
                     pane.key(),
                     pane.start(),
-                    &[count, mean, max, 1.0 / (1.0 + (-z).exp())],
+                    &[count, mean, max, weir_sdk::math::sigmoid(z)],
                 )?;
             }
         }

@@ -265,6 +265,49 @@ fn train_is_prequential() {
     assert!(matches!(fixed.restore(b"x"), Err(Error::Unsupported(_))));
 }
 
+/// Scores a batch at once: the row sums, but drops the last row when asked to.
+struct Batched {
+    drop_last: bool,
+}
+
+impl Model for Batched {
+    type Config = ();
+    fn new(_: ()) -> Result<Self> {
+        Ok(Batched { drop_last: false })
+    }
+    fn predict(&self, _row: &[f64]) -> Result<f64> {
+        Err(Error::internal("predict_batch is used instead"))
+    }
+    fn predict_batch(&self, rows: &Rows<'_>, out: &mut Vec<f64>) -> Result<()> {
+        let keep = rows.len() - usize::from(self.drop_last);
+        let sums = rows
+            .values()
+            .chunks_exact(rows.dims())
+            .map(|r| r.iter().sum::<f64>());
+        out.extend(sums.take(keep));
+        Ok(())
+    }
+}
+
+#[test]
+fn predict_runs_the_batch_form_and_checks_its_count() {
+    let f = FeatureBatch {
+        rows: 2,
+        dims: 2,
+        values: vec![1.0, 2.0, 3.0, 4.0],
+    };
+    // The default batch form calls predict per row, with the row in a failure's message.
+    let m = Sum::new(()).unwrap();
+    assert_eq!(run_predict(&m, &f).unwrap(), [3.0, 7.0]);
+    let r = run_predict(&Batched { drop_last: false }, &f);
+    assert_eq!(r.unwrap(), [3.0, 7.0]);
+    let r = run_predict(&Batched { drop_last: true }, &f);
+    assert!(
+        matches!(&r, Err(PluginError::Internal(m)) if m == "predict_batch gave 1 scores for 2 rows"),
+        "{r:?}"
+    );
+}
+
 #[test]
 fn configs_parse_as_json_and_empty_means_empty_object() {
     #[derive(serde::Deserialize, Debug, PartialEq)]

@@ -193,6 +193,10 @@ impl<'a> Rows<'a> {
     pub fn dims(&self) -> usize {
         self.dims
     }
+    /// Every value, row-major: row `i` is `values()[i * dims() .. (i + 1) * dims()]`.
+    pub fn values(&self) -> &'a [f64] {
+        self.values
+    }
     /// Row `i`, or `None` past the end.
     pub fn get(&self, i: usize) -> Option<&'a [f64]> {
         if i >= self.rows {
