@@ -82,8 +82,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 .collect();
             let engine = Engine::new(EngineOptions::default())?;
             let passthrough = std::env::var_os("WEIR_BENCH_PASSTHROUGH").is_some();
-            let ((p50, p99), db, achieved) =
-                crate::bench_pipeline::latency(&engine, &lines, rate, passthrough, None)?;
+            // Through another Kafka-protocol broker (for example tansu) instead of the
+            // embedded one.
+            let kafka = std::env::var("WEIR_BENCH_KAFKA").ok();
+            let ((p50, p99), db, achieved) = crate::bench_pipeline::latency(
+                &engine,
+                &lines,
+                rate,
+                passthrough,
+                None,
+                kafka.as_deref(),
+            )?;
             let (db50, db99) = db.unwrap_or_default();
             println!(
                 "at {achieved:.0}/s: topic p50 {p50:.0} ms p99 {p99:.0} ms; checkpoint p50 {db50:.0} ms p99 {db99:.0} ms"

@@ -125,7 +125,7 @@ fn loaded_broker(lines: &[Vec<u8>]) -> Result<(Arc<EmbeddedBroker>, f64)> {
 /// assigned at its start, no group join) and producer. Returns events/s.
 fn passthrough(bootstrap: &str, n: u64) -> Result<f64> {
     let started = Instant::now();
-    let mut c = every_partition(bootstrap, "passthrough")?;
+    let mut c = every_partition(bootstrap, "passthrough", "events")?;
     let mut producer = Producer::new(bootstrap)?;
     let mut records: Vec<Owned> = Vec::with_capacity(2048);
     let mut seen = 0u64;
@@ -148,7 +148,7 @@ fn passthrough(bootstrap: &str, n: u64) -> Result<f64> {
 
 /// A consumer of every partition of `events`, from the start of each, with no group join
 /// (the passthrough runs' consumer, like the worker's).
-fn every_partition(bootstrap: &str, name: &str) -> Result<Consumer> {
+fn every_partition(bootstrap: &str, name: &str, topic: &str) -> Result<Consumer> {
     let hook: AssignHook = Arc::new(|parts: &[i32], log: &SourceLog| {
         Ok(parts
             .iter()
@@ -158,7 +158,7 @@ fn every_partition(bootstrap: &str, name: &str) -> Result<Consumer> {
     let mut c = Consumer::with_hook(
         bootstrap,
         &format!("{name}-{}", crate::bench::nanos()),
-        "events",
+        topic,
         hook,
         &Membership::All,
     )?;
@@ -169,8 +169,14 @@ fn every_partition(bootstrap: &str, name: &str) -> Result<Consumer> {
 
 /// The latency run's stand-in for the worker: every input record (but the warm-up's) copied
 /// to `scores` as `{"partition", "offset"}`, as it arrives, until `stop`.
-fn copier(bootstrap: &str, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<Result<()>>> {
-    let mut c = every_partition(bootstrap, "copier")?;
+fn copier(
+    bootstrap: &str,
+    from: &str,
+    to: &str,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<Result<()>>> {
+    let mut c = every_partition(bootstrap, "copier", from)?;
+    let to = to.to_owned();
     let mut producer = Producer::new(bootstrap)?;
     let warm_up = format!("{{\"key\":\"{WARM_UP}\"");
     Ok(std::thread::spawn(move || {
@@ -190,7 +196,7 @@ fn copier(bootstrap: &str, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHan
                     "{{\"partition\":{},\"offset\":{}}}",
                     r.partition, r.offset
                 );
-                producer.send("scores", "", payload.as_bytes())?;
+                producer.send(&to, "", payload.as_bytes())?;
             }
         }
         producer.flush(Duration::from_secs(60))?;
@@ -299,18 +305,37 @@ type Committed = Arc<Mutex<Vec<(i64, BTreeMap<i32, i64>)>>>;
 ///
 /// With `neighbours`, another tenant's busy pipelines run on the same host meanwhile
 /// (see [`crate::bench_tenants`]); the measured pipeline is the other tenant's.
+///
+/// With `kafka` (bootstrap servers), the run goes through that broker instead of the
+/// embedded one, on topics of its own (`events-N`, `scores-N`, …, created with the run's
+/// partition counts), so runs on one broker do not see each other's records.
 pub fn latency(
     engine: &Engine,
     lines: &[Vec<u8>],
     rate: f64,
     passthrough: bool,
     neighbours: Option<&crate::bench_tenants::Neighbours>,
+    kafka: Option<&str>,
 ) -> Result<Latency> {
-    let broker = Arc::new(EmbeddedBroker::start()?);
-    broker.create_topic("events", INPUT_PARTITIONS)?;
-    let busy = match neighbours {
-        Some(n) => Some(n.start(engine, &broker)?),
-        None => None,
+    let (broker, run) = match kafka {
+        Some(bootstrap) => (
+            Broker::External(bootstrap.to_owned()),
+            format!("-{}", crate::bench::nanos()),
+        ),
+        None => (
+            Broker::Embedded(Arc::new(EmbeddedBroker::start()?)),
+            String::new(),
+        ),
+    };
+    let (events_topic, scores_topic) = (format!("events{run}"), format!("scores{run}"));
+    broker.ensure_topics(&[
+        (events_topic.clone(), INPUT_PARTITIONS),
+        (scores_topic.clone(), INPUT_PARTITIONS),
+    ])?;
+    let busy = match (neighbours, &broker) {
+        (Some(n), Broker::Embedded(b)) => Some(n.start(engine, b)?),
+        (Some(_), Broker::External(_)) => bail!("neighbours run on the embedded broker only"),
+        (None, _) => None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -318,21 +343,42 @@ pub fn latency(
         .build()?;
     let db = sqlite_db("latency");
     let store = Arc::new(rt.block_on(Store::connect(&db.url()))?);
-    let spec = spec("latency")?;
+    let spec = if run.is_empty() {
+        spec("latency")?
+    } else {
+        let text = WORKLOAD.replace("name = \"workload\"", "name = \"latency\"");
+        let text = ["events", "scores", "windows", "late-events", "dead-letters"]
+            .iter()
+            .fold(text, |t, topic| {
+                t.replace(&format!("\"{topic}\""), &format!("\"{topic}{run}\""))
+            });
+        PipelineSpec::parse(&text).map_err(|e| anyhow!("examples/workload.toml: {e}"))?
+    };
     let p = pipeline(engine, &spec)?;
+    // For profiling: what the database's checkpoints add to the latency.
+    let offsets_only = std::env::var_os("WEIR_BENCH_KAFKA_OFFSETS").is_some();
     let stop = Arc::new(AtomicBool::new(false));
     let worker = if passthrough {
-        copier(&broker.bootstrap(), stop.clone())?
+        copier(
+            &broker.bootstrap(),
+            &events_topic,
+            &scores_topic,
+            stop.clone(),
+        )?
     } else {
         let opts = WorkerOptions {
             stop: stop.clone(),
             cpu_share: busy.as_ref().and_then(|b| b.share_of_measured()),
             ..WorkerOptions::new(
-                Broker::Embedded(broker.clone()),
-                Durability::Database {
-                    store: store.clone(),
-                    rt: rt.handle().clone(),
-                    predictions: false,
+                broker.clone(),
+                if offsets_only {
+                    Durability::KafkaOffsets
+                } else {
+                    Durability::Database {
+                        store: store.clone(),
+                        rt: rt.handle().clone(),
+                        predictions: false,
+                    }
                 },
             )
         };
@@ -344,13 +390,14 @@ pub fn latency(
     // Readers of the input and the results run alongside (the embedded broker keeps only
     // the last 5 MiB of a partition, so reading afterwards would miss the start). They
     // skip the warm-up events (key `warm-up`).
-    let reader = |topic: &'static str, n: usize| {
+    let reader = |topic: String, n: usize| {
         let bootstrap = broker.bootstrap();
+        let results = topic == scores_topic;
         std::thread::spawn(move || -> Result<Vec<(i32, i64, i64)>> {
             let mut c = Consumer::new(
                 &bootstrap,
                 &format!("bench-latency-{topic}-{}", std::process::id()),
-                topic,
+                &topic,
             )?;
             let mut out = Vec::with_capacity(n);
             let mut chunk = Vec::new();
@@ -364,7 +411,7 @@ pub fn latency(
                     if v["key"] == WARM_UP {
                         continue;
                     }
-                    if topic == "scores" {
+                    if results {
                         out.push((
                             v["partition"].as_i64().unwrap_or(-1) as i32,
                             v["offset"].as_i64().unwrap_or(-1),
@@ -382,8 +429,8 @@ pub fn latency(
             Ok(out)
         })
     };
-    let inputs_reader = reader("events", lines.len());
-    let results_reader = reader("scores", lines.len());
+    let inputs_reader = reader(events_topic.clone(), lines.len());
+    let results_reader = reader(scores_topic.clone(), lines.len());
     // The committed positions, polled: when each event's checkpoint landed.
     let committed: Committed = Arc::default();
     let poller = {
@@ -424,13 +471,13 @@ pub fn latency(
         let line =
             format!("{{\"key\":\"{WARM_UP}\",\"ts\":1600000000000,\"x\":[0,0,0,0,0,0,0,0]}}");
         // Spread like the rest: every partition's first records go through here.
-        prod.send("events", &spread_key(i), line.as_bytes())?;
+        prod.send(&events_topic, &spread_key(i), line.as_bytes())?;
         i += 1;
         pace(t, i);
     }
     let t = Instant::now();
     for (i, l) in lines.iter().enumerate() {
-        prod.send("events", &spread_key(i), l)?;
+        prod.send(&events_topic, &spread_key(i), l)?;
         pace(t, i);
     }
     prod.flush(Duration::from_secs(60))?;
@@ -481,7 +528,7 @@ pub fn latency(
             .collect();
         eprintln!("to topic: {}", t.join(" "));
     }
-    if passthrough {
+    if passthrough || offsets_only {
         return Ok((
             (pct(&mut to_topic, 0.5), pct(&mut to_topic, 0.99)),
             None,
@@ -749,13 +796,14 @@ pub fn run(n: u64, events: Option<Vec<Event>>, runs: usize) -> Result<()> {
     let half = (lite / 2.0).max(1_000.0);
     let n_lat = (lines.len() as f64).min(half * 10.0) as usize;
     let ((p50, p99), db, achieved) =
-        latency(&engine, &lines[..n_lat], half, false, None).context("latency run")?;
+        latency(&engine, &lines[..n_lat], half, false, None, None).context("latency run")?;
     let (db50, db99) = db.unwrap_or_default();
     println!(
         "  latency at {achieved:.0} events/s (half the durable SQLite rate), {n_lat} events: to the output topic p50 {p50:.0} ms, p99 {p99:.0} ms; to the committed checkpoint p50 {db50:.0} ms, p99 {db99:.0} ms"
     );
     let ((pass50, pass99), _, pass_rate) =
-        latency(&engine, &lines[..n_lat], half, true, None).context("passthrough latency run")?;
+        latency(&engine, &lines[..n_lat], half, true, None, None)
+            .context("passthrough latency run")?;
     println!(
         "  latency of the passthrough copier at {pass_rate:.0} events/s (no pipeline, no database; the broker's and clients' own): p50 {pass50:.0} ms, p99 {pass99:.0} ms"
     );

@@ -197,7 +197,7 @@ pub fn run(rate: f64, runs: usize) -> Result<()> {
             };
             eprintln!("run {r}, {way}:");
             let ((p50, p99), _, achieved) =
-                latency(&engine, &lines, rate, false, Some(&neighbours))
+                latency(&engine, &lines, rate, false, Some(&neighbours), None)
                     .with_context(|| format!("run {r}, {way}"))?;
             eprintln!("  tenant B at {achieved:.0}/s: p50 {p50:.0} ms, p99 {p99:.0} ms");
             out.push(p99);
