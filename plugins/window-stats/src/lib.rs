@@ -52,25 +52,24 @@ impl Operator for WindowStats {
     }
 
     fn on_window(&mut self, panes: &Panes<'_>, out: &mut Output) -> Result<()> {
-        // The accumulators of every pane in one host call, and back in one more.
+        // The accumulators of every pane in one host call, and back in one more, with no
+        // buffer per pane.
         let mut batch = state::Batch::new();
         for pane in panes.iter() {
-            batch.entry(pane.key(), &format!("w{}", pane.start()));
+            batch.entry_fmt(pane.key(), format_args!("w{}", pane.start()));
         }
-        let stored = batch.get();
-        let mut updates: Vec<Option<Vec<u8>>> = Vec::with_capacity(stored.len());
-        for (pane, old) in panes.iter().zip(stored) {
-            let mut acc = match old {
-                Some(bytes) => state::decode_f64s(&bytes)
-                    .filter(|a| a.len() == 3)
-                    .ok_or_else(|| {
-                        Error::internal(format!(
-                            "corrupt accumulator for {} w{}",
-                            pane.key(),
-                            pane.start()
-                        ))
-                    })?,
-                None => vec![0.0, 0.0, f64::NEG_INFINITY],
+        let stored = batch.read();
+        let mut writes = state::Writes::with_capacity(panes.len(), 24 * panes.len());
+        for (i, pane) in panes.iter().enumerate() {
+            let mut acc = match stored.get(i) {
+                Some(bytes) => decode(bytes).ok_or_else(|| {
+                    Error::internal(format!(
+                        "corrupt accumulator for {} w{}",
+                        pane.key(),
+                        pane.start()
+                    ))
+                })?,
+                None => [0.0, 0.0, f64::NEG_INFINITY],
             };
             for row in pane.rows() {
                 let x = *row
@@ -80,7 +79,11 @@ impl Operator for WindowStats {
                 acc[1] += x;
                 acc[2] = acc[2].max(x);
             }
-            updates.push((!pane.closing()).then(|| state::encode_f64s(&acc)));
+            if pane.closing() {
+                writes.remove();
+            } else {
+                writes.set_f64s(&acc);
+            }
             if pane.row_count() > 0 {
                 let (count, mean, max) = (acc[0], acc[1] / acc[0], acc[2]);
                 let m = &self.model;
@@ -95,8 +98,18 @@ impl Operator for WindowStats {
                 )?;
             }
         }
-        let values: Vec<Option<&[u8]>> = updates.iter().map(Option::as_deref).collect();
-        batch.put(&values);
+        batch.write(&writes);
         Ok(())
     }
+}
+
+/// An accumulator `[count, sum, max]` as `Writes::set_f64s` stored it: 24 bytes.
+fn decode(bytes: &[u8]) -> Option<[f64; 3]> {
+    let b: &[u8; 24] = bytes.try_into().ok()?;
+    let f = |i: usize| {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&b[i * 8..i * 8 + 8]);
+        f64::from_le_bytes(x)
+    };
+    Some([f(0), f(1), f(2)])
 }

@@ -189,6 +189,40 @@ pub mod state {
             e.name_offsets.push(e.names.len() as u32);
         }
 
+        /// Adds the entry (`key`, a name formatted in place), with no `String` per entry:
+        /// `batch.entry_fmt(pane.key(), format_args!("w{}", pane.start()))`.
+        pub fn entry_fmt(&mut self, key: &str, name: std::fmt::Arguments<'_>) {
+            use std::io::Write as _;
+            let e = &mut self.entries;
+            e.keys.extend_from_slice(key.as_bytes());
+            e.key_offsets.push(e.keys.len() as u32);
+            // Writing into a Vec<u8> cannot fail.
+            let _ = e.names.write_fmt(name);
+            e.name_offsets.push(e.names.len() as u32);
+        }
+
+        /// Reads every entry, in one host call, without copying each value out:
+        /// `values.get(i)` is entry `i`'s value.
+        pub fn read(&self) -> Values {
+            if self.is_empty() {
+                return Values(wit::Values {
+                    present: Vec::new(),
+                    bytes: Vec::new(),
+                    offsets: vec![0],
+                });
+            }
+            Values(wit::get_many(&self.entries))
+        }
+
+        /// Applies `writes` (one per entry, in order) in one host call. Panics if their
+        /// number differs from the entries', which is a bug in the plugin.
+        pub fn write(&self, writes: &Writes) {
+            assert_eq!(writes.len(), self.len(), "one write per entry");
+            if !self.is_empty() {
+                wit::put_many(&self.entries, &writes.0);
+            }
+        }
+
         /// Entries added.
         pub fn len(&self) -> usize {
             self.entries.key_offsets.len() - 1
@@ -232,6 +266,87 @@ pub mod state {
                 v.offsets.push(v.bytes.len() as u32);
             }
             wit::put_many(&self.entries, &v);
+        }
+    }
+
+    /// Values read by [`Batch::read`], one per entry.
+    #[derive(Debug)]
+    pub struct Values(wit::Values);
+
+    impl Values {
+        /// Entry `i`'s value, or `None` when nothing is stored (or past the end).
+        pub fn get(&self, i: usize) -> Option<&[u8]> {
+            let v = &self.0;
+            if !*v.present.get(i)? {
+                return None;
+            }
+            let (a, b) = (*v.offsets.get(i)? as usize, *v.offsets.get(i + 1)? as usize);
+            v.bytes.get(a..b)
+        }
+        /// Number of entries.
+        pub fn len(&self) -> usize {
+            self.0.present.len()
+        }
+        /// True when there are none.
+        pub fn is_empty(&self) -> bool {
+            self.0.present.is_empty()
+        }
+    }
+
+    /// Writes for [`Batch::write`], one per entry in order, built without a buffer per
+    /// value.
+    #[derive(Debug)]
+    pub struct Writes(wit::Values);
+
+    impl Default for Writes {
+        fn default() -> Self {
+            Self::with_capacity(0, 0)
+        }
+    }
+
+    impl Writes {
+        /// Room for `entries` writes of `bytes` bytes in all.
+        pub fn with_capacity(entries: usize, bytes: usize) -> Self {
+            let mut offsets = Vec::with_capacity(entries + 1);
+            offsets.push(0);
+            Writes(wit::Values {
+                present: Vec::with_capacity(entries),
+                bytes: Vec::with_capacity(bytes),
+                offsets,
+            })
+        }
+        /// The next entry gets `value`.
+        pub fn set(&mut self, value: &[u8]) {
+            self.0.bytes.extend_from_slice(value);
+            self.push(true);
+        }
+        /// The next entry gets `values`, encoded as [`encode_f64s`] does.
+        pub fn set_f64s(&mut self, values: &[f64]) {
+            for v in values {
+                self.0.bytes.extend_from_slice(&v.to_le_bytes());
+            }
+            self.push(true);
+        }
+        /// The next entry is removed.
+        pub fn remove(&mut self) {
+            self.push(false);
+        }
+        fn push(&mut self, present: bool) {
+            self.0.present.push(present);
+            self.0.offsets.push(self.0.bytes.len() as u32);
+        }
+        /// Writes so far.
+        pub fn len(&self) -> usize {
+            self.0.present.len()
+        }
+        /// What reading the entries back would give (for tests).
+        #[cfg(test)]
+        pub(crate) fn as_read(&self) -> Values {
+            Values(self.0.clone())
+        }
+        /// True when there are none.
+        pub fn is_empty(&self) -> bool {
+            self.0.present.is_empty()
         }
     }
 

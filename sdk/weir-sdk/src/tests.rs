@@ -342,6 +342,18 @@ fn errors_convert_into_the_wit_variant() {
 #[test]
 fn f64_state_encoding_round_trips() {
     let v = [0.0, -1.5, f64::NEG_INFINITY, 1e300];
+    let mut w = state::Writes::with_capacity(3, 24);
+    w.set_f64s(&v);
+    w.remove();
+    w.set(b"ab");
+    assert_eq!(w.len(), 3);
+    let read = w.as_read();
+    assert_eq!(read.len(), 3);
+    assert_eq!(read.get(0), Some(&state::encode_f64s(&v)[..]));
+    assert_eq!(
+        (read.get(1), read.get(2), read.get(3)),
+        (None, Some(&b"ab"[..]), None)
+    );
     let bytes = state::encode_f64s(&v);
     assert_eq!(bytes.len(), 32);
     assert_eq!(&bytes[8..16], &(-1.5f64).to_le_bytes());
