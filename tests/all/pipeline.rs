@@ -63,6 +63,37 @@ fn produce(bootstrap: &str, lines: impl IntoIterator<Item = (String, String)>) {
 }
 
 /// Reads exactly `n` records of `topic` (or fails after a minute).
+/// Produces the events to `events`, keyed by their keys.
+fn produce_events(bootstrap: &str, evs: &[Event]) {
+    produce(
+        bootstrap,
+        evs.iter().map(|e| (e.key.clone(), to_json_line(e))),
+    );
+}
+
+/// The first `n` records of `events` read back and parsed, with their partition and offset.
+fn read_events(bootstrap: &str, n: u64) -> Vec<(i32, i64, Event)> {
+    read_raw(bootstrap, "events", n)
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+            let x: Vec<f64> = v["x"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            let e = Event {
+                key: v["key"].as_str().unwrap().to_string(),
+                ts: v["ts"].as_i64().unwrap(),
+                x: x.try_into().unwrap(),
+                label: v["label"].as_u64().unwrap() as u8,
+            };
+            (r.partition, r.offset, e)
+        })
+        .collect()
+}
+
 fn read(bootstrap: &str, topic: &str, n: u64) -> Vec<serde_json::Value> {
     let mut c = Consumer::new(
         bootstrap,
@@ -135,10 +166,7 @@ fn window_results_equal_an_independent_reference() {
         late.key = format!("late{i}");
         evs.insert(120_000 + i * 1_000, late);
     }
-    produce(
-        &b.bootstrap(),
-        evs.iter().map(|e| (e.key.clone(), to_json_line(e))),
-    );
+    produce_events(&b.bootstrap(), &evs);
 
     let spec = PipelineSpec::parse(WORKLOAD).unwrap();
     let db = Db::new();
@@ -152,30 +180,11 @@ fn window_results_equal_an_independent_reference() {
     // ws + 999 + 2000 <= W. Everything else is a plain group-by. The partitions come from
     // reading the input topic back, in offset order.
     let m = &models().window_model;
-    let input = read_raw(&b.bootstrap(), "events", evs.len() as u64);
-    let parsed: Vec<(i32, Event)> = input
-        .iter()
-        .map(|r| {
-            let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
-            let x: Vec<f64> = v["x"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap())
-                .collect();
-            let e = Event {
-                key: v["key"].as_str().unwrap().to_string(),
-                ts: v["ts"].as_i64().unwrap(),
-                x: x.try_into().unwrap(),
-                label: v["label"].as_u64().unwrap() as u8,
-            };
-            (r.partition, e)
-        })
-        .collect();
+    let parsed = read_events(&b.bootstrap(), evs.len() as u64);
     let mut max_ts: HashMap<i32, i64> = HashMap::new();
     let mut late = Vec::new();
     let mut on_time = Vec::new();
-    for (partition, e) in &parsed {
+    for (partition, _, e) in &parsed {
         let mx = max_ts.entry(*partition).or_insert(i64::MIN);
         *mx = (*mx).max(e.ts);
         let ws = e.ts.div_euclid(1000) * 1000;
@@ -256,10 +265,7 @@ fn a_fused_model_scores_every_event_like_the_two_stages() {
     let b = broker(8);
     let n = 20_000u64;
     let evs = events(n);
-    produce(
-        &b.bootstrap(),
-        evs.iter().map(|e| (e.key.clone(), to_json_line(e))),
-    );
+    produce_events(&b.bootstrap(), &evs);
     let spec = PipelineSpec::parse(FUSED).unwrap();
     assert!(spec.extractor.is_none());
     let p = run(&Db::new(), &spec, &b.bootstrap(), n, 1024);
@@ -268,17 +274,10 @@ fn a_fused_model_scores_every_event_like_the_two_stages() {
     // The reference score of each input record, by (partition, offset).
     let m = &models().event_model;
     let mut want: HashMap<(i64, i64), f64> = HashMap::new();
-    for r in read_raw(&b.bootstrap(), "events", n) {
-        let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
-        let x: Vec<f64> = v["x"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
+    for (partition, offset, e) in read_events(&b.bootstrap(), n) {
         let mut score = Vec::new();
-        weir_workload::native::job1(m, &x, &mut score);
-        want.insert((r.partition as i64, r.offset), score[0]);
+        weir_workload::native::job1(m, &e.x, &mut score);
+        want.insert((i64::from(partition), offset), score[0]);
     }
     let results = read(&b.bootstrap(), "scores", n);
     let mut seen = std::collections::HashSet::new();
@@ -305,10 +304,7 @@ fn fifty_swaps_under_load_lose_and_duplicate_nothing() {
     let b = broker(8);
     let n = 200_000u64;
     let evs = events(n);
-    produce(
-        &b.bootstrap(),
-        evs.iter().map(|e| (e.key.clone(), to_json_line(e))),
-    );
+    produce_events(&b.bootstrap(), &evs);
 
     let spec = PipelineSpec::parse(WORKLOAD).unwrap();
     let slots = build_slots(&engine(), &spec).unwrap();
