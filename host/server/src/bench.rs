@@ -85,7 +85,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             // Through another Kafka-protocol broker (for example tansu) instead of the
             // embedded one.
             let kafka = std::env::var("WEIR_BENCH_KAFKA").ok();
-            let ((p50, p99), db, achieved) = crate::bench_pipeline::latency(
+            let ((p50, p99), db, achieved) = crate::bench_latency::latency(
                 &engine,
                 &lines,
                 rate,
@@ -188,13 +188,8 @@ enum Job1 {
 
 impl Job1 {
     fn two_stage(engine: &Engine, models: &Models, batches: Vec<EventBatch>) -> Result<Self> {
-        let std = load_guest(engine, weir_guests::plugins::STANDARDIZE)?;
-        let lr = load_guest(engine, weir_guests::plugins::LOGISTIC)?;
-        Ok(Job1::TwoStage {
-            std: Instance::new(Deployment::new(std, models.standardize_config()))?,
-            lr: Instance::new(Deployment::new(lr, models.logistic_config()))?,
-            batches,
-        })
+        let (std, lr) = two_stages(engine, models)?;
+        Ok(Job1::TwoStage { std, lr, batches })
     }
 
     fn fused(engine: &Engine, models: &Models, inputs: &[f64], size: usize) -> Result<Self> {
@@ -233,6 +228,16 @@ impl Job1 {
         let secs = time_runs(runs, || self.run(&mut scores))?;
         Ok((secs, scores))
     }
+}
+
+/// Instances of job 1's two stages: `standardize` and `logistic` with the fixed models.
+fn two_stages(engine: &Engine, models: &Models) -> Result<(Instance, Instance)> {
+    let std = load_guest(engine, weir_guests::plugins::STANDARDIZE)?;
+    let lr = load_guest(engine, weir_guests::plugins::LOGISTIC)?;
+    Ok((
+        Instance::new(Deployment::new(std, models.standardize_config()))?,
+        Instance::new(Deployment::new(lr, models.logistic_config()))?,
+    ))
 }
 
 fn load_guest(engine: &Engine, path: &str) -> Result<Arc<Plugin>> {
@@ -278,10 +283,7 @@ fn wasm_breakdown(
     batches: &[EventBatch],
     runs: usize,
 ) -> Result<(f64, f64)> {
-    let std = load_guest(engine, weir_guests::plugins::STANDARDIZE)?;
-    let lr = load_guest(engine, weir_guests::plugins::LOGISTIC)?;
-    let mut std = Instance::new(Deployment::new(std, models.standardize_config()))?;
-    let mut lr = Instance::new(Deployment::new(lr, models.logistic_config()))?;
+    let (mut std, mut lr) = two_stages(engine, models)?;
     let features: Vec<_> = batches
         .iter()
         .map(|b| std.extract(b))
