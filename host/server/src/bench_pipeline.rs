@@ -19,10 +19,11 @@
 //! only the last 5 MiB of each partition, and a keyed topic would put the hottest key's 15%
 //! of a million events (about 8 MB compressed) in one partition.
 
+use crate::bench_latency::latency;
 use anyhow::{Context, Result, anyhow, bail};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weir_engine::{Engine, EngineOptions};
 use weir_server::run::build_slots;
@@ -39,7 +40,7 @@ pub(crate) const WORKLOAD: &str = include_str!("../../../examples/workload.toml"
 pub(crate) const INPUT_PARTITIONS: i32 = 64;
 const MARIADB: &str = "mysql://root@127.0.0.1:3306";
 /// The key of the latency run's warm-up events.
-const WARM_UP: &str = "warm-up";
+pub(crate) const WARM_UP: &str = "warm-up";
 
 pub(crate) fn spec(name: &str) -> Result<PipelineSpec> {
     PipelineSpec::parse(&WORKLOAD.replace("name = \"workload\"", &format!("name = \"{name}\"")))
@@ -148,7 +149,7 @@ fn passthrough(bootstrap: &str, n: u64) -> Result<f64> {
 
 /// A consumer of every partition of `events`, from the start of each, with no group join
 /// (the passthrough runs' consumer, like the worker's).
-fn every_partition(bootstrap: &str, name: &str, topic: &str) -> Result<Consumer> {
+pub(crate) fn every_partition(bootstrap: &str, name: &str, topic: &str) -> Result<Consumer> {
     let hook: AssignHook = Arc::new(|parts: &[i32], log: &SourceLog| {
         Ok(parts
             .iter()
@@ -167,52 +168,14 @@ fn every_partition(bootstrap: &str, name: &str, topic: &str) -> Result<Consumer>
     Ok(c)
 }
 
-/// The latency run's stand-in for the worker: every input record (but the warm-up's) copied
-/// to `scores` as `{"partition", "offset"}`, as it arrives, until `stop`.
-fn copier(
-    bootstrap: &str,
-    from: &str,
-    to: &str,
-    stop: Arc<AtomicBool>,
-) -> Result<std::thread::JoinHandle<Result<()>>> {
-    let mut c = every_partition(bootstrap, "copier", from)?;
-    let to = to.to_owned();
-    let mut producer = Producer::new(bootstrap)?;
-    let warm_up = format!("{{\"key\":\"{WARM_UP}\"");
-    Ok(std::thread::spawn(move || {
-        let mut records: Vec<Owned> = Vec::with_capacity(2048);
-        let mut payload = String::new();
-        while !stop.load(Ordering::Relaxed) {
-            records.clear();
-            c.poll_batch(2048, Duration::from_millis(50), &mut records)?;
-            for r in &records {
-                if r.payload.starts_with(warm_up.as_bytes()) {
-                    continue;
-                }
-                payload.clear();
-                use std::fmt::Write;
-                let _ = write!(
-                    payload,
-                    "{{\"partition\":{},\"offset\":{}}}",
-                    r.partition, r.offset
-                );
-                producer.send(&to, "", payload.as_bytes())?;
-            }
-        }
-        producer.flush(Duration::from_secs(60))?;
-        c.close(Duration::from_secs(5));
-        Ok(())
-    }))
-}
-
 /// A database for the durable runs.
-enum Db {
+pub(crate) enum Db {
     Sqlite(std::path::PathBuf),
     Mysql(String, String),
 }
 
 impl Db {
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         match self {
             Db::Sqlite(p) => format!("sqlite://{}", p.display()),
             Db::Mysql(url, _) => url.clone(),
@@ -240,7 +203,7 @@ impl Drop for Db {
     }
 }
 
-fn sqlite_db(tag: &str) -> Db {
+pub(crate) fn sqlite_db(tag: &str) -> Db {
     Db::Sqlite(std::env::temp_dir().join(format!(
         "weir-bench-{tag}-{}-{}.db",
         std::process::id(),
@@ -286,267 +249,6 @@ fn through_kafka(
         bail!("{} results for {n} events", report.stats.results_out);
     }
     Ok(n as f64 / secs)
-}
-
-/// (p50, p99) to the output topic, (p50, p99) to the committed checkpoint (ms), and the
-/// rate achieved.
-pub type Latency = ((f64, f64), Option<(f64, f64)>, f64);
-
-/// When each checkpoint landed (ms since the start) and the positions it committed.
-type Committed = Arc<Mutex<Vec<(i64, BTreeMap<i32, i64>)>>>;
-
-/// Event-to-result latency while events are produced live at `rate` per second, through the
-/// durable worker (SQLite). Returns (p50, p99) to the output topic and (p50, p99) to the
-/// committed checkpoint, in ms, and the rate achieved.
-///
-/// With `passthrough`, a plain copier (weir's consumer and producer, no pipeline, no
-/// database) stands in for the worker: the latency the broker and the clients give on their
-/// own, on the same machine and load (no checkpoint figures then).
-///
-/// With `neighbours`, another tenant's busy pipelines run on the same host meanwhile
-/// (see [`crate::bench_tenants`]); the measured pipeline is the other tenant's.
-///
-/// With `kafka` (bootstrap servers), the run goes through that broker instead of the
-/// embedded one, on topics of its own (`events-N`, `scores-N`, …, created with the run's
-/// partition counts), so runs on one broker do not see each other's records.
-pub fn latency(
-    engine: &Engine,
-    lines: &[Vec<u8>],
-    rate: f64,
-    passthrough: bool,
-    neighbours: Option<&crate::bench_tenants::Neighbours>,
-    kafka: Option<&str>,
-) -> Result<Latency> {
-    let (broker, run) = match kafka {
-        Some(bootstrap) => (
-            Broker::External(bootstrap.to_owned()),
-            format!("-{}", crate::bench::nanos()),
-        ),
-        None => (
-            Broker::Embedded(Arc::new(EmbeddedBroker::start()?)),
-            String::new(),
-        ),
-    };
-    let (events_topic, scores_topic) = (format!("events{run}"), format!("scores{run}"));
-    broker.ensure_topics(&[
-        (events_topic.clone(), INPUT_PARTITIONS),
-        (scores_topic.clone(), INPUT_PARTITIONS),
-    ])?;
-    let busy = match (neighbours, &broker) {
-        (Some(n), Broker::Embedded(b)) => Some(n.start(engine, b)?),
-        (Some(_), Broker::External(_)) => bail!("neighbours run on the embedded broker only"),
-        (None, _) => None,
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let db = sqlite_db("latency");
-    let store = Arc::new(rt.block_on(Store::connect(&db.url()))?);
-    let spec = if run.is_empty() {
-        spec("latency")?
-    } else {
-        let text = WORKLOAD.replace("name = \"workload\"", "name = \"latency\"");
-        let text = ["events", "scores", "windows", "late-events", "dead-letters"]
-            .iter()
-            .fold(text, |t, topic| {
-                t.replace(&format!("\"{topic}\""), &format!("\"{topic}{run}\""))
-            });
-        PipelineSpec::parse(&text).map_err(|e| anyhow!("examples/workload.toml: {e}"))?
-    };
-    let p = pipeline(engine, &spec)?;
-    // For profiling: what the database's checkpoints add to the latency.
-    let offsets_only = std::env::var_os("WEIR_BENCH_KAFKA_OFFSETS").is_some();
-    let stop = Arc::new(AtomicBool::new(false));
-    let worker = if passthrough {
-        copier(
-            &broker.bootstrap(),
-            &events_topic,
-            &scores_topic,
-            stop.clone(),
-        )?
-    } else {
-        let opts = WorkerOptions {
-            stop: stop.clone(),
-            cpu_share: busy.as_ref().and_then(|b| b.share_of_measured()),
-            ..WorkerOptions::new(
-                broker.clone(),
-                if offsets_only {
-                    Durability::KafkaOffsets
-                } else {
-                    Durability::Database {
-                        store: store.clone(),
-                        rt: rt.handle().clone(),
-                        predictions: false,
-                    }
-                },
-            )
-        };
-        std::thread::spawn(move || -> Result<()> {
-            weir_worker::run(&spec, p, opts)?;
-            Ok(())
-        })
-    };
-    // Readers of the input and the results run alongside (the embedded broker keeps only
-    // the last 5 MiB of a partition, so reading afterwards would miss the start). They
-    // skip the warm-up events (key `warm-up`).
-    let reader = |topic: String, n: usize| {
-        let bootstrap = broker.bootstrap();
-        let results = topic == scores_topic;
-        std::thread::spawn(move || -> Result<Vec<(i32, i64, i64)>> {
-            let mut c = Consumer::new(
-                &bootstrap,
-                &format!("bench-latency-{topic}-{}", std::process::id()),
-                &topic,
-            )?;
-            let mut out = Vec::with_capacity(n);
-            let mut chunk = Vec::new();
-            let deadline = Instant::now() + Duration::from_secs(300);
-            while out.len() < n && Instant::now() < deadline {
-                chunk.clear();
-                c.poll_batch(10_000, Duration::from_millis(100), &mut chunk)?;
-                for r in &chunk {
-                    let ts = r.timestamp.unwrap_or(0);
-                    let v: serde_json::Value = serde_json::from_slice(&r.payload)?;
-                    if v["key"] == WARM_UP {
-                        continue;
-                    }
-                    if results {
-                        out.push((
-                            v["partition"].as_i64().unwrap_or(-1) as i32,
-                            v["offset"].as_i64().unwrap_or(-1),
-                            ts,
-                        ));
-                    } else {
-                        out.push((r.partition, r.offset, ts));
-                    }
-                }
-            }
-            c.close(Duration::from_secs(5));
-            if out.len() < n {
-                bail!("read {} of {n} records from {topic}", out.len());
-            }
-            Ok(out)
-        })
-    };
-    let inputs_reader = reader(events_topic.clone(), lines.len());
-    let results_reader = reader(scores_topic.clone(), lines.len());
-    // The committed positions, polled: when each event's checkpoint landed.
-    let committed: Committed = Arc::default();
-    let poller = {
-        let (store, committed, stop, handle) = (
-            store.clone(),
-            committed.clone(),
-            stop.clone(),
-            rt.handle().clone(),
-        );
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(cps) = handle.block_on(store.checkpoints("latency")) {
-                    let at = crate::bench::now_ms();
-                    let m = cps.iter().map(|c| (c.partition, c.next_offset)).collect();
-                    if let Ok(mut g) = committed.lock() {
-                        g.push((at, m));
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        })
-    };
-    // Warm up at the same rate for a few seconds (the readers join their groups meanwhile):
-    // the first records of each partition wait for the producer's and consumers' first
-    // round trips to it, which says nothing about the steady state measured next.
-    let mut prod = Producer::new(&broker.bootstrap())?;
-    let pace = |t: Instant, i: usize| {
-        if i.is_multiple_of(64) {
-            let due = Duration::from_secs_f64(i as f64 / rate);
-            if let Some(wait) = due.checked_sub(t.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-    };
-    let t = Instant::now();
-    let mut i = 0;
-    while t.elapsed() < Duration::from_secs(4) {
-        let line =
-            format!("{{\"key\":\"{WARM_UP}\",\"ts\":1600000000000,\"x\":[0,0,0,0,0,0,0,0]}}");
-        // Spread like the rest: every partition's first records go through here.
-        prod.send(&events_topic, &spread_key(i), line.as_bytes())?;
-        i += 1;
-        pace(t, i);
-    }
-    let t = Instant::now();
-    for (i, l) in lines.iter().enumerate() {
-        prod.send(&events_topic, &spread_key(i), l)?;
-        pace(t, i);
-    }
-    prod.flush(Duration::from_secs(60))?;
-    let achieved = lines.len() as f64 / t.elapsed().as_secs_f64();
-    let join = |h: std::thread::JoinHandle<Result<Vec<(i32, i64, i64)>>>| match h.join() {
-        Ok(r) => r,
-        Err(_) => Err(anyhow!("a reader panicked")),
-    };
-    let inputs = join(inputs_reader)?;
-    let results = join(results_reader)?;
-    // Two more checkpoints land every event in the database.
-    std::thread::sleep(Duration::from_millis(2500));
-    stop.store(true, Ordering::Relaxed);
-    match worker.join() {
-        Ok(r) => r?,
-        Err(_) => bail!("worker panicked"),
-    }
-    let _ = poller.join();
-    if let Some(b) = busy {
-        b.finish()?;
-    }
-    let sent: HashMap<(i32, i64), i64> = inputs.iter().map(|&(p, o, ts)| ((p, o), ts)).collect();
-    let mut to_topic: Vec<f64> = Vec::with_capacity(results.len());
-    for &(p, o, ts) in &results {
-        let Some(t0) = sent.get(&(p, o)) else {
-            bail!("result for an unknown input {:?}", (p, o))
-        };
-        to_topic.push((ts - t0) as f64);
-    }
-    let committed = committed.lock().map_err(|_| anyhow!("poisoned"))?.clone();
-    let mut to_db: Vec<f64> = Vec::with_capacity(inputs.len());
-    for &(p, o, t0) in &inputs {
-        // The first poll that saw the position past this event.
-        let i = committed.partition_point(|(_, m)| m.get(&p).is_none_or(|&next| next <= o));
-        if let Some((at, _)) = committed.get(i) {
-            to_db.push((at - t0) as f64);
-        }
-    }
-    let pct = |v: &mut Vec<f64>, q: f64| {
-        v.sort_by(f64::total_cmp);
-        v[((v.len() as f64 - 1.0) * q) as usize]
-    };
-    if std::env::var_os("WEIR_BENCH_LATENCY_DETAIL").is_some() {
-        let qs = [0.5, 0.9, 0.95, 0.99, 0.999, 1.0];
-        let t: Vec<String> = qs
-            .iter()
-            .map(|q| format!("{q}:{:.0}", pct(&mut to_topic, *q)))
-            .collect();
-        eprintln!("to topic: {}", t.join(" "));
-    }
-    if passthrough || offsets_only {
-        return Ok((
-            (pct(&mut to_topic, 0.5), pct(&mut to_topic, 0.99)),
-            None,
-            achieved,
-        ));
-    }
-    if to_db.len() < inputs.len() {
-        bail!(
-            "{} of {} events reached a checkpoint",
-            to_db.len(),
-            inputs.len()
-        );
-    }
-    Ok((
-        (pct(&mut to_topic, 0.5), pct(&mut to_topic, 0.99)),
-        Some((pct(&mut to_db, 0.5), pct(&mut to_db, 0.99))),
-        achieved,
-    ))
 }
 
 /// Kills a `weir run` with SIGKILL while events stream in, starts it again, and measures

@@ -14,7 +14,8 @@
 //!
 //! The target: B's p99 with A at its quota stays within 2× of B alone.
 
-use crate::bench_pipeline::{INPUT_PARTITIONS, WORKLOAD, latency, pipeline, spread_key};
+use crate::bench_latency::latency;
+use crate::bench_pipeline::{INPUT_PARTITIONS, WORKLOAD, pipeline, spread_key};
 use anyhow::{Context, Result, anyhow, bail};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,6 +1,7 @@
 //! `weir`: real-time ML pipelines with user-written WebAssembly operators.
 
 mod bench;
+mod bench_latency;
 mod bench_ml;
 mod bench_pipeline;
 mod bench_sink;
