@@ -84,6 +84,66 @@ fn snapshot_restore_carries_learned_weights() {
     assert!(matches!(b.restore(b"not json"), Err(Error::Plugin { .. })));
 }
 
+/// `scaled-logistic` (job 1 fused) refuses bad shapes at `init` and rows of another width,
+/// and scores as standardize → logistic do, whatever the batch size.
+#[test]
+fn the_fused_model_checks_its_config_and_scores_as_the_two_stages() {
+    let engine = engine();
+    let p = load(&engine, plugins::SCALED_LOGISTIC);
+    for (config, why) in [
+        (r#"{"mean":[0.0],"std":[0.0],"coef":[1.0]}"#, "`std` > 0"),
+        (
+            r#"{"mean":[0.0],"std":[1.0],"coef":[1.0,2.0]}"#,
+            "one weight per input",
+        ),
+        (
+            r#"{"mean":[0.0],"std":[1.0],"log1p_abs":[1],"coef":[1.0,2.0]}"#,
+            "a log feature of a missing input",
+        ),
+        (r#"{"mean":[],"std":[],"coef":[]}"#, "no inputs"),
+        (
+            r#"{"mean":[0.0],"std":[1.0],"coef":[1.0],"x":1}"#,
+            "an unknown key",
+        ),
+    ] {
+        let bad = Instance::new(Deployment::new(p.clone(), config));
+        assert!(
+            matches!(
+                bad,
+                Err(Error::Plugin {
+                    func: "init",
+                    error: PluginError::InvalidConfig(_),
+                    ..
+                })
+            ),
+            "{why}: {:?}",
+            bad.as_ref().err()
+        );
+    }
+    let mut fused = instance(
+        &engine,
+        plugins::SCALED_LOGISTIC,
+        &models().scaled_logistic_config(),
+    );
+    assert!(matches!(
+        fused.predict(&rows(1, 9, vec![0.0; 9])),
+        Err(Error::Plugin {
+            error: PluginError::InvalidInput(_),
+            ..
+        })
+    ));
+    // 700 rows: two full blocks of 256 and a partial one.
+    let evs = events(700);
+    let inputs: Vec<f64> = evs.iter().flat_map(|e| e.x).collect();
+    let scores = fused.predict(&rows(700, 8, inputs.clone())).unwrap();
+    assert_close(&scores, &native_scores(&evs), 1e-15);
+    // A row scores the same alone as inside a batch of 700.
+    for (i, x) in inputs.chunks(8).take(20).enumerate() {
+        let one = fused.predict(&rows(1, 8, x.to_vec())).unwrap();
+        assert_close(&one, &scores[i..=i], 0.0);
+    }
+}
+
 #[test]
 fn bad_configs_and_inputs_are_plugin_errors() {
     let engine = engine();
