@@ -92,11 +92,31 @@ impl KeyedState for MemoryState {
     fn get(&mut self, key: &str, name: &str) -> Option<Vec<u8>> {
         self.entries.get(key)?.get(name).cloned()
     }
+    fn get_many(&mut self, entries: &[(&str, &str)], out: &mut StateValues) {
+        for (k, n) in entries {
+            out.push(
+                self.entries
+                    .get(*k)
+                    .and_then(|m| m.get(*n))
+                    .map(Vec::as_slice),
+            );
+        }
+    }
     fn put(&mut self, key: &str, name: &str, value: Vec<u8>) {
-        self.entries
-            .entry(key.to_string())
-            .or_default()
-            .insert(name.to_string(), value);
+        // Owned keys and names only for new entries: an operator rewrites the same ones.
+        match self.entries.get_mut(key) {
+            Some(names) => match names.get_mut(name) {
+                Some(v) => *v = value,
+                None => {
+                    names.insert(name.to_string(), value);
+                }
+            },
+            None => {
+                let mut names = Map::default();
+                names.insert(name.to_string(), value);
+                self.entries.insert(key.to_string(), names);
+            }
+        }
     }
     fn delete(&mut self, key: &str, name: &str) {
         if let Some(m) = self.entries.get_mut(key) {

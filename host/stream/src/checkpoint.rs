@@ -106,7 +106,7 @@ impl Pipeline {
             switches_cut: self.switches.len(),
             ..Tracking::default()
         };
-        if let Some(w) = self.window.as_mut() {
+        if let Some(w) = self.windows.stage.as_mut() {
             w.windower.track_changes();
             if let Some(op) = w.operator.take() {
                 let st = TrackedState::default();
@@ -146,7 +146,7 @@ impl Pipeline {
         let Some(cp) = self.checkpoints.as_mut() else {
             return Ok(out);
         };
-        for (p, watermark) in self.watermarks.partitions() {
+        for (p, watermark) in self.windows.watermarks.partitions() {
             out.partitions.insert(
                 p,
                 PartitionCut {
@@ -156,7 +156,7 @@ impl Pipeline {
             );
         }
         let mut changes = Vec::new();
-        if let Some(w) = self.window.as_mut() {
+        if let Some(w) = self.windows.stage.as_mut() {
             for e in w.windower.take_touched() {
                 let namespace = match e.chunk {
                     None => WINDOW_NAMESPACE.to_owned(),
@@ -218,7 +218,9 @@ impl Pipeline {
         entries: &[(String, String, Vec<u8>)],
         now_ms: u64,
     ) -> Result<(), PipelineError> {
-        self.watermarks.restore(partition, watermark, now_ms);
+        self.windows
+            .watermarks
+            .restore(partition, watermark, now_ms);
         let Some(cp) = self.checkpoints.as_mut() else {
             return Err(PipelineError::Setup(
                 "restoring a partition needs checkpoints enabled".into(),
@@ -258,7 +260,7 @@ impl Pipeline {
         if headers.is_empty() && chunks.is_empty() {
             return Ok(());
         }
-        let w = self.window.as_mut().ok_or_else(|| {
+        let w = self.windows.stage.as_mut().ok_or_else(|| {
             PipelineError::Setup(
                 "the checkpoint has window state but the pipeline has no window".into(),
             )

@@ -188,6 +188,40 @@ pub fn merge_firings(fired: Vec<Fired>) -> Vec<Fired> {
     out
 }
 
+/// Panes by the time they are due (their window's end), for first firing or for release:
+/// one bucket per end, which the panes of every key share. Entries are never removed one by
+/// one: an entry lapses when its pane goes or changes span, and the windower checks each
+/// entry against the live pane when its bucket comes due (a duplicate finds its pane
+/// already fired or released).
+#[derive(Debug, Default)]
+struct Due {
+    by_end: BTreeMap<i64, Vec<(u32, i64)>>,
+}
+
+impl Due {
+    fn insert(&mut self, span: WindowSpan, k: u32) {
+        self.by_end
+            .entry(span.end)
+            .or_default()
+            .push((k, span.start));
+    }
+
+    /// Takes every entry whose end is due, as `(end, key, start)` in that order.
+    fn take_due(&mut self, due: impl Fn(i64) -> bool) -> Vec<(i64, u32, i64)> {
+        let mut out = Vec::new();
+        while let Some(entry) = self.by_end.first_entry() {
+            if !due(*entry.key()) {
+                break;
+            }
+            let (end, mut panes) = entry.remove_entry();
+            panes.sort_unstable();
+            panes.dedup();
+            out.extend(panes.into_iter().map(|(k, start)| (end, k, start)));
+        }
+        out
+    }
+}
+
 /// Keyed windows over one stream.
 #[derive(Debug)]
 pub struct Windower {
@@ -198,12 +232,12 @@ pub struct Windower {
     keys: FastMap<String, u32>,
     names: Vec<String>,
     panes: FastMap<u32, BTreeMap<i64, Pane>>,
-    /// Unfired panes by (end, key, start).
-    pending: BTreeSet<(i64, u32, i64)>,
+    /// Unfired panes, by end.
+    pending: Due,
     /// Fired panes with late updates.
     dirty: BTreeSet<(u32, i64)>,
-    /// Every pane by (end, key, start), for release.
-    cleanup: BTreeSet<(i64, u32, i64)>,
+    /// Every pane by end, for release.
+    cleanup: Due,
     watermark: i64,
     late_events: u64,
     /// The lateness judge of the event being added (its partition's watermark).
@@ -231,9 +265,9 @@ impl Windower {
             keys: FastMap::default(),
             names: Vec::new(),
             panes: FastMap::default(),
-            pending: BTreeSet::new(),
+            pending: Due::default(),
             dirty: BTreeSet::new(),
-            cleanup: BTreeSet::new(),
+            cleanup: Due::default(),
             watermark: i64::MIN,
             late_events: 0,
             judge: i64::MIN,
@@ -397,12 +431,12 @@ impl Windower {
         let mut map = BTreeMap::new();
         for p in panes {
             if !p.fired {
-                self.pending.insert((p.span.end, k, p.span.start));
+                self.pending.insert(p.span, k);
             }
             if p.dirty {
                 self.dirty.insert((k, p.span.start));
             }
-            self.cleanup.insert((p.span.end, k, p.span.start));
+            self.cleanup.insert(p.span, k);
             map.insert(p.span.start, p);
         }
         if !map.is_empty() {
@@ -416,10 +450,9 @@ impl Windower {
         let Some(&k) = self.keys.get(key) else {
             return;
         };
+        // Its entries in `pending` and `cleanup` lapse with the panes.
         if let Some(map) = self.panes.remove(&k) {
             for p in map.values() {
-                self.pending.remove(&(p.span.end, k, p.span.start));
-                self.cleanup.remove(&(p.span.end, k, p.span.start));
                 self.dirty.remove(&(k, p.span.start));
             }
         }
@@ -436,7 +469,7 @@ impl Windower {
 
     /// Panes currently held.
     pub fn open_panes(&self) -> usize {
-        self.cleanup.len()
+        self.panes.values().map(BTreeMap::len).sum()
     }
 
     /// The watermark last passed to [`Windower::advance`].
@@ -524,8 +557,8 @@ impl Windower {
         let keep = self.keep_rows;
         let panes = self.panes.entry(k).or_default();
         let pane = panes.entry(span.start).or_insert_with(|| {
-            self.pending.insert((span.end, k, span.start));
-            self.cleanup.insert((span.end, k, span.start));
+            self.pending.insert(span, k);
+            self.cleanup.insert(span, k);
             Pane::new(span)
         });
         pane.agg.add(value);
@@ -562,9 +595,8 @@ impl Windower {
         let mut merged = Pane::new(span);
         let mut any_fired = false;
         for s in overlapping {
+            // Its entries in `pending` and `cleanup` lapse: the span they name is gone.
             if let Some(p) = panes.remove(&s) {
-                self.pending.remove(&(p.span.end, k, p.span.start));
-                self.cleanup.remove(&(p.span.end, k, p.span.start));
                 self.dirty.remove(&(k, p.span.start));
                 span.start = span.start.min(p.span.start);
                 span.end = span.end.max(p.span.end);
@@ -591,9 +623,9 @@ impl Windower {
         if merged.fired {
             self.dirty.insert((k, span.start));
         } else {
-            self.pending.insert((span.end, k, span.start));
+            self.pending.insert(span, k);
         }
-        self.cleanup.insert((span.end, k, span.start));
+        self.cleanup.insert(span, k);
         panes.insert(span.start, merged);
         result
     }
@@ -617,12 +649,11 @@ impl Windower {
         let w = self.watermark;
         let mut out = Vec::new();
         // First firings.
-        while let Some(&(end, k, start)) = self.pending.first() {
-            if end - 1 > w {
-                break;
-            }
-            self.pending.pop_first();
-            if let Some(p) = self.panes.get_mut(&k).and_then(|m| m.get_mut(&start)) {
+        for (end, k, start) in self.pending.take_due(|end| end - 1 <= w) {
+            if let Some(p) = self.panes.get_mut(&k).and_then(|m| m.get_mut(&start))
+                && p.span.end == end
+                && !p.fired
+            {
                 p.fired = true;
                 p.dirty = false;
                 out.push(fire(&self.names, k, p, true, false));
@@ -640,12 +671,10 @@ impl Windower {
             }
         }
         // Releases.
-        while let Some(&(end, k, start)) = self.cleanup.first() {
-            if end - 1 + self.lateness > w {
-                break;
-            }
-            self.cleanup.pop_first();
-            if !self.panes.contains_key(&k) {
+        let lateness = self.lateness;
+        for (end, k, start) in self.cleanup.take_due(|end| end - 1 + lateness <= w) {
+            let live = self.panes.get(&k).and_then(|m| m.get(&start));
+            if live.is_none_or(|p| p.span.end != end) {
                 continue;
             }
             mark(&mut self.touched, &self.panes, k);

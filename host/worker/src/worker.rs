@@ -203,6 +203,9 @@ pub fn run(
         Durability::KafkaOffsets => (Positions::Kafka, None, HashMap::new()),
     };
     pipeline.set_fire_budget(opts.fire_budget);
+    // Under a CPU share a tenant's rounds are charged by this thread's CPU time: its windows
+    // must not run on another thread, out of the account.
+    pipeline.set_windows_beside(opts.cpu_share.is_none());
     let broker = &opts.broker;
     broker.ensure_topics(&spec_topics(spec))?;
     let bootstrap = broker.bootstrap();
@@ -377,7 +380,7 @@ pub fn run(
                         .map(|r| r.payload_str().to_owned()),
                 );
             }
-            p.stats = pipeline.stats().clone();
+            p.stats = pipeline.stats();
             p.produced = producer.sent();
             p.partitions = source.parts().len();
             p.idle_for = source.idle_for();
@@ -412,7 +415,7 @@ pub fn run(
     }
     report.commits = commits;
     report.skipped = source.skipped;
-    report.stats = pipeline.stats().clone();
+    report.stats = pipeline.stats();
     report.switches = pipeline.switches().to_vec();
     source.into_consumer().close(Duration::from_secs(5));
     Ok(report)

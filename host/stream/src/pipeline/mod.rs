@@ -10,7 +10,6 @@
 //! the dead-letter output with the reason; the rest of its batch is processed normally.
 
 use crate::SourcePos;
-use crate::aggregate::AggKind;
 pub use crate::checkpoint::StateChange;
 use crate::checkpoint::Tracking;
 use crate::metrics::{ModelVariants, PipelineMetrics, Role, in_canary};
@@ -22,13 +21,14 @@ use crate::spec::PipelineSpec;
 
 use crate::training::{Trainer, TrainingShared};
 use crate::watermark::Watermarks;
-use crate::window::{Fired, Lateness, Windower};
+use crate::window::Windower;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
-use weir_engine::{
-    EventBatch, FeatureBatch, Instance, Runner, Slot, TrapKind, VersionId, WindowBatch,
-};
+use weir_engine::{EventBatch, FeatureBatch, Instance, Runner, Slot, TrapKind, VersionId};
+
+mod windows;
+pub(crate) use windows::{WindowStage, Windowing};
 
 /// A record read from the source.
 #[derive(Debug, Clone, Copy)]
@@ -107,19 +107,47 @@ pub enum PipelineError {
     Engine(#[from] weir_engine::Error),
 }
 
-pub(crate) struct WindowStage {
-    pub(crate) windower: Windower,
-    aggs: Vec<AggKind>,
-    value_index: usize,
-    /// The inputs an operator's rows carry (`window.row_inputs`), when not all of them,
-    /// and the row being built from them.
-    row_inputs: Option<Vec<usize>>,
-    row: Vec<f64>,
-    pub(crate) operator: Option<Runner>,
-    outputs: Vec<String>,
-    /// Windows due but not emitted yet (with a fire budget: see
-    /// [`Pipeline::set_fire_budget`]), oldest first.
-    pending: VecDeque<Fired>,
+/// The fewest events a step needs for its windows to run on the pipeline's second thread
+/// (see `Pipeline::run_sides`): below it, waking that thread costs more than it saves.
+const BESIDE_MIN: usize = 256;
+
+/// One step's events as parsed: the columnar batch, and per event its source position,
+/// its record's index in the step, its label (with a label field) and its id (when labels
+/// join later). Both sides of the step read it; its buffers are kept across steps.
+pub(crate) struct Parsed {
+    pub(crate) batch: EventBatch,
+    pub(crate) positions: Vec<SourcePos>,
+    pub(crate) raw: Vec<usize>,
+    labels: Vec<f64>,
+    ids: Vec<Option<String>>,
+}
+
+impl Default for Parsed {
+    /// An empty stand-in, while the pipeline's own is out for a step.
+    fn default() -> Self {
+        Parsed::new(0)
+    }
+}
+
+impl Parsed {
+    fn new(dims: usize) -> Self {
+        Parsed {
+            batch: EventBatch::with_dims(dims as u32),
+            positions: Vec::new(),
+            raw: Vec::new(),
+            labels: Vec::new(),
+            ids: Vec::new(),
+        }
+    }
+
+    /// Empties it, keeping the buffers (and the batch's input width).
+    fn clear(&mut self) {
+        self.batch.clear();
+        self.positions.clear();
+        self.raw.clear();
+        self.labels.clear();
+        self.ids.clear();
+    }
 }
 
 /// A running pipeline (one worker).
@@ -130,22 +158,23 @@ pub struct Pipeline {
     extractor: Option<Runner>,
     pub(crate) model: Option<Runner>,
     pub(crate) operators: Vec<Runner>,
-    pub(crate) window: Option<WindowStage>,
-    pub(crate) watermarks: Watermarks,
+    /// Job 2: the windows and the watermarks.
+    pub(crate) windows: Windowing,
+    /// The thread job 2 runs on beside the scoring, made at the first step that needs it.
+    beside: Option<rayon::ThreadPool>,
+    /// Job 2 may run on that thread (see [`Pipeline::set_windows_beside`]); off once the
+    /// system refused the thread.
+    beside_allowed: bool,
     stats: Stats,
     /// The version that last served each (stage, partition).
     versions: HashMap<(String, i32), VersionId>,
     pub(crate) switches: Vec<Switch>,
-    /// Most due windows one call emits (see [`Pipeline::set_fire_budget`]).
-    fire_budget: Option<usize>,
-    batch: EventBatch,
-    positions: Vec<SourcePos>,
-    raw: Vec<(usize, usize)>,
+    /// The current step's events, parsed (its buffers kept across steps).
+    parsed: Parsed,
     /// Prequential training of the model stage.
     train: bool,
     /// The source has a label field: labels are collected and scored against.
     has_labels: bool,
-    labels: Vec<f64>,
     /// Per-stage figures, shared with the control plane.
     metrics: Arc<PipelineMetrics>,
     /// The model's canary and shadow, as the control plane set them.
@@ -157,8 +186,6 @@ pub struct Pipeline {
     pub(crate) checkpoints: Option<Tracking>,
     /// Host-side training of the model stage (`[training]`).
     pub(crate) trainer: Option<Trainer>,
-    /// Each row's id, when labels join later.
-    ids: Vec<Option<String>>,
     /// Label records of the current step: (key, id, label).
     label_records: Vec<(String, String, f64)>,
 }
@@ -214,6 +241,7 @@ impl Pipeline {
             None => None,
         };
         let variants = slots.variants.clone();
+        let metrics = Arc::<PipelineMetrics>::default();
         let trainer = match (&spec.training, &slots.model) {
             (Some(t), Some(slot)) => Some(Trainer::new(t, slot.clone())),
             _ => None,
@@ -239,32 +267,29 @@ impl Pipeline {
                 Runner::new(s).carry_model_state(spec.model.as_ref().is_some_and(|m| m.train))
             }),
             operators: slots.operators.into_iter().map(Runner::new).collect(),
-            window,
-            watermarks: Watermarks::new(
-                *spec.watermark.out_of_orderness_ms.get_ref(),
-                spec.watermark.idle_timeout_ms,
+            windows: Windowing::new(
+                window,
+                Watermarks::new(
+                    *spec.watermark.out_of_orderness_ms.get_ref(),
+                    spec.watermark.idle_timeout_ms,
+                ),
+                metrics.clone(),
             ),
-            stats: Stats {
-                watermark: i64::MIN,
-                ..Stats::default()
-            },
+            beside: None,
+            beside_allowed: true,
+            stats: Stats::default(),
             versions: HashMap::new(),
             switches: Vec::new(),
-            fire_budget: None,
-            batch: EventBatch::with_dims(dims as u32),
-            positions: Vec::new(),
-            raw: Vec::new(),
+            parsed: Parsed::new(dims),
             train: spec.model.as_ref().is_some_and(|m| m.train),
             has_labels: spec.source.label_field.is_some(),
-            labels: Vec::new(),
-            metrics: Arc::default(),
+            metrics,
             variants,
             canary: None,
             shadow: None,
             trained_since_snapshot: false,
             checkpoints: None,
             trainer,
-            ids: Vec::new(),
             label_records: Vec::new(),
         })
     }
@@ -304,8 +329,13 @@ impl Pipeline {
     }
 
     /// Counters so far.
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    pub fn stats(&self) -> Stats {
+        Stats {
+            windows_out: self.windows.windows_out,
+            late: self.windows.late,
+            watermark: self.windows.watermark,
+            ..self.stats.clone()
+        }
     }
 
     /// Per-stage figures (latency, fuel, errors, and for the model, accuracy), shared.
@@ -320,13 +350,13 @@ impl Pipeline {
 
     /// Registers a source partition (it holds the watermark back until idle).
     pub fn assign_partition(&mut self, partition: i32, now_ms: u64) {
-        self.watermarks.assign(partition, now_ms);
+        self.windows.watermarks.assign(partition, now_ms);
     }
 
     /// Forgets a revoked partition, and, with checkpoints on, the state of its keys (its
     /// next owner restores them from the checkpoint).
     pub fn revoke_partition(&mut self, partition: i32) {
-        self.watermarks.revoke(partition);
+        self.windows.watermarks.revoke(partition);
         if let Some(cp) = self.checkpoints.as_mut() {
             let keys: Vec<String> = cp
                 .key_partition
@@ -336,7 +366,7 @@ impl Pipeline {
                 .collect();
             for k in keys {
                 cp.key_partition.remove(&k);
-                if let Some(w) = self.window.as_mut() {
+                if let Some(w) = self.windows.stage.as_mut() {
                     w.windower.remove_key(&k);
                 }
                 for (_, st) in &cp.states {
@@ -377,16 +407,22 @@ impl Pipeline {
         if let Some(t) = self.trainer.as_mut() {
             t.before_step();
         }
-        self.ids.clear();
         self.label_records.clear();
-        self.batch.clear();
-        self.positions.clear();
-        self.raw.clear();
-        self.labels.clear();
         self.stats.records_in += records.len() as u64;
         self.stats.batches += 1;
+        let mut parsed = std::mem::take(&mut self.parsed);
+        parsed.clear();
+        self.parse_step(&mut parsed, records, out);
+        let done = self.run_sides(&parsed, records, now_ms, out);
+        self.parsed = parsed;
+        done
+    }
+
+    /// Parses a step's records into `parsed`; a record that does not parse becomes a dead
+    /// letter, and a label record waits in `label_records` for its event.
+    fn parse_step(&mut self, parsed: &mut Parsed, records: &[SourceRecord<'_>], out: &mut Outputs) {
         for (i, r) in records.iter().enumerate() {
-            match self.parser.parse(r.payload, &mut self.batch.inputs) {
+            match self.parser.parse(r.payload, &mut parsed.batch.inputs) {
                 Ok(p) if p.label_only => {
                     if let (Some(id), Some(label)) = (p.id, p.label) {
                         self.label_records
@@ -395,12 +431,12 @@ impl Pipeline {
                 }
                 Ok(p) => {
                     if self.parser.id_field.is_some() {
-                        self.ids.push(p.id.as_ref().map(|c| c.to_string()));
+                        parsed.ids.push(p.id.as_ref().map(|c| c.to_string()));
                     }
                     if self.has_labels {
-                        self.labels.push(p.label.unwrap_or(f64::NAN));
+                        parsed.labels.push(p.label.unwrap_or(f64::NAN));
                     }
-                    let b = &mut self.batch;
+                    let b = &mut parsed.batch;
                     b.keys.extend_from_slice(p.key.as_bytes());
                     b.key_offsets.push(b.keys.len() as u32);
                     b.timestamps.push(p.ts);
@@ -409,11 +445,11 @@ impl Pipeline {
                     }
                     b.payload_offsets.push(b.payloads.len() as u32);
                     b.len += 1;
-                    self.positions.push(SourcePos {
+                    parsed.positions.push(SourcePos {
                         partition: r.partition,
                         offset: r.offset,
                     });
-                    self.raw.push((i, 0));
+                    parsed.raw.push(i);
                     if let Some(cp) = self.checkpoints.as_mut() {
                         // A key's state stays with the partition it was first seen on: its
                         // rows must live in one partition, or a restore would find an old
@@ -446,15 +482,101 @@ impl Pipeline {
                 }
             }
         }
-        if !self.batch.is_empty() {
-            self.window_events(records, now_ms, out);
-            self.score(records, out)?;
+    }
+
+    /// Runs a step's two sides: job 1 (scoring, on this thread) and job 2 (the windows,
+    /// see [`Windowing`]). They share nothing but the parsed events, so a step of at least
+    /// [`BESIDE_MIN`] events runs job 2 on the pipeline's second thread meanwhile; smaller
+    /// steps run both here, as the hand-over would cost more than it saves.
+    fn run_sides(
+        &mut self,
+        parsed: &Parsed,
+        records: &[SourceRecord<'_>],
+        now_ms: u64,
+        out: &mut Outputs,
+    ) -> Result<(), PipelineError> {
+        // Job 2's state and outputs leave the pipeline for the step, and come back after.
+        let mut side = std::mem::take(&mut self.windows);
+        let key_partition = self
+            .checkpoints
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.key_partition));
+        let mut late = std::mem::take(&mut out.late);
+        let mut windows = std::mem::take(&mut out.windows);
+        let beside = if side.stage.is_some() && parsed.batch.len() >= BESIDE_MIN {
+            self.beside_thread()
+        } else {
+            None
+        };
+        let mut windowed = Ok(());
+        let mut job2 = || {
+            side.step(
+                parsed,
+                records,
+                now_ms,
+                key_partition.as_ref(),
+                &mut late,
+                &mut windows,
+            )
+        };
+        let scored = match &beside {
+            Some(thread) => thread.in_place_scope(|s| {
+                s.spawn(|_| windowed = job2());
+                self.score_side(parsed, records, out)
+            }),
+            None => {
+                windowed = job2();
+                self.score_side(parsed, records, out)
+            }
+        };
+        self.beside = beside;
+        self.windows = side;
+        if let (Some(cp), Some(kp)) = (self.checkpoints.as_mut(), key_partition) {
+            cp.key_partition = kp;
+        }
+        out.late = late;
+        out.windows = windows;
+        scored.and(windowed)
+    }
+
+    /// The pipeline's second thread, made on first use. Without it (the system refused a
+    /// thread), steps run both sides on the caller's thread.
+    fn beside_thread(&mut self) -> Option<rayon::ThreadPool> {
+        if let Some(t) = self.beside.take() {
+            return Some(t);
+        }
+        if !self.beside_allowed {
+            return None;
+        }
+        match rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "weir-windows".into())
+            .build()
+        {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("no second thread for the windows ({e}): they run in line");
+                self.beside_allowed = false;
+                None
+            }
+        }
+    }
+
+    /// Job 1 over a step: scores its events, joins its label records, and lets the trainer
+    /// decide.
+    fn score_side(
+        &mut self,
+        parsed: &Parsed,
+        records: &[SourceRecord<'_>],
+        out: &mut Outputs,
+    ) -> Result<(), PipelineError> {
+        if !parsed.batch.is_empty() {
+            self.score(parsed, records, out)?;
         }
         self.join_labels();
         if let Some(t) = self.trainer.as_mut() {
             t.after_step();
         }
-        self.fire_windows(now_ms, out)?;
         Ok(())
     }
 
@@ -478,91 +600,26 @@ impl Pipeline {
     /// and fires due windows.
     pub fn tick(&mut self, now_ms: u64, out: &mut Outputs) -> Result<(), PipelineError> {
         let mark = (out.results.len(), out.windows.len());
-        let done = self.fire_windows(now_ms, out);
+        let kp = self.checkpoints.as_ref().map(|c| &c.key_partition);
+        let done = self.windows.fire(now_ms, kp, &mut out.windows);
         self.keep_for_checkpoint(out, mark);
         done
     }
 
     /// End of a bounded input: fires and releases every window.
     pub fn flush(&mut self, out: &mut Outputs) -> Result<(), PipelineError> {
-        let Some(w) = self.window.as_mut() else {
-            return Ok(());
-        };
-        let mut fired: Vec<Fired> = w.pending.drain(..).collect();
-        fired.extend(w.windower.flush());
         let mark = (out.results.len(), out.windows.len());
-        let done = self.emit_windows(fired, out);
+        let kp = self.checkpoints.as_ref().map(|c| &c.key_partition);
+        let done = self.windows.flush(kp, &mut out.windows);
         self.keep_for_checkpoint(out, mark);
         done
-    }
-
-    /// Advances the watermarks event by event and assigns events to windows. Lateness is
-    /// judged against the watermark of the event's own partition *at its arrival*
-    /// (including the event itself), exactly as if records were processed one by one, and
-    /// independent of how partitions interleave (so a replay decides the same way);
-    /// windows fire at the batch's end, on the watermark combined across partitions.
-    fn window_events(&mut self, records: &[SourceRecord<'_>], now_ms: u64, out: &mut Outputs) {
-        let Some(w) = self.window.as_mut() else {
-            for (i, p) in self.positions.iter().enumerate() {
-                self.watermarks
-                    .observe(p.partition, self.batch.timestamps[i], now_ms);
-            }
-            return;
-        };
-        for i in 0..self.batch.len() {
-            let (Some(key), Some(row)) = (self.batch.key(i), self.batch.inputs_of(i)) else {
-                continue;
-            };
-            let ts = self.batch.timestamps[i];
-            let partition = self.positions[i].partition;
-            self.watermarks.observe(partition, ts, now_ms);
-            let judge = self.watermarks.partition_watermark(partition);
-            let value = row[w.value_index];
-            let row = match &w.row_inputs {
-                Some(inputs) => {
-                    w.row.clear();
-                    w.row.extend(inputs.iter().map(|&j| row[j]));
-                    &w.row[..]
-                }
-                None => row,
-            };
-            if w.windower.add_judged(key, ts, value, row, judge) == Lateness::TooLate {
-                w.windower.count_late();
-                self.stats.late += 1;
-                let r = &records[self.raw[i].0];
-                let watermark = w.windower.watermark();
-                out.late.push_with(
-                    key,
-                    RecordMeta {
-                        partition: r.partition,
-                        offset: r.offset,
-                        ts,
-                        ..RecordMeta::default()
-                    },
-                    |p| {
-                        p.extend_from_slice(b"{\"reason\":\"too late for every window\",\"key\":");
-                        push_json_str(p, key);
-                        p.extend_from_slice(b",\"ts\":");
-                        push_i64(p, ts);
-                        p.extend_from_slice(b",\"watermark\":");
-                        push_i64(p, watermark);
-                        p.extend_from_slice(b",\"partition\":");
-                        push_i64(p, i64::from(r.partition));
-                        p.extend_from_slice(b",\"offset\":");
-                        push_i64(p, r.offset);
-                        p.extend_from_slice(b",\"payload\":");
-                        push_json_str(p, &String::from_utf8_lossy(r.payload));
-                        p.push(b'}');
-                    },
-                );
-            }
-        }
     }
 
     /// Records, per partition, the first offset a stage's version served, whenever that
     /// version differs from the one that last served the partition.
     fn note_version(
         &mut self,
+        positions: &[SourcePos],
         stage: &str,
         version: &VersionId,
         plugin: &str,
@@ -570,7 +627,7 @@ impl Pipeline {
         len: usize,
     ) {
         let mut firsts: BTreeMap<i32, i64> = BTreeMap::new();
-        for p in &self.positions[first..first + len] {
+        for p in &positions[first..first + len] {
             firsts
                 .entry(p.partition)
                 .and_modify(|o| *o = (*o).min(p.offset))
@@ -606,14 +663,13 @@ impl Pipeline {
     /// naming the trap, and the worker stays responsive to stop and shutdown.
     fn score(
         &mut self,
+        parsed: &Parsed,
         records: &[SourceRecord<'_>],
         out: &mut Outputs,
     ) -> Result<(), PipelineError> {
-        let batch = std::mem::replace(&mut self.batch, EventBatch::with_dims(self.dims as u32));
-        let labels = std::mem::take(&mut self.labels);
-        let result = self.score_batch(&batch, &labels);
-        match result {
-            Ok(scored) => self.emit_results(&batch, &scored, 0, &labels, out),
+        let (batch, labels) = (&parsed.batch, &parsed.labels[..]);
+        match self.score_batch(batch, labels) {
+            Ok(scored) => self.emit_results(parsed, batch, &scored, 0, labels, out),
             Err(e)
                 if matches!(
                     e.trap_kind(),
@@ -621,7 +677,7 @@ impl Pipeline {
                 ) =>
             {
                 let reason = format!("{e} (the whole batch of {} records)", batch.len());
-                for &(i, _) in &self.raw {
+                for &i in &parsed.raw {
                     self.stats.dead += 1;
                     dead_letter(&mut out.dead, &records[i], "plugin", &reason);
                 }
@@ -635,12 +691,12 @@ impl Pipeline {
                     one.push(key, batch.timestamps[i], row);
                     let label = labels.get(i..i + 1).unwrap_or_default();
                     match self.score_batch(&one, label) {
-                        Ok(scored) => self.emit_results(&one, &scored, i, label, out),
+                        Ok(scored) => self.emit_results(parsed, &one, &scored, i, label, out),
                         Err(e) => {
                             self.stats.dead += 1;
                             dead_letter(
                                 &mut out.dead,
-                                &records[self.raw[i].0],
+                                &records[parsed.raw[i]],
                                 "plugin",
                                 &e.to_string(),
                             );
@@ -648,14 +704,8 @@ impl Pipeline {
                     }
                 }
             }
-            Err(e) => {
-                self.batch = batch;
-                self.labels = labels;
-                return Err(e.into());
-            }
+            Err(e) => return Err(e.into()),
         }
-        self.batch = batch;
-        self.labels = labels;
         Ok(())
     }
 
@@ -779,21 +829,43 @@ impl Pipeline {
 
     fn emit_results(
         &mut self,
+        parsed: &Parsed,
         batch: &EventBatch,
         s: &Scored,
         first_index: usize,
         labels: &[f64],
         out: &mut Outputs,
     ) {
-        self.train_on(batch, s, first_index, labels);
+        self.train_on(parsed, batch, s, first_index, labels);
         if let Some((v, plugin)) = &s.extractor {
-            self.note_version("extractor", v, plugin, first_index, batch.len());
+            self.note_version(
+                &parsed.positions,
+                "extractor",
+                v,
+                plugin,
+                first_index,
+                batch.len(),
+            );
         }
         if let Some((v, plugin)) = &s.model {
-            self.note_version("model", v, plugin, first_index, batch.len());
+            self.note_version(
+                &parsed.positions,
+                "model",
+                v,
+                plugin,
+                first_index,
+                batch.len(),
+            );
         }
         if let Some((v, plugin)) = &s.canary {
-            self.note_version("model-canary", v, plugin, first_index, batch.len());
+            self.note_version(
+                &parsed.positions,
+                "model-canary",
+                v,
+                plugin,
+                first_index,
+                batch.len(),
+            );
         }
         // Versions go into each record's metadata: shared, not copied per record.
         let arc = |v: &Option<(VersionId, String)>| -> Arc<str> {
@@ -809,7 +881,7 @@ impl Pipeline {
                 (&s.model, &serving)
             };
             let key = batch.key(i).unwrap_or_default();
-            let pos = self.positions[first_index + i];
+            let pos = parsed.positions[first_index + i];
             let ts = batch.timestamps[i];
             let score = s.scores.as_ref().and_then(|x| x.get(i).copied());
             let meta = RecordMeta {
@@ -857,7 +929,7 @@ impl Pipeline {
             let version: Arc<str> = Arc::from(v.0.as_str());
             for i in 0..batch.len() {
                 let key = batch.key(i).unwrap_or_default();
-                let pos = self.positions[first_index + i];
+                let pos = parsed.positions[first_index + i];
                 let ts = batch.timestamps[i];
                 let meta = RecordMeta {
                     partition: pos.partition,
@@ -910,7 +982,14 @@ impl Pipeline {
 
     /// Hands the scored rows to the trainer: labelled rows join its window, and with
     /// `join = "later"` unlabelled rows with an id wait for their label record.
-    fn train_on(&mut self, batch: &EventBatch, s: &Scored, first_index: usize, labels: &[f64]) {
+    fn train_on(
+        &mut self,
+        parsed: &Parsed,
+        batch: &EventBatch,
+        s: &Scored,
+        first_index: usize,
+        labels: &[f64],
+    ) {
         let (Some(t), Some(f), Some(scores), Some(model)) = (
             self.trainer.as_mut(),
             &s.model_features,
@@ -923,7 +1002,7 @@ impl Pipeline {
         if t.unsupervised() {
             for i in 0..batch.len() {
                 if let Some(x) = f.row(i) {
-                    let pos = self.positions[first_index + i];
+                    let pos = parsed.positions[first_index + i];
                     t.row(x, pos.partition, pos.offset, batch.timestamps[i]);
                 }
             }
@@ -942,14 +1021,14 @@ impl Pipeline {
                 continue;
             };
             let on_canary = s.canary_rows.get(i).copied().unwrap_or(false);
-            let pos = self.positions[first_index + i];
+            let pos = parsed.positions[first_index + i];
             let ts = batch.timestamps[i];
             let label = labels.get(i).copied().unwrap_or(f64::NAN);
             if !label.is_nan() {
                 let by = (!on_canary).then_some(&model.0);
                 t.labelled(x, label, scores[i], by, pos.partition, pos.offset, ts);
             } else if let Some(serving) = &serving
-                && let Some(Some(id)) = self.ids.get(first_index + i)
+                && let Some(Some(id)) = parsed.ids.get(first_index + i)
             {
                 let served = match (&canary, on_canary) {
                     (Some(c), true) => c.clone(),
@@ -970,24 +1049,6 @@ impl Pipeline {
         }
     }
 
-    fn fire_windows(&mut self, now_ms: u64, out: &mut Outputs) -> Result<(), PipelineError> {
-        let wm = self.watermarks.advance(now_ms);
-        self.stats.watermark = wm;
-        let Some(w) = self.window.as_mut() else {
-            return Ok(());
-        };
-        let fired = w.windower.advance(wm);
-        let Some(budget) = self.fire_budget else {
-            return self.emit_windows(fired, out);
-        };
-        w.pending.extend(fired);
-        // The budget, and an eighth of what waits beyond it: a burst is spread over a few
-        // calls, and a steady excess cannot pile up.
-        let n = w.pending.len().min(budget + w.pending.len() / 8);
-        let fired: Vec<Fired> = w.pending.drain(..n).collect();
-        self.emit_windows(fired, out)
-    }
-
     /// Limits how many due windows one `process` or `tick` call emits (with an eighth of
     /// the rest on top, so a backlog drains), keeping the others for the next calls: a
     /// watermark that crosses the end of many windows at once then delays the events of one
@@ -995,144 +1056,35 @@ impl Pipeline {
     /// window at once. [`Pipeline::checkpoint`] needs none pending: emit them first with
     /// [`Pipeline::drain_fires`].
     pub fn set_fire_budget(&mut self, budget: Option<usize>) {
-        self.fire_budget = budget.map(|b| b.max(1));
+        self.windows.fire_budget = budget.map(|b| b.max(1));
+    }
+
+    /// Whether a step's windows may run on a second thread of the pipeline's own while this
+    /// one scores (on by default; only steps of at least 256 events do). Turn it off where
+    /// all of the pipeline's work must stay on the caller's thread, for example when that
+    /// thread's CPU time is what a tenant is charged.
+    pub fn set_windows_beside(&mut self, on: bool) {
+        self.beside_allowed = on;
+        if !on {
+            self.beside = None;
+        }
     }
 
     /// Due windows not emitted yet.
     pub fn pending_fires(&self) -> usize {
-        self.window.as_ref().map_or(0, |w| w.pending.len())
+        self.windows.pending()
     }
 
     /// Emits every due window kept back by the fire budget.
     pub fn drain_fires(&mut self, out: &mut Outputs) -> Result<(), PipelineError> {
-        let Some(w) = self.window.as_mut() else {
-            return Ok(());
-        };
-        if w.pending.is_empty() {
+        if self.windows.pending() == 0 {
             return Ok(());
         }
-        let fired: Vec<Fired> = w.pending.drain(..).collect();
         let mark = (out.results.len(), out.windows.len());
-        let done = self.emit_windows(fired, out);
+        let kp = self.checkpoints.as_ref().map(|c| &c.key_partition);
+        let done = self.windows.drain(kp, &mut out.windows);
         self.keep_for_checkpoint(out, mark);
         done
-    }
-
-    fn emit_windows(&mut self, fired: Vec<Fired>, out: &mut Outputs) -> Result<(), PipelineError> {
-        let Some(w) = self.window.as_mut() else {
-            return Ok(());
-        };
-        if fired.is_empty() {
-            return Ok(());
-        }
-        let fired = crate::window::merge_firings(fired);
-        let key_partition = self.checkpoints.as_ref().map(|c| &c.key_partition);
-        let partition_of = |key: &str| {
-            key_partition
-                .and_then(|m| m.get(key).copied())
-                .unwrap_or(-1)
-        };
-        match w.operator.as_mut() {
-            None => {
-                let builtin: Arc<str> = Arc::from("builtin");
-                for f in fired.iter().filter(|f| f.updated) {
-                    let meta = RecordMeta {
-                        partition: partition_of(&f.key),
-                        ts: f.span.start,
-                        window_end: f.span.end,
-                        version: builtin.clone(),
-                        ..RecordMeta::default()
-                    };
-                    let aggs = &w.aggs;
-                    out.windows.push_with(&f.key, meta, |p| {
-                        p.extend_from_slice(b"{\"key\":");
-                        push_json_str(p, &f.key);
-                        p.extend_from_slice(b",\"window_start\":");
-                        push_i64(p, f.span.start);
-                        p.extend_from_slice(b",\"window_end\":");
-                        push_i64(p, f.span.end);
-                        for a in aggs {
-                            let name = match a {
-                                AggKind::Count => "count",
-                                AggKind::Sum => "sum",
-                                AggKind::Mean => "mean",
-                                AggKind::Min => "min",
-                                AggKind::Max => "max",
-                                AggKind::Variance => "variance",
-                            };
-                            p.extend_from_slice(b",\"");
-                            p.extend_from_slice(name.as_bytes());
-                            p.extend_from_slice(b"\":");
-                            push_f64(p, f.agg.get(*a));
-                        }
-                        p.push(b'}');
-                    });
-                    self.stats.windows_out += 1;
-                }
-            }
-            // Bounded calls: a watermark jump can fire many windows at once, and one
-            // `on-window` call per chunk keeps each batch well inside the plugin's memory.
-            Some(op) => {
-                for chunk in fired.chunks(WINDOW_CALL_MAX) {
-                    let mut wb = WindowBatch::with_dims(w.windower.dims() as u32);
-                    for f in chunk {
-                        wb.push(&f.key, f.span.start, f.span.end, &f.new_rows, f.closing);
-                    }
-                    let (v, _, o) = timed(
-                        &self.metrics,
-                        "window",
-                        Role::Serving,
-                        op,
-                        chunk.len(),
-                        |i| i.on_window(&wb),
-                    )?;
-                    let version: Arc<str> = Arc::from(v.0.as_str());
-                    let ends: HashMap<(&str, i64), i64> = chunk
-                        .iter()
-                        .map(|f| ((f.key.as_str(), f.span.start), f.span.end))
-                        .collect();
-                    let names = &w.outputs;
-                    for i in 0..o.len() {
-                        let key = o.key(i).unwrap_or_default();
-                        let start = o.timestamps[i];
-                        let end = ends.get(&(key, start)).copied().unwrap_or(start);
-                        let meta = RecordMeta {
-                            partition: partition_of(key),
-                            ts: start,
-                            window_end: end,
-                            version: version.clone(),
-                            ..RecordMeta::default()
-                        };
-                        out.windows.push_with(key, meta, |p| {
-                            p.extend_from_slice(b"{\"key\":");
-                            push_json_str(p, key);
-                            p.extend_from_slice(b",\"window_start\":");
-                            push_i64(p, start);
-                            p.extend_from_slice(b",\"window_end\":");
-                            push_i64(p, end);
-                            for (j, x) in o.inputs_of(i).unwrap_or_default().iter().enumerate() {
-                                p.push(b',');
-                                match names.get(j) {
-                                    Some(name) => push_json_str(p, name),
-                                    None => {
-                                        p.extend_from_slice(b"\"v");
-                                        push_i64(p, j as i64);
-                                        p.push(b'"');
-                                    }
-                                }
-                                p.push(b':');
-                                push_f64(p, *x);
-                            }
-                            p.extend_from_slice(b",\"operator_version\":\"");
-                            p.extend_from_slice(v.0.as_bytes());
-                            p.extend_from_slice(b"\"}");
-                        });
-                        self.stats.windows_out += 1;
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -1275,9 +1227,6 @@ fn push_event_head(p: &mut Vec<u8>, key: &str, ts: i64, pos: SourcePos) {
     push_i64(p, pos.offset);
 }
 
-/// Most windows handed to one `on-window` call.
-const WINDOW_CALL_MAX: usize = 2048;
-
 #[derive(Default)]
 struct Scored {
     extractor: Option<(VersionId, String)>,
@@ -1330,6 +1279,81 @@ fn dead_letter(out: &mut Records, r: &SourceRecord<'_>, stage: &str, reason: &st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::CheckpointOptions;
+
+    /// Every output record as (key, payload), in order.
+    fn all(r: &Records) -> Vec<(String, String)> {
+        r.iter()
+            .map(|x| {
+                let payload = String::from_utf8_lossy(x.payload).into_owned();
+                (x.key.to_owned(), payload)
+            })
+            .collect()
+    }
+
+    /// Windows run beside the scoring on steps of `BESIDE_MIN` events or more: every output,
+    /// every counter and the checkpoint are the same as with both sides in line.
+    #[test]
+    fn windows_beside_the_scoring_change_nothing() {
+        let spec = PipelineSpec::parse(
+            "name = \"beside\"\n[source]\ntopic = \"in\"\nkey_field = \"k\"\n\
+             time_field = \"t\"\ninputs_field = \"x\"\ninput_dims = 2\n\
+             [window]\nkind = \"tumbling\"\nsize_ms = 100\nlateness_ms = 200\n\
+             aggregates = [\"count\", \"mean\", \"max\"]\n\
+             [sink]\ntopic = \"out\"\ndead_letter_topic = \"dlq\"\n",
+        )
+        .unwrap();
+        // 3,000 events of 40 keys over 3 partitions, every 7th 150 ms late (some of them
+        // too late), and a record that does not parse every 500.
+        let payloads: Vec<String> = (0..3000i64)
+            .map(|i| match i {
+                _ if i % 500 == 499 => "{\"k\":".to_owned(),
+                _ => {
+                    let t = i * 5 - if i % 7 == 0 { 150 + i % 300 } else { 0 };
+                    format!("{{\"k\":\"k{}\",\"t\":{t},\"x\":[{i}.5,-1]}}", i % 40)
+                }
+            })
+            .collect();
+        let records: Vec<SourceRecord<'_>> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| SourceRecord {
+                partition: (i % 3) as i32,
+                offset: (i / 3) as i64,
+                payload: p.as_bytes(),
+            })
+            .collect();
+        let run = |beside: bool| {
+            let mut p = Pipeline::new(&spec, StageSlots::default()).unwrap();
+            p.enable_checkpoints(CheckpointOptions::default());
+            p.set_windows_beside(beside);
+            let mut out = Outputs::default();
+            for chunk in records.chunks(BESIDE_MIN + 44) {
+                p.process(chunk, 0, &mut out).unwrap();
+            }
+            let cut = p.checkpoint().unwrap();
+            (out, p.stats(), cut)
+        };
+        let (beside, beside_stats, beside_cut) = run(true);
+        let (inline, inline_stats, inline_cut) = run(false);
+        assert!(beside.windows.len() > 100, "{}", beside.windows.len());
+        assert!(beside.late.len() > 10, "{}", beside.late.len());
+        assert_eq!(beside.dead.len(), 6);
+        assert_eq!(beside.results.len(), 2994);
+        for (a, b) in [
+            (&beside.results, &inline.results),
+            (&beside.windows, &inline.windows),
+            (&beside.late, &inline.late),
+            (&beside.dead, &inline.dead),
+        ] {
+            assert_eq!(all(a), all(b));
+        }
+        assert_eq!(beside_stats, inline_stats);
+        assert_eq!(beside_stats.windows_out, beside.windows.len() as u64);
+        assert_eq!(beside_stats.late, beside.late.len() as u64);
+        assert_eq!(beside_cut.partitions, inline_cut.partitions);
+        assert_eq!(all(&beside_cut.windows), all(&beside.windows));
+    }
 
     #[test]
     fn dead_letters_keep_a_bounded_part_of_huge_records() {

@@ -1,0 +1,376 @@
+//! Job 2's side of a step: the keyed windows, the watermarks that close them, and the window
+//! results. It reads the step's parsed events and touches nothing the scoring side does, so
+//! the two sides of a batch run side by side (see [`Pipeline::process`](super::Pipeline)).
+
+use super::{Parsed, PipelineError, SourceRecord, timed};
+use crate::FastMap;
+use crate::aggregate::AggKind;
+use crate::metrics::{PipelineMetrics, Role};
+use crate::output::{RecordMeta, Records, push_f64, push_i64, push_json_str};
+use crate::watermark::Watermarks;
+use crate::window::{Fired, Lateness, Windower};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use weir_engine::{Runner, WindowBatch};
+
+/// Most windows handed to one `on-window` call.
+const WINDOW_CALL_MAX: usize = 2048;
+
+/// The `[window]` stage: its windower, what it aggregates, and its operator.
+pub(crate) struct WindowStage {
+    pub(crate) windower: Windower,
+    pub(super) aggs: Vec<AggKind>,
+    pub(super) value_index: usize,
+    /// The inputs an operator's rows carry (`window.row_inputs`), when not all of them,
+    /// and the row being built from them.
+    pub(super) row_inputs: Option<Vec<usize>>,
+    pub(super) row: Vec<f64>,
+    pub(crate) operator: Option<Runner>,
+    pub(super) outputs: Vec<String>,
+    /// Windows due but not emitted yet (with a fire budget: see
+    /// [`Pipeline::set_fire_budget`](super::Pipeline::set_fire_budget)), oldest first.
+    pub(super) pending: VecDeque<Fired>,
+}
+
+/// The window side of a pipeline: the stage (if the spec has one), the watermarks (kept
+/// without a window too: they are checkpointed and reported), and its counters.
+pub(crate) struct Windowing {
+    pub(crate) stage: Option<WindowStage>,
+    pub(crate) watermarks: Watermarks,
+    /// Most due windows one call emits.
+    pub(super) fire_budget: Option<usize>,
+    metrics: Arc<PipelineMetrics>,
+    pub(super) late: u64,
+    pub(super) windows_out: u64,
+    pub(super) watermark: i64,
+}
+
+impl Default for Windowing {
+    /// An empty side: what stands in the pipeline while its side runs on another thread.
+    fn default() -> Self {
+        Windowing::new(None, Watermarks::new(0, 0), Arc::default())
+    }
+}
+
+impl Windowing {
+    pub(super) fn new(
+        stage: Option<WindowStage>,
+        watermarks: Watermarks,
+        metrics: Arc<PipelineMetrics>,
+    ) -> Self {
+        Windowing {
+            stage,
+            watermarks,
+            fire_budget: None,
+            metrics,
+            late: 0,
+            windows_out: 0,
+            watermark: i64::MIN,
+        }
+    }
+
+    /// One step: the step's events into their windows, then the windows the watermark
+    /// closes out.
+    pub(super) fn step(
+        &mut self,
+        step: &Parsed,
+        records: &[SourceRecord<'_>],
+        now_ms: u64,
+        key_partition: Option<&FastMap<String, i32>>,
+        late: &mut Records,
+        windows: &mut Records,
+    ) -> Result<(), PipelineError> {
+        if !step.batch.is_empty() {
+            self.events(step, records, now_ms, late);
+        }
+        self.fire(now_ms, key_partition, windows)
+    }
+
+    /// Advances the watermarks event by event and assigns events to windows. Lateness is
+    /// judged against the watermark of the event's own partition *at its arrival*
+    /// (including the event itself), exactly as if records were processed one by one, and
+    /// independent of how partitions interleave (so a replay decides the same way);
+    /// windows fire at the step's end, on the watermark combined across partitions.
+    fn events(
+        &mut self,
+        step: &Parsed,
+        records: &[SourceRecord<'_>],
+        now_ms: u64,
+        out: &mut Records,
+    ) {
+        let batch = &step.batch;
+        let Some(w) = self.stage.as_mut() else {
+            for (i, p) in step.positions.iter().enumerate() {
+                self.watermarks
+                    .observe(p.partition, batch.timestamps[i], now_ms);
+            }
+            return;
+        };
+        for i in 0..batch.len() {
+            let (Some(key), Some(row)) = (batch.key(i), batch.inputs_of(i)) else {
+                continue;
+            };
+            let ts = batch.timestamps[i];
+            let partition = step.positions[i].partition;
+            self.watermarks.observe(partition, ts, now_ms);
+            let judge = self.watermarks.partition_watermark(partition);
+            let value = row[w.value_index];
+            let row = match &w.row_inputs {
+                Some(inputs) => {
+                    w.row.clear();
+                    w.row.extend(inputs.iter().map(|&j| row[j]));
+                    &w.row[..]
+                }
+                None => row,
+            };
+            if w.windower.add_judged(key, ts, value, row, judge) == Lateness::TooLate {
+                w.windower.count_late();
+                self.late += 1;
+                let r = &records[step.raw[i]];
+                let watermark = w.windower.watermark();
+                out.push_with(
+                    key,
+                    RecordMeta {
+                        partition: r.partition,
+                        offset: r.offset,
+                        ts,
+                        ..RecordMeta::default()
+                    },
+                    |p| {
+                        p.extend_from_slice(b"{\"reason\":\"too late for every window\",\"key\":");
+                        push_json_str(p, key);
+                        p.extend_from_slice(b",\"ts\":");
+                        push_i64(p, ts);
+                        p.extend_from_slice(b",\"watermark\":");
+                        push_i64(p, watermark);
+                        p.extend_from_slice(b",\"partition\":");
+                        push_i64(p, i64::from(r.partition));
+                        p.extend_from_slice(b",\"offset\":");
+                        push_i64(p, r.offset);
+                        p.extend_from_slice(b",\"payload\":");
+                        push_json_str(p, &String::from_utf8_lossy(r.payload));
+                        p.push(b'}');
+                    },
+                );
+            }
+        }
+    }
+
+    /// Advances the combined watermark and emits the windows it closes out (within the
+    /// fire budget, if one is set).
+    pub(super) fn fire(
+        &mut self,
+        now_ms: u64,
+        key_partition: Option<&FastMap<String, i32>>,
+        out: &mut Records,
+    ) -> Result<(), PipelineError> {
+        let wm = self.watermarks.advance(now_ms);
+        self.watermark = wm;
+        let Some(w) = self.stage.as_mut() else {
+            return Ok(());
+        };
+        let fired = w.windower.advance(wm);
+        let Some(budget) = self.fire_budget else {
+            return self.emit(fired, key_partition, out);
+        };
+        w.pending.extend(fired);
+        // The budget, and an eighth of what waits beyond it: a burst is spread over a few
+        // calls, and a steady excess cannot pile up.
+        let n = w.pending.len().min(budget + w.pending.len() / 8);
+        let fired: Vec<Fired> = w.pending.drain(..n).collect();
+        self.emit(fired, key_partition, out)
+    }
+
+    /// Due windows not emitted yet.
+    pub(super) fn pending(&self) -> usize {
+        self.stage.as_ref().map_or(0, |w| w.pending.len())
+    }
+
+    /// Emits every due window kept back by the fire budget.
+    pub(super) fn drain(
+        &mut self,
+        key_partition: Option<&FastMap<String, i32>>,
+        out: &mut Records,
+    ) -> Result<(), PipelineError> {
+        let Some(w) = self.stage.as_mut() else {
+            return Ok(());
+        };
+        let fired: Vec<Fired> = w.pending.drain(..).collect();
+        self.emit(fired, key_partition, out)
+    }
+
+    /// End of a bounded input: fires and releases every window.
+    pub(super) fn flush(
+        &mut self,
+        key_partition: Option<&FastMap<String, i32>>,
+        out: &mut Records,
+    ) -> Result<(), PipelineError> {
+        let Some(w) = self.stage.as_mut() else {
+            return Ok(());
+        };
+        let mut fired: Vec<Fired> = w.pending.drain(..).collect();
+        fired.extend(w.windower.flush());
+        self.emit(fired, key_partition, out)
+    }
+
+    fn emit(
+        &mut self,
+        fired: Vec<Fired>,
+        key_partition: Option<&FastMap<String, i32>>,
+        out: &mut Records,
+    ) -> Result<(), PipelineError> {
+        let Some(w) = self.stage.as_mut() else {
+            return Ok(());
+        };
+        if fired.is_empty() {
+            return Ok(());
+        }
+        let fired = crate::window::merge_firings(fired);
+        let partition_of = |key: &str| {
+            key_partition
+                .and_then(|m| m.get(key).copied())
+                .unwrap_or(-1)
+        };
+        match w.operator.as_mut() {
+            None => {
+                let builtin: Arc<str> = Arc::from("builtin");
+                for f in fired.iter().filter(|f| f.updated) {
+                    let meta = RecordMeta {
+                        partition: partition_of(&f.key),
+                        ts: f.span.start,
+                        window_end: f.span.end,
+                        version: builtin.clone(),
+                        ..RecordMeta::default()
+                    };
+                    let aggs = &w.aggs;
+                    out.push_with(&f.key, meta, |p| {
+                        p.extend_from_slice(b"{\"key\":");
+                        push_json_str(p, &f.key);
+                        p.extend_from_slice(b",\"window_start\":");
+                        push_i64(p, f.span.start);
+                        p.extend_from_slice(b",\"window_end\":");
+                        push_i64(p, f.span.end);
+                        for a in aggs {
+                            let name = match a {
+                                AggKind::Count => "count",
+                                AggKind::Sum => "sum",
+                                AggKind::Mean => "mean",
+                                AggKind::Min => "min",
+                                AggKind::Max => "max",
+                                AggKind::Variance => "variance",
+                            };
+                            p.extend_from_slice(b",\"");
+                            p.extend_from_slice(name.as_bytes());
+                            p.extend_from_slice(b"\":");
+                            push_f64(p, f.agg.get(*a));
+                        }
+                        p.push(b'}');
+                    });
+                    self.windows_out += 1;
+                }
+            }
+            // Bounded calls: a watermark jump can fire many windows at once, and one
+            // `on-window` call per chunk keeps each batch well inside the plugin's memory.
+            Some(op) => {
+                for chunk in fired.chunks(WINDOW_CALL_MAX) {
+                    let mut wb = WindowBatch::with_dims(w.windower.dims() as u32);
+                    for f in chunk {
+                        wb.push(&f.key, f.span.start, f.span.end, &f.new_rows, f.closing);
+                    }
+                    let (v, _, o) = timed(
+                        &self.metrics,
+                        "window",
+                        Role::Serving,
+                        op,
+                        chunk.len(),
+                        |i| i.on_window(&wb),
+                    )?;
+                    let version: Arc<str> = Arc::from(v.0.as_str());
+                    let mut ends = Ends::new(chunk);
+                    let names = &w.outputs;
+                    for i in 0..o.len() {
+                        let key = o.key(i).unwrap_or_default();
+                        let start = o.timestamps[i];
+                        let end = ends.end(key, start);
+                        let meta = RecordMeta {
+                            partition: partition_of(key),
+                            ts: start,
+                            window_end: end,
+                            version: version.clone(),
+                            ..RecordMeta::default()
+                        };
+                        out.push_with(key, meta, |p| {
+                            p.extend_from_slice(b"{\"key\":");
+                            push_json_str(p, key);
+                            p.extend_from_slice(b",\"window_start\":");
+                            push_i64(p, start);
+                            p.extend_from_slice(b",\"window_end\":");
+                            push_i64(p, end);
+                            for (j, x) in o.inputs_of(i).unwrap_or_default().iter().enumerate() {
+                                p.push(b',');
+                                match names.get(j) {
+                                    Some(name) => push_json_str(p, name),
+                                    None => {
+                                        p.extend_from_slice(b"\"v");
+                                        push_i64(p, j as i64);
+                                        p.push(b'"');
+                                    }
+                                }
+                                p.push(b':');
+                                push_f64(p, *x);
+                            }
+                            p.extend_from_slice(b",\"operator_version\":\"");
+                            p.extend_from_slice(v.0.as_bytes());
+                            p.extend_from_slice(b"\"}");
+                        });
+                        self.windows_out += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The end of each window an operator's output names, from the windows it was handed. An
+/// operator usually emits in the order of its panes (skipping some), so the next pane is
+/// looked at first; an output out of that order builds the map once.
+struct Ends<'c> {
+    chunk: &'c [Fired],
+    next: usize,
+    map: Option<FastMap<(&'c str, i64), i64>>,
+}
+
+impl<'c> Ends<'c> {
+    fn new(chunk: &'c [Fired]) -> Self {
+        Ends {
+            chunk,
+            next: 0,
+            map: None,
+        }
+    }
+
+    /// The end of the window (`key`, `start`), or `start` when no pane of the call has it.
+    fn end(&mut self, key: &str, start: i64) -> i64 {
+        if self.map.is_none() {
+            let ahead = self.chunk[self.next..]
+                .iter()
+                .position(|f| f.span.start == start && f.key == key);
+            if let Some(j) = ahead {
+                self.next += j + 1;
+                return self.chunk[self.next - 1].span.end;
+            }
+        }
+        let chunk = self.chunk;
+        self.map
+            .get_or_insert_with(|| {
+                chunk
+                    .iter()
+                    .map(|f| ((f.key.as_str(), f.span.start), f.span.end))
+                    .collect()
+            })
+            .get(&(key, start))
+            .copied()
+            .unwrap_or(start)
+    }
+}
