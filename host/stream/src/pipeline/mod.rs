@@ -27,7 +27,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use weir_engine::{EventBatch, FeatureBatch, Instance, Runner, Slot, TrapKind, VersionId};
 
+mod parsed;
 mod windows;
+use parsed::{ParseOptions, Parsed};
 pub(crate) use windows::{WindowStage, Windowing};
 
 /// A record read from the source.
@@ -111,45 +113,6 @@ pub enum PipelineError {
 /// (see `Pipeline::run_sides`): below it, waking that thread costs more than it saves.
 const BESIDE_MIN: usize = 256;
 
-/// One step's events as parsed: the columnar batch, and per event its source position,
-/// its record's index in the step, its label (with a label field) and its id (when labels
-/// join later). Both sides of the step read it; its buffers are kept across steps.
-pub(crate) struct Parsed {
-    pub(crate) batch: EventBatch,
-    pub(crate) positions: Vec<SourcePos>,
-    pub(crate) raw: Vec<usize>,
-    labels: Vec<f64>,
-    ids: Vec<Option<String>>,
-}
-
-impl Default for Parsed {
-    /// An empty stand-in, while the pipeline's own is out for a step.
-    fn default() -> Self {
-        Parsed::new(0)
-    }
-}
-
-impl Parsed {
-    fn new(dims: usize) -> Self {
-        Parsed {
-            batch: EventBatch::with_dims(dims as u32),
-            positions: Vec::new(),
-            raw: Vec::new(),
-            labels: Vec::new(),
-            ids: Vec::new(),
-        }
-    }
-
-    /// Empties it, keeping the buffers (and the batch's input width).
-    fn clear(&mut self) {
-        self.batch.clear();
-        self.positions.clear();
-        self.raw.clear();
-        self.labels.clear();
-        self.ids.clear();
-    }
-}
-
 /// A running pipeline (one worker).
 pub struct Pipeline {
     parser: RecordParser,
@@ -171,6 +134,8 @@ pub struct Pipeline {
     pub(crate) switches: Vec<Switch>,
     /// The current step's events, parsed (its buffers kept across steps).
     parsed: Parsed,
+    /// The second half of a big step, parsed on the second thread.
+    parsed_tail: Parsed,
     /// Prequential training of the model stage.
     train: bool,
     /// The source has a label field: labels are collected and scored against.
@@ -186,8 +151,6 @@ pub struct Pipeline {
     pub(crate) checkpoints: Option<Tracking>,
     /// Host-side training of the model stage (`[training]`).
     pub(crate) trainer: Option<Trainer>,
-    /// Label records of the current step: (key, id, label).
-    label_records: Vec<(String, String, f64)>,
 }
 
 impl Pipeline {
@@ -281,6 +244,7 @@ impl Pipeline {
             versions: HashMap::new(),
             switches: Vec::new(),
             parsed: Parsed::new(dims),
+            parsed_tail: Parsed::new(dims),
             train: spec.model.as_ref().is_some_and(|m| m.train),
             has_labels: spec.source.label_field.is_some(),
             metrics,
@@ -290,7 +254,6 @@ impl Pipeline {
             trained_since_snapshot: false,
             checkpoints: None,
             trainer,
-            label_records: Vec::new(),
         })
     }
 
@@ -407,7 +370,6 @@ impl Pipeline {
         if let Some(t) = self.trainer.as_mut() {
             t.before_step();
         }
-        self.label_records.clear();
         self.stats.records_in += records.len() as u64;
         self.stats.batches += 1;
         let mut parsed = std::mem::take(&mut self.parsed);
@@ -418,67 +380,64 @@ impl Pipeline {
         done
     }
 
-    /// Parses a step's records into `parsed`; a record that does not parse becomes a dead
-    /// letter, and a label record waits in `label_records` for its event.
+    /// Parses a step's records into `parsed` (a step of twice [`BESIDE_MIN`] records or more
+    /// in two halves at once, the second on the pipeline's second thread). Then, in record
+    /// order, a record that does not parse becomes a dead letter, and with checkpoints on,
+    /// each event's key stays with the partition it was first seen on.
     fn parse_step(&mut self, parsed: &mut Parsed, records: &[SourceRecord<'_>], out: &mut Outputs) {
-        for (i, r) in records.iter().enumerate() {
-            match self.parser.parse(r.payload, &mut parsed.batch.inputs) {
-                Ok(p) if p.label_only => {
-                    if let (Some(id), Some(label)) = (p.id, p.label) {
-                        self.label_records
-                            .push((p.key.into_owned(), id.into_owned(), label));
+        let half = records.len() / 2;
+        let beside = if half >= BESIDE_MIN {
+            self.beside_thread()
+        } else {
+            None
+        };
+        let how = ParseOptions {
+            parser: &self.parser,
+            with_payload: self.with_payload,
+            has_labels: self.has_labels,
+        };
+        match &beside {
+            Some(thread) => {
+                let tail = &mut self.parsed_tail;
+                thread.in_place_scope(|s| {
+                    s.spawn(|_| tail.parse(&how, &records[half..], half));
+                    parsed.parse(&how, &records[..half], 0);
+                });
+                parsed.append(tail);
+            }
+            None => parsed.parse(&how, records, 0),
+        }
+        self.beside = beside;
+        for (i, reason) in &parsed.failed {
+            self.stats.dead += 1;
+            dead_letter(&mut out.dead, &records[*i], "parse", reason);
+        }
+        let Some(cp) = self.checkpoints.as_mut() else {
+            return;
+        };
+        for (i, pos) in parsed.positions.iter().enumerate() {
+            let Some(key) = parsed.batch.key(i) else {
+                continue;
+            };
+            // A key's state stays with the partition it was first seen on: its rows must
+            // live in one partition, or a restore would find an old copy in the partition
+            // it left.
+            match cp.key_partition.get(key) {
+                Some(&owner) if owner != pos.partition => {
+                    if self.stats.key_hops == 0 {
+                        tracing::warn!(
+                            "key `{key}` arrived on partition {} but its state is kept with \
+                             partition {owner}, where it was first seen; fine while one worker \
+                             owns every partition, but workers that share the topic need it \
+                             keyed by the event's key (counted in `key_hops`, warned once)",
+                            pos.partition
+                        );
                     }
+                    self.stats.key_hops += 1;
                 }
-                Ok(p) => {
-                    if self.parser.id_field.is_some() {
-                        parsed.ids.push(p.id.as_ref().map(|c| c.to_string()));
-                    }
-                    if self.has_labels {
-                        parsed.labels.push(p.label.unwrap_or(f64::NAN));
-                    }
-                    let b = &mut parsed.batch;
-                    b.keys.extend_from_slice(p.key.as_bytes());
-                    b.key_offsets.push(b.keys.len() as u32);
-                    b.timestamps.push(p.ts);
-                    if self.with_payload {
-                        b.payloads.extend_from_slice(r.payload);
-                    }
-                    b.payload_offsets.push(b.payloads.len() as u32);
-                    b.len += 1;
-                    parsed.positions.push(SourcePos {
-                        partition: r.partition,
-                        offset: r.offset,
-                    });
-                    parsed.raw.push(i);
-                    if let Some(cp) = self.checkpoints.as_mut() {
-                        // A key's state stays with the partition it was first seen on: its
-                        // rows must live in one partition, or a restore would find an old
-                        // copy in the partition it left.
-                        match cp.key_partition.get(&*p.key) {
-                            Some(&owner) if owner != r.partition => {
-                                if self.stats.key_hops == 0 {
-                                    tracing::warn!(
-                                        "key `{}` arrived on partition {} but its state is kept \
-                                         with partition {owner}, where it was first seen; fine \
-                                         while one worker owns every partition, but workers that \
-                                         share the topic need it keyed by the event's key \
-                                         (counted in `key_hops`, warned once)",
-                                        p.key,
-                                        r.partition
-                                    );
-                                }
-                                self.stats.key_hops += 1;
-                            }
-                            Some(_) => {}
-                            None => {
-                                cp.key_partition.insert(p.key.into_owned(), r.partition);
-                            }
-                        }
-                    }
-                }
-                Err(reason) => {
-                    self.stats.dead += 1;
-                    dead_letter(&mut out.dead, r, "parse", &reason);
+                Some(_) => {}
+                None => {
+                    cp.key_partition.insert(key.to_owned(), pos.partition);
                 }
             }
         }
@@ -573,7 +532,7 @@ impl Pipeline {
         if !parsed.batch.is_empty() {
             self.score(parsed, records, out)?;
         }
-        self.join_labels();
+        self.join_labels(&parsed.label_records);
         if let Some(t) = self.trainer.as_mut() {
             t.after_step();
         }
@@ -582,12 +541,12 @@ impl Pipeline {
 
     /// Joins the step's label records to their waiting events, and scores each joined
     /// event's prediction against its label in the version's metrics.
-    fn join_labels(&mut self) {
+    fn join_labels(&mut self, label_records: &[(String, String, f64)]) {
         let Some(t) = self.trainer.as_mut() else {
             return;
         };
-        for (key, id, label) in self.label_records.drain(..) {
-            if let Some((score, served)) = t.label_arrived(&key, &id, label) {
+        for &(ref key, ref id, label) in label_records {
+            if let Some((score, served)) = t.label_arrived(key, id, label) {
                 self.metrics
                     .with("model", Role::Serving, &served.0.0, &served.1, |s| {
                         s.score_labels(&[score], &[label])
@@ -1291,8 +1250,8 @@ mod tests {
             .collect()
     }
 
-    /// Windows run beside the scoring on steps of `BESIDE_MIN` events or more: every output,
-    /// every counter and the checkpoint are the same as with both sides in line.
+    /// Big steps are parsed in two halves at once and run their windows beside the scoring:
+    /// every output, every counter and the checkpoint are the same as all in line.
     #[test]
     fn windows_beside_the_scoring_change_nothing() {
         let spec = PipelineSpec::parse(
@@ -1328,7 +1287,8 @@ mod tests {
             p.enable_checkpoints(CheckpointOptions::default());
             p.set_windows_beside(beside);
             let mut out = Outputs::default();
-            for chunk in records.chunks(BESIDE_MIN + 44) {
+            // Steps of 600: parsed in two halves, and windows beside the scoring.
+            for chunk in records.chunks(2 * BESIDE_MIN + 88) {
                 p.process(chunk, 0, &mut out).unwrap();
             }
             let cut = p.checkpoint().unwrap();
