@@ -111,7 +111,7 @@ impl Pipeline {
             if let Some(op) = w.operator.take() {
                 let st = TrackedState::default();
                 cp.states.push(("window".into(), st.clone()));
-                w.operator = Some(Runner::new(op.slot().clone()).with_state(Box::new(st)));
+                w.operator = Some(op.with_state(&st));
             }
         }
         for (i, op) in self.operators.iter_mut().enumerate() {

@@ -30,7 +30,7 @@ use weir_engine::{EventBatch, FeatureBatch, Instance, Runner, Slot, TrapKind, Ve
 mod parsed;
 mod windows;
 use parsed::{ParseOptions, Parsed};
-pub(crate) use windows::{WindowStage, Windowing};
+pub(crate) use windows::{HalvedOperator, WindowStage, Windowing};
 
 /// A record read from the source.
 #[derive(Debug, Clone, Copy)]
@@ -196,7 +196,7 @@ impl Pipeline {
                     value_index: *w.value_index.get_ref() as usize,
                     row_inputs,
                     row: Vec::with_capacity(row_dims),
-                    operator: slots.window_operator.map(Runner::new),
+                    operator: slots.window_operator.map(HalvedOperator::new),
                     outputs: w.outputs.clone(),
                     pending: VecDeque::new(),
                 })
@@ -443,10 +443,12 @@ impl Pipeline {
         }
     }
 
-    /// Runs a step's two sides: job 1 (scoring, on this thread) and job 2 (the windows,
-    /// see [`Windowing`]). They share nothing but the parsed events, so a step of at least
-    /// [`BESIDE_MIN`] events runs job 2 on the pipeline's second thread meanwhile; smaller
-    /// steps run both here, as the hand-over would cost more than it saves.
+    /// Runs a step's two sides: job 1 (scoring) and job 2 (the windows, see [`Windowing`]).
+    /// They share nothing but the parsed events, so a step of at least [`BESIDE_MIN`] events
+    /// uses the pipeline's second thread twice: job 2 adds the events to their windows and
+    /// collects the due ones there while this thread scores, then the window operator's two
+    /// instances run their halves of the keys at once, one on each thread. Smaller steps run
+    /// it all here, as the hand-overs would cost more than they save.
     fn run_sides(
         &mut self,
         parsed: &Parsed,
@@ -467,27 +469,21 @@ impl Pipeline {
         } else {
             None
         };
-        let mut windowed = Ok(());
-        let mut job2 = || {
-            side.step(
-                parsed,
-                records,
-                now_ms,
-                key_partition.as_ref(),
-                &mut late,
-                &mut windows,
-            )
-        };
+        // Job 2 in two halves: the events and the due windows beside the scoring, then the
+        // due windows' operator calls, half of the keys here and half beside.
+        let mut fired = Vec::new();
+        let mut collect = || side.collect(parsed, records, now_ms, &mut late);
         let scored = match &beside {
             Some(thread) => thread.in_place_scope(|s| {
-                s.spawn(|_| windowed = job2());
+                s.spawn(|_| fired = collect());
                 self.score_side(parsed, records, out)
             }),
             None => {
-                windowed = job2();
+                fired = collect();
                 self.score_side(parsed, records, out)
             }
         };
+        let windowed = side.emit(fired, key_partition.as_ref(), &mut windows, beside.as_ref());
         self.beside = beside;
         self.windows = side;
         if let (Some(cp), Some(kp)) = (self.checkpoints.as_mut(), key_partition) {

@@ -11,7 +11,7 @@ use crate::watermark::Watermarks;
 use crate::window::{Fired, Lateness, Windower};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use weir_engine::{Runner, WindowBatch};
+use weir_engine::{KeyedState, Runner, Slot, WindowBatch};
 
 /// Most windows handed to one `on-window` call.
 const WINDOW_CALL_MAX: usize = 2048;
@@ -25,7 +25,7 @@ pub(crate) struct WindowStage {
     /// and the row being built from them.
     pub(super) row_inputs: Option<Vec<usize>>,
     pub(super) row: Vec<f64>,
-    pub(crate) operator: Option<Runner>,
+    pub(crate) operator: Option<HalvedOperator>,
     pub(super) outputs: Vec<String>,
     /// Windows due but not emitted yet (with a fire budget: see
     /// [`Pipeline::set_fire_budget`](super::Pipeline::set_fire_budget)), oldest first.
@@ -43,6 +43,8 @@ pub(crate) struct Windowing {
     pub(super) late: u64,
     pub(super) windows_out: u64,
     pub(super) watermark: i64,
+    /// The second half's window results, before they follow the first's (kept buffer).
+    second_out: Records,
 }
 
 impl Default for Windowing {
@@ -66,24 +68,23 @@ impl Windowing {
             late: 0,
             windows_out: 0,
             watermark: i64::MIN,
+            second_out: Records::default(),
         }
     }
 
-    /// One step: the step's events into their windows, then the windows the watermark
-    /// closes out.
-    pub(super) fn step(
+    /// A step's first half: its events into their windows, then the windows the watermark
+    /// closes out, to hand to [`Windowing::emit`].
+    pub(super) fn collect(
         &mut self,
         step: &Parsed,
         records: &[SourceRecord<'_>],
         now_ms: u64,
-        key_partition: Option<&FastMap<String, i32>>,
         late: &mut Records,
-        windows: &mut Records,
-    ) -> Result<(), PipelineError> {
+    ) -> Vec<Fired> {
         if !step.batch.is_empty() {
             self.events(step, records, now_ms, late);
         }
-        self.fire(now_ms, key_partition, windows)
+        self.due(now_ms)
     }
 
     /// Advances the watermarks event by event and assigns events to windows. Lateness is
@@ -164,21 +165,27 @@ impl Windowing {
         key_partition: Option<&FastMap<String, i32>>,
         out: &mut Records,
     ) -> Result<(), PipelineError> {
+        let fired = self.due(now_ms);
+        self.emit(fired, key_partition, out, None)
+    }
+
+    /// Advances the combined watermark: the windows it closes out (within the fire budget,
+    /// if one is set).
+    fn due(&mut self, now_ms: u64) -> Vec<Fired> {
         let wm = self.watermarks.advance(now_ms);
         self.watermark = wm;
         let Some(w) = self.stage.as_mut() else {
-            return Ok(());
+            return Vec::new();
         };
         let fired = w.windower.advance(wm);
         let Some(budget) = self.fire_budget else {
-            return self.emit(fired, key_partition, out);
+            return fired;
         };
         w.pending.extend(fired);
         // The budget, and an eighth of what waits beyond it: a burst is spread over a few
         // calls, and a steady excess cannot pile up.
         let n = w.pending.len().min(budget + w.pending.len() / 8);
-        let fired: Vec<Fired> = w.pending.drain(..n).collect();
-        self.emit(fired, key_partition, out)
+        w.pending.drain(..n).collect()
     }
 
     /// Due windows not emitted yet.
@@ -196,7 +203,7 @@ impl Windowing {
             return Ok(());
         };
         let fired: Vec<Fired> = w.pending.drain(..).collect();
-        self.emit(fired, key_partition, out)
+        self.emit(fired, key_partition, out, None)
     }
 
     /// End of a bounded input: fires and releases every window.
@@ -210,14 +217,18 @@ impl Windowing {
         };
         let mut fired: Vec<Fired> = w.pending.drain(..).collect();
         fired.extend(w.windower.flush());
-        self.emit(fired, key_partition, out)
+        self.emit(fired, key_partition, out, None)
     }
 
-    fn emit(
+    /// Emits fired windows: with the window operator, each half of the keys through its
+    /// own instance, the two at once on `beside` (the first half there, the second here);
+    /// the first half's results come first either way.
+    pub(super) fn emit(
         &mut self,
         fired: Vec<Fired>,
         key_partition: Option<&FastMap<String, i32>>,
         out: &mut Records,
+        beside: Option<&rayon::ThreadPool>,
     ) -> Result<(), PipelineError> {
         let Some(w) = self.stage.as_mut() else {
             return Ok(());
@@ -231,104 +242,186 @@ impl Windowing {
                 .and_then(|m| m.get(key).copied())
                 .unwrap_or(-1)
         };
-        match w.operator.as_mut() {
-            None => {
-                let builtin: Arc<str> = Arc::from("builtin");
-                for f in fired.iter().filter(|f| f.updated) {
-                    let meta = RecordMeta {
-                        partition: partition_of(&f.key),
-                        ts: f.span.start,
-                        window_end: f.span.end,
-                        version: builtin.clone(),
-                        ..RecordMeta::default()
-                    };
-                    let aggs = &w.aggs;
-                    out.push_with(&f.key, meta, |p| {
-                        p.extend_from_slice(b"{\"key\":");
-                        push_json_str(p, &f.key);
-                        p.extend_from_slice(b",\"window_start\":");
-                        push_i64(p, f.span.start);
-                        p.extend_from_slice(b",\"window_end\":");
-                        push_i64(p, f.span.end);
-                        for a in aggs {
-                            let name = match a {
-                                AggKind::Count => "count",
-                                AggKind::Sum => "sum",
-                                AggKind::Mean => "mean",
-                                AggKind::Min => "min",
-                                AggKind::Max => "max",
-                                AggKind::Variance => "variance",
-                            };
-                            p.extend_from_slice(b",\"");
-                            p.extend_from_slice(name.as_bytes());
-                            p.extend_from_slice(b"\":");
-                            push_f64(p, f.agg.get(*a));
-                        }
-                        p.push(b'}');
-                    });
-                    self.windows_out += 1;
-                }
-            }
-            // Bounded calls: a watermark jump can fire many windows at once, and one
-            // `on-window` call per chunk keeps each batch well inside the plugin's memory.
-            Some(op) => {
-                for chunk in fired.chunks(WINDOW_CALL_MAX) {
-                    let mut wb = WindowBatch::with_dims(w.windower.dims() as u32);
-                    for f in chunk {
-                        wb.push(&f.key, f.span.start, f.span.end, &f.new_rows, f.closing);
-                    }
-                    let (v, _, o) = timed(
-                        &self.metrics,
-                        "window",
-                        Role::Serving,
-                        op,
-                        chunk.len(),
-                        |i| i.on_window(&wb),
-                    )?;
-                    let version: Arc<str> = Arc::from(v.0.as_str());
-                    let mut ends = Ends::new(chunk);
-                    let names = &w.outputs;
-                    for i in 0..o.len() {
-                        let key = o.key(i).unwrap_or_default();
-                        let start = o.timestamps[i];
-                        let end = ends.end(key, start);
-                        let meta = RecordMeta {
-                            partition: partition_of(key),
-                            ts: start,
-                            window_end: end,
-                            version: version.clone(),
-                            ..RecordMeta::default()
+        let Some(op) = w.operator.as_mut() else {
+            let builtin: Arc<str> = Arc::from("builtin");
+            for f in fired.iter().filter(|f| f.updated) {
+                let meta = RecordMeta {
+                    partition: partition_of(&f.key),
+                    ts: f.span.start,
+                    window_end: f.span.end,
+                    version: builtin.clone(),
+                    ..RecordMeta::default()
+                };
+                let aggs = &w.aggs;
+                out.push_with(&f.key, meta, |p| {
+                    p.extend_from_slice(b"{\"key\":");
+                    push_json_str(p, &f.key);
+                    p.extend_from_slice(b",\"window_start\":");
+                    push_i64(p, f.span.start);
+                    p.extend_from_slice(b",\"window_end\":");
+                    push_i64(p, f.span.end);
+                    for a in aggs {
+                        let name = match a {
+                            AggKind::Count => "count",
+                            AggKind::Sum => "sum",
+                            AggKind::Mean => "mean",
+                            AggKind::Min => "min",
+                            AggKind::Max => "max",
+                            AggKind::Variance => "variance",
                         };
-                        out.push_with(key, meta, |p| {
-                            p.extend_from_slice(b"{\"key\":");
-                            push_json_str(p, key);
-                            p.extend_from_slice(b",\"window_start\":");
-                            push_i64(p, start);
-                            p.extend_from_slice(b",\"window_end\":");
-                            push_i64(p, end);
-                            for (j, x) in o.inputs_of(i).unwrap_or_default().iter().enumerate() {
-                                p.push(b',');
-                                match names.get(j) {
-                                    Some(name) => push_json_str(p, name),
-                                    None => {
-                                        p.extend_from_slice(b"\"v");
-                                        push_i64(p, j as i64);
-                                        p.push(b'"');
-                                    }
-                                }
-                                p.push(b':');
-                                push_f64(p, *x);
-                            }
-                            p.extend_from_slice(b",\"operator_version\":\"");
-                            p.extend_from_slice(v.0.as_bytes());
-                            p.extend_from_slice(b"\"}");
-                        });
-                        self.windows_out += 1;
+                        p.extend_from_slice(b",\"");
+                        p.extend_from_slice(name.as_bytes());
+                        p.extend_from_slice(b"\":");
+                        push_f64(p, f.agg.get(*a));
                     }
-                }
+                    p.push(b'}');
+                });
+                self.windows_out += 1;
+            }
+            return Ok(());
+        };
+        let (first, second): (Vec<Fired>, Vec<Fired>) =
+            fired.into_iter().partition(|f| half_of(&f.key) == 0);
+        let call = OperatorCall {
+            metrics: &self.metrics,
+            names: &w.outputs,
+            dims: w.windower.dims(),
+            partition_of: &partition_of,
+        };
+        let [op_first, op_second] = &mut op.halves;
+        let mut rest = std::mem::take(&mut self.second_out);
+        let (a, b) = match beside {
+            Some(thread) => {
+                let mut a = Ok(0);
+                let b = thread.in_place_scope(|s| {
+                    s.spawn(|_| a = call.run(op_first, &first, out));
+                    call.run(op_second, &second, &mut rest)
+                });
+                (a, b)
+            }
+            None => (
+                call.run(op_first, &first, out),
+                call.run(op_second, &second, &mut rest),
+            ),
+        };
+        out.extend_from(&rest, 0);
+        rest.clear();
+        self.second_out = rest;
+        self.windows_out += a.as_ref().map_or(0, |n| *n) + b.as_ref().map_or(0, |n| *n);
+        a?;
+        b?;
+        Ok(())
+    }
+}
+
+/// Which half of the keys a key's windows go to: a fixed hash (FNV-1a), so a key stays with
+/// one instance of the window operator, and with its state there, for good.
+fn half_of(key: &str) -> usize {
+    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (h >> 32) as usize & 1
+}
+
+/// The window operator, as two instances of the one deployment: each serves the windows
+/// of half of the keys (as an operator at parallelism 2 does in Flink), so the two halves
+/// of a step's firings run at once. Both use one keyed-state store; a key's entries are
+/// only ever touched by its own half.
+pub(crate) struct HalvedOperator {
+    pub(crate) halves: [Runner; 2],
+}
+
+impl HalvedOperator {
+    pub(super) fn new(slot: Arc<Slot>) -> Self {
+        HalvedOperator {
+            halves: [Runner::new(slot.clone()), Runner::new(slot)],
+        }
+    }
+
+    /// Gives both instances `state` as their keyed-state store.
+    pub(crate) fn with_state<S: KeyedState + Clone + 'static>(self, state: &S) -> Self {
+        let [a, b] = self.halves;
+        let fresh = |r: Runner| Runner::new(r.slot().clone()).with_state(Box::new(state.clone()));
+        HalvedOperator {
+            halves: [fresh(a), fresh(b)],
+        }
+    }
+}
+
+/// What one half's `on-window` calls need besides its instance and its windows.
+struct OperatorCall<'a> {
+    metrics: &'a PipelineMetrics,
+    names: &'a [String],
+    dims: usize,
+    partition_of: &'a (dyn Fn(&str) -> i32 + Sync),
+}
+
+impl OperatorCall<'_> {
+    /// Runs `fired` through `op` and renders its outputs into `out`: how many.
+    fn run(
+        &self,
+        op: &mut Runner,
+        fired: &[Fired],
+        out: &mut Records,
+    ) -> Result<u64, PipelineError> {
+        let mut emitted = 0;
+        // Bounded calls: a watermark jump can fire many windows at once, and one
+        // `on-window` call per chunk keeps each batch well inside the plugin's memory.
+        for chunk in fired.chunks(WINDOW_CALL_MAX) {
+            let mut wb = WindowBatch::with_dims(self.dims as u32);
+            for f in chunk {
+                wb.push(&f.key, f.span.start, f.span.end, &f.new_rows, f.closing);
+            }
+            let (v, _, o) = timed(
+                self.metrics,
+                "window",
+                Role::Serving,
+                op,
+                chunk.len(),
+                |i| i.on_window(&wb),
+            )?;
+            let version: Arc<str> = Arc::from(v.0.as_str());
+            let mut ends = Ends::new(chunk);
+            let names = self.names;
+            for i in 0..o.len() {
+                let key = o.key(i).unwrap_or_default();
+                let start = o.timestamps[i];
+                let end = ends.end(key, start);
+                let meta = RecordMeta {
+                    partition: (self.partition_of)(key),
+                    ts: start,
+                    window_end: end,
+                    version: version.clone(),
+                    ..RecordMeta::default()
+                };
+                out.push_with(key, meta, |p| {
+                    p.extend_from_slice(b"{\"key\":");
+                    push_json_str(p, key);
+                    p.extend_from_slice(b",\"window_start\":");
+                    push_i64(p, start);
+                    p.extend_from_slice(b",\"window_end\":");
+                    push_i64(p, end);
+                    for (j, x) in o.inputs_of(i).unwrap_or_default().iter().enumerate() {
+                        p.push(b',');
+                        match names.get(j) {
+                            Some(name) => push_json_str(p, name),
+                            None => {
+                                p.extend_from_slice(b"\"v");
+                                push_i64(p, j as i64);
+                                p.push(b'"');
+                            }
+                        }
+                        p.push(b':');
+                        push_f64(p, *x);
+                    }
+                    p.extend_from_slice(b",\"operator_version\":\"");
+                    p.extend_from_slice(v.0.as_bytes());
+                    p.extend_from_slice(b"\"}");
+                });
+                emitted += 1;
             }
         }
-        Ok(())
+        Ok(emitted)
     }
 }
 
