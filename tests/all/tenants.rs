@@ -344,12 +344,14 @@ async fn committed_predictions_stream_live_and_resume_where_they_stopped() {
             .contains("content-type: text/event-stream"),
         "{head}"
     );
-    assert_eq!(send(0, 300).await.status, 200);
+    let r = send(0, 300).await;
+    assert_eq!(r.status, 200, "{}", r.body);
     let (first, id1) = s.predictions(300).await;
     let id1 = id1.expect("an event id to resume from");
     drop(s);
     // More events while no one listens; the stream resumes after the last id it sent.
-    assert_eq!(send(300, 200).await.status, 200);
+    let r = send(300, 200).await;
+    assert_eq!(r.status, 200, "{}", r.body);
     let mut s = Sse::open(addr, &path, &key, Some(&id1)).await;
     assert!(s.head().await.starts_with("HTTP/1.1 200"));
     let (second, _) = s.predictions(200).await;

@@ -78,6 +78,11 @@ pub struct Store {
     db: DatabaseConnection,
     backend: DbBackend,
     commit_pause: Option<Duration>,
+    /// With `sqlite::memory:`, a second connection to the same database that is never
+    /// used: an in-memory SQLite database lives while a connection to it is open, and the
+    /// pool closes its connection when a query on it is cancelled (a client that hangs up
+    /// mid-request), which would otherwise drop every table.
+    _keeper: Option<DatabaseConnection>,
 }
 
 /// Which log a stored position belongs to: a topic (by its id, which changes when the topic
@@ -366,7 +371,35 @@ impl Store {
     /// `?mode=rwc` is appended when the URL has no query), `sqlite::memory:` (one private
     /// database, held by a single connection), or `mysql://user:password@host:port/database`.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
-        let (full_url, memory) = normalize_url(url)?;
+        let (mut full_url, memory) = normalize_url(url)?;
+        let mut keeper = None;
+        if memory {
+            // One named in-memory database per store, shared by the pool and its keeper.
+            static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if url.contains(":memory:") {
+                full_url = format!(
+                    "sqlite:file:weir-memory-{}-{n}?mode=memory&cache=shared",
+                    std::process::id()
+                );
+            }
+            let mut options = ConnectOptions::new(full_url.clone());
+            options
+                .sqlx_logging(false)
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+            keeper =
+                Some(
+                    Database::connect(options)
+                        .await
+                        .map_err(|source| StoreError::Connect {
+                            url_redacted: redact_url(url),
+                            source,
+                        })?,
+                );
+        }
         let mut options = ConnectOptions::new(full_url);
         // Statement logging would print whole batches (and multi-megabyte blobs).
         options
@@ -394,7 +427,7 @@ impl Store {
             });
         }
         if memory {
-            // Every SQLite connection to :memory: is its own database: keep exactly one alive.
+            // One connection: the keeper holds the database, the pool reaches it through this.
             options
                 .max_connections(1)
                 .min_connections(1)
@@ -413,6 +446,7 @@ impl Store {
             db,
             backend,
             commit_pause: None,
+            _keeper: keeper,
         })
     }
 
