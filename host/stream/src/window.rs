@@ -222,6 +222,66 @@ impl Due {
     }
 }
 
+/// One key's open panes, in order of start. A key has only a few open at once (its
+/// current window and the ones still within their lateness), so a sorted vector beats a
+/// tree, and a new pane usually goes at the end.
+#[derive(Debug, Default, Clone)]
+struct KeyPanes(Vec<Pane>);
+
+impl KeyPanes {
+    fn at(&self, start: i64) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&start, |p| p.span.start)
+    }
+
+    fn get(&self, start: i64) -> Option<&Pane> {
+        self.at(start).ok().map(|i| &self.0[i])
+    }
+
+    fn get_mut(&mut self, start: i64) -> Option<&mut Pane> {
+        self.at(start).ok().map(|i| &mut self.0[i])
+    }
+
+    /// The pane at `start`, made with `make` (and placed in order) when there is none.
+    fn get_or_insert_with(&mut self, start: i64, make: impl FnOnce() -> Pane) -> &mut Pane {
+        let i = match self.at(start) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.insert(i, make());
+                i
+            }
+        };
+        &mut self.0[i]
+    }
+
+    fn remove(&mut self, start: i64) -> Option<Pane> {
+        self.at(start).ok().map(|i| self.0.remove(i))
+    }
+
+    /// Adds `pane`, replacing any pane with its start.
+    fn insert(&mut self, pane: Pane) {
+        match self.at(pane.span.start) {
+            Ok(i) => self.0[i] = pane,
+            Err(i) => self.0.insert(i, pane),
+        }
+    }
+
+    fn values(&self) -> std::slice::Iter<'_, Pane> {
+        self.0.iter()
+    }
+
+    fn values_mut(&mut self) -> std::slice::IterMut<'_, Pane> {
+        self.0.iter_mut()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Keyed windows over one stream.
 #[derive(Debug)]
 pub struct Windower {
@@ -231,7 +291,8 @@ pub struct Windower {
     keep_rows: bool,
     keys: FastMap<String, u32>,
     names: Vec<String>,
-    panes: FastMap<u32, BTreeMap<i64, Pane>>,
+    /// Each key's open panes, by key id (ids are never reused).
+    panes: Vec<KeyPanes>,
     /// Unfired panes, by end.
     pending: Due,
     /// Fired panes with late updates.
@@ -264,7 +325,7 @@ impl Windower {
             keep_rows,
             keys: FastMap::default(),
             names: Vec::new(),
-            panes: FastMap::default(),
+            panes: Vec::new(),
             pending: Due::default(),
             dirty: BTreeSet::new(),
             cleanup: Due::default(),
@@ -310,7 +371,7 @@ impl Windower {
         for (k, had) in keys {
             let key = &self.names[k as usize];
             let chunks = self.chunks.entry(k).or_default();
-            let Some(panes) = self.panes.get_mut(&k).filter(|m| !m.is_empty()) else {
+            let Some(panes) = self.panes.get_mut(k as usize).filter(|m| !m.is_empty()) else {
                 // No open pane: the header and every chunk go (a key opened and released
                 // between two cuts has neither).
                 for seq in chunks.stored.drain(..) {
@@ -428,7 +489,7 @@ impl Windower {
                 stored: chunks.iter().map(|(s, _)| *s).collect(),
             },
         );
-        let mut map = BTreeMap::new();
+        let mut map = KeyPanes::default();
         for p in panes {
             if !p.fired {
                 self.pending.insert(p.span, k);
@@ -437,11 +498,9 @@ impl Windower {
                 self.dirty.insert((k, p.span.start));
             }
             self.cleanup.insert(p.span, k);
-            map.insert(p.span.start, p);
+            map.insert(p);
         }
-        if !map.is_empty() {
-            self.panes.insert(k, map);
-        }
+        self.panes[k as usize] = map;
         Ok(())
     }
 
@@ -451,10 +510,9 @@ impl Windower {
             return;
         };
         // Its entries in `pending` and `cleanup` lapse with the panes.
-        if let Some(map) = self.panes.remove(&k) {
-            for p in map.values() {
-                self.dirty.remove(&(k, p.span.start));
-            }
+        let map = std::mem::take(&mut self.panes[k as usize]);
+        for p in map.values() {
+            self.dirty.remove(&(k, p.span.start));
         }
         if let Some(t) = self.touched.as_mut() {
             t.remove(&k);
@@ -469,7 +527,7 @@ impl Windower {
 
     /// Panes currently held.
     pub fn open_panes(&self) -> usize {
-        self.panes.values().map(BTreeMap::len).sum()
+        self.panes.iter().map(KeyPanes::len).sum()
     }
 
     /// The watermark last passed to [`Windower::advance`].
@@ -483,6 +541,7 @@ impl Windower {
         }
         let id = self.names.len() as u32;
         self.names.push(key.to_string());
+        self.panes.push(KeyPanes::default());
         self.keys.insert(key.to_string(), id);
         id
     }
@@ -555,8 +614,7 @@ impl Windower {
         let k = self.key_id(key);
         self.touch(k);
         let keep = self.keep_rows;
-        let panes = self.panes.entry(k).or_default();
-        let pane = panes.entry(span.start).or_insert_with(|| {
+        let pane = self.panes[k as usize].get_or_insert_with(span.start, || {
             self.pending.insert(span, k);
             self.cleanup.insert(span, k);
             Pane::new(span)
@@ -584,19 +642,19 @@ impl Windower {
         }
         let k = self.key_id(key);
         self.touch(k);
-        let panes = self.panes.entry(k).or_default();
+        let panes = &mut self.panes[k as usize];
         // Sessions overlapping [ts, ts + gap) merge with the new event.
         let overlapping: Vec<i64> = panes
-            .range(..span.end)
-            .filter(|(_, p)| p.span.end > span.start)
-            .map(|(&s, _)| s)
+            .values()
+            .filter(|p| p.span.start < span.end && p.span.end > span.start)
+            .map(|p| p.span.start)
             .collect();
         // A merged pane is new to the store: its rows go into the next chunk whole.
         let mut merged = Pane::new(span);
         let mut any_fired = false;
         for s in overlapping {
             // Its entries in `pending` and `cleanup` lapse: the span they name is gone.
-            if let Some(p) = panes.remove(&s) {
+            if let Some(p) = panes.remove(s) {
                 self.dirty.remove(&(k, p.span.start));
                 span.start = span.start.min(p.span.start);
                 span.end = span.end.max(p.span.end);
@@ -626,7 +684,7 @@ impl Windower {
             self.pending.insert(span, k);
         }
         self.cleanup.insert(span, k);
-        panes.insert(span.start, merged);
+        panes.insert(merged);
         result
     }
 
@@ -650,7 +708,10 @@ impl Windower {
         let mut out = Vec::new();
         // First firings.
         for (end, k, start) in self.pending.take_due(|end| end - 1 <= w) {
-            if let Some(p) = self.panes.get_mut(&k).and_then(|m| m.get_mut(&start))
+            if let Some(p) = self
+                .panes
+                .get_mut(k as usize)
+                .and_then(|m| m.get_mut(start))
                 && p.span.end == end
                 && !p.fired
             {
@@ -662,7 +723,10 @@ impl Windower {
         }
         // Re-firings after late updates.
         for (k, start) in std::mem::take(&mut self.dirty) {
-            if let Some(p) = self.panes.get_mut(&k).and_then(|m| m.get_mut(&start))
+            if let Some(p) = self
+                .panes
+                .get_mut(k as usize)
+                .and_then(|m| m.get_mut(start))
                 && p.dirty
             {
                 p.dirty = false;
@@ -673,21 +737,18 @@ impl Windower {
         // Releases.
         let lateness = self.lateness;
         for (end, k, start) in self.cleanup.take_due(|end| end - 1 + lateness <= w) {
-            let live = self.panes.get(&k).and_then(|m| m.get(&start));
+            let live = self.panes.get(k as usize).and_then(|m| m.get(start));
             if live.is_none_or(|p| p.span.end != end) {
                 continue;
             }
             mark(&mut self.touched, &self.panes, k);
-            let Some(panes) = self.panes.get_mut(&k) else {
+            let Some(panes) = self.panes.get_mut(k as usize) else {
                 continue;
             };
-            if let Some(mut p) = panes.remove(&start) {
+            if let Some(mut p) = panes.remove(start) {
                 let mut f = fire(&self.names, k, &mut p, false, true);
                 f.updated = false;
                 out.push(f);
-            }
-            if panes.is_empty() {
-                self.panes.remove(&k);
             }
         }
         out
@@ -729,14 +790,10 @@ fn fire(names: &[String], k: u32, p: &mut Pane, first: bool, closing: bool) -> F
 /// Marks key `k` changed since the last cut, noting whether it had panes at that cut (its
 /// panes are as they were then until its first change).
 #[inline]
-fn mark(
-    touched: &mut Option<FastMap<u32, bool>>,
-    panes: &FastMap<u32, BTreeMap<i64, Pane>>,
-    k: u32,
-) {
+fn mark(touched: &mut Option<FastMap<u32, bool>>, panes: &[KeyPanes], k: u32) {
     if let Some(t) = touched.as_mut() {
         t.entry(k)
-            .or_insert_with(|| panes.get(&k).is_some_and(|m| !m.is_empty()));
+            .or_insert_with(|| panes.get(k as usize).is_some_and(|m| !m.is_empty()));
     }
 }
 

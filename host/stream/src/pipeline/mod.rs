@@ -445,10 +445,12 @@ impl Pipeline {
 
     /// Runs a step's two sides: job 1 (scoring) and job 2 (the windows, see [`Windowing`]).
     /// They share nothing but the parsed events, so a step of at least [`BESIDE_MIN`] events
-    /// uses the pipeline's second thread twice: job 2 adds the events to their windows and
-    /// collects the due ones there while this thread scores, then the window operator's two
-    /// instances run their halves of the keys at once, one on each thread. Smaller steps run
-    /// it all here, as the hand-overs would cost more than they save.
+    /// runs job 2 on the pipeline's second thread while this one scores: there, the events
+    /// go into their windows, the due ones are collected and the first half of the keys'
+    /// windows runs through the window operator's first instance; the second half's are
+    /// handed here, to the second instance, once the scoring is done
+    /// ([`Windowing::run_beside`]). Smaller steps run it all here, as the hand-overs would
+    /// cost more than they save.
     fn run_sides(
         &mut self,
         parsed: &Parsed,
@@ -469,21 +471,24 @@ impl Pipeline {
         } else {
             None
         };
-        // Job 2 in two halves: the events and the due windows beside the scoring, then the
-        // due windows' operator calls, half of the keys here and half beside.
-        let mut fired = Vec::new();
-        let mut collect = || side.collect(parsed, records, now_ms, &mut late);
-        let scored = match &beside {
-            Some(thread) => thread.in_place_scope(|s| {
-                s.spawn(|_| fired = collect());
-                self.score_side(parsed, records, out)
-            }),
+        let kp = key_partition.as_ref();
+        let (scored, windowed) = match &beside {
+            Some(thread) => side.run_beside(
+                thread,
+                parsed,
+                records,
+                now_ms,
+                &mut late,
+                kp,
+                &mut windows,
+                || self.score_side(parsed, records, out),
+            ),
             None => {
-                fired = collect();
-                self.score_side(parsed, records, out)
+                let fired = side.collect(parsed, records, now_ms, &mut late);
+                let scored = self.score_side(parsed, records, out);
+                (scored, side.emit(fired, kp, &mut windows))
             }
         };
-        let windowed = side.emit(fired, key_partition.as_ref(), &mut windows, beside.as_ref());
         self.beside = beside;
         self.windows = side;
         if let (Some(cp), Some(kp)) = (self.checkpoints.as_mut(), key_partition) {

@@ -166,7 +166,7 @@ impl Windowing {
         out: &mut Records,
     ) -> Result<(), PipelineError> {
         let fired = self.due(now_ms);
-        self.emit(fired, key_partition, out, None)
+        self.emit(fired, key_partition, out)
     }
 
     /// Advances the combined watermark: the windows it closes out (within the fire budget,
@@ -203,7 +203,7 @@ impl Windowing {
             return Ok(());
         };
         let fired: Vec<Fired> = w.pending.drain(..).collect();
-        self.emit(fired, key_partition, out, None)
+        self.emit(fired, key_partition, out)
     }
 
     /// End of a bounded input: fires and releases every window.
@@ -217,18 +217,16 @@ impl Windowing {
         };
         let mut fired: Vec<Fired> = w.pending.drain(..).collect();
         fired.extend(w.windower.flush());
-        self.emit(fired, key_partition, out, None)
+        self.emit(fired, key_partition, out)
     }
 
     /// Emits fired windows: with the window operator, each half of the keys through its
-    /// own instance, the two at once on `beside` (the first half there, the second here);
-    /// the first half's results come first either way.
+    /// own instance, the first half's results first.
     pub(super) fn emit(
         &mut self,
         fired: Vec<Fired>,
         key_partition: Option<&FastMap<String, i32>>,
         out: &mut Records,
-        beside: Option<&rayon::ThreadPool>,
     ) -> Result<(), PipelineError> {
         let Some(w) = self.stage.as_mut() else {
             return Ok(());
@@ -236,13 +234,9 @@ impl Windowing {
         if fired.is_empty() {
             return Ok(());
         }
-        let fired = crate::window::merge_firings(fired);
-        let partition_of = |key: &str| {
-            key_partition
-                .and_then(|m| m.get(key).copied())
-                .unwrap_or(-1)
-        };
+        let partition_of = |key: &str| partition_of(key_partition, key);
         let Some(op) = w.operator.as_mut() else {
+            let fired = crate::window::merge_firings(fired);
             let builtin: Arc<str> = Arc::from("builtin");
             for f in fired.iter().filter(|f| f.updated) {
                 let meta = RecordMeta {
@@ -280,8 +274,7 @@ impl Windowing {
             }
             return Ok(());
         };
-        let (first, second): (Vec<Fired>, Vec<Fired>) =
-            fired.into_iter().partition(|f| half_of(&f.key) == 0);
+        let (first, second) = split_halves(fired);
         let call = OperatorCall {
             metrics: &self.metrics,
             names: &w.outputs,
@@ -289,38 +282,116 @@ impl Windowing {
             partition_of: &partition_of,
         };
         let [op_first, op_second] = &mut op.halves;
-        let mut rest = std::mem::take(&mut self.second_out);
-        let (a, b) = match beside {
-            Some(thread) => {
-                let mut a = Ok(0);
-                let b = thread.in_place_scope(|s| {
-                    s.spawn(|_| a = call.run(op_first, &first, out));
-                    call.run(op_second, &second, &mut rest)
-                });
-                (a, b)
-            }
-            None => (
-                call.run(op_first, &first, out),
-                call.run(op_second, &second, &mut rest),
-            ),
-        };
-        out.extend_from(&rest, 0);
-        rest.clear();
-        self.second_out = rest;
+        let a = call.run(op_first, first, out);
+        let b = call.run(op_second, second, out);
         self.windows_out += a.as_ref().map_or(0, |n| *n) + b.as_ref().map_or(0, |n| *n);
         a?;
         b?;
         Ok(())
     }
+
+    /// A big step's window side, on `thread`, while `score` runs here.
+    ///
+    /// There, the step's events go into their windows and the due windows are collected;
+    /// the first half of the keys' windows then run through the operator's first instance
+    /// there, while the second half's, handed over, run through the second instance here
+    /// once `score` is done. The first half's results come first, as in
+    /// [`Windowing::emit`]. Without an operator, the windows are emitted here after both.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run_beside<R>(
+        &mut self,
+        thread: &rayon::ThreadPool,
+        step: &Parsed,
+        records: &[SourceRecord<'_>],
+        now_ms: u64,
+        late: &mut Records,
+        key_partition: Option<&FastMap<String, i32>>,
+        out: &mut Records,
+        score: impl FnOnce() -> R,
+    ) -> (R, Result<(), PipelineError>) {
+        // What the calls need, owned here: the side itself is busy on the other thread.
+        let parts = self
+            .stage
+            .as_mut()
+            .and_then(|w| Some((w.operator.take()?, w.outputs.clone(), w.windower.dims())));
+        let Some((mut op, names, dims)) = parts else {
+            let mut fired = Vec::new();
+            let scored = thread.in_place_scope(|s| {
+                s.spawn(|_| fired = self.collect(step, records, now_ms, late));
+                score()
+            });
+            return (scored, self.emit(fired, key_partition, out));
+        };
+        let metrics = self.metrics.clone();
+        let partition_of = |key: &str| partition_of(key_partition, key);
+        let call = OperatorCall {
+            metrics: &metrics,
+            names: &names,
+            dims,
+            partition_of: &partition_of,
+        };
+        let mut rest = std::mem::take(&mut self.second_out);
+        let [op_first, op_second] = &mut op.halves;
+        // The second half's windows, handed over; a panic over there drops the sender, so
+        // this side never waits for good (the scope then passes the panic on).
+        let (hand, handed) = std::sync::mpsc::sync_channel::<Vec<Fired>>(1);
+        let mut a = Ok(0);
+        let (scored, b) = {
+            let (side, a, call, out) = (&mut *self, &mut a, &call, &mut *out);
+            thread.in_place_scope(|s| {
+                s.spawn(move |_| {
+                    let fired = side.collect(step, records, now_ms, late);
+                    let (first, second) = split_halves(fired);
+                    let _ = hand.send(second);
+                    *a = call.run(op_first, first, out);
+                });
+                let scored = score();
+                let second = handed.recv().unwrap_or_default();
+                let r = call.run(op_second, second, &mut rest);
+                (scored, r)
+            })
+        };
+        if let Some(w) = self.stage.as_mut() {
+            w.operator = Some(op);
+        }
+        out.extend_from(&rest, 0);
+        rest.clear();
+        self.second_out = rest;
+        self.windows_out += a.as_ref().map_or(0, |n| *n) + b.as_ref().map_or(0, |n| *n);
+        (scored, a.and(b).map(|_| ()))
+    }
 }
 
-/// Which half of the keys a key's windows go to: a fixed hash (FNV-1a), so a key stays with
-/// one instance of the window operator, and with its state there, for good.
+/// The partition a key's window results go to: the one its events came from (with
+/// checkpoints), or -1.
+fn partition_of(key_partition: Option<&FastMap<String, i32>>, key: &str) -> i32 {
+    key_partition
+        .and_then(|m| m.get(key).copied())
+        .unwrap_or(-1)
+}
+
+/// A step's firings by half of the keys ([`half_of`]). A pane's firings all go to its key's
+/// half, so each half merges its own (see [`OperatorCall::run`]).
+fn split_halves(fired: Vec<Fired>) -> (Vec<Fired>, Vec<Fired>) {
+    fired.into_iter().partition(|f| half_of(&f.key) == 0)
+}
+
+/// Which half of the keys a key's windows go to: a fixed hash, so a key stays with one
+/// instance of the window operator, and with its state there, for good.
+///
+/// FNV-1a, then MurmurHash3's 64-bit finaliser. FNV-1a alone mixes a string's last bytes
+/// into its low bits only: its bit 32 depended on the prefix of keys like `u123`, and the
+/// workload's 10,000 keys split 27/73 by firings.
 fn half_of(key: &str) -> usize {
-    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+    let mut h = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     });
-    (h >> 32) as usize & 1
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    (h >> 63) as usize
 }
 
 /// The window operator, as two instances of the one deployment: each serves the windows
@@ -357,13 +428,15 @@ struct OperatorCall<'a> {
 }
 
 impl OperatorCall<'_> {
-    /// Runs `fired` through `op` and renders its outputs into `out`: how many.
+    /// Runs `fired` (its firings of one pane merged first) through `op` and renders its
+    /// outputs into `out`: how many.
     fn run(
         &self,
         op: &mut Runner,
-        fired: &[Fired],
+        fired: Vec<Fired>,
         out: &mut Records,
     ) -> Result<u64, PipelineError> {
+        let fired = crate::window::merge_firings(fired);
         let mut emitted = 0;
         // Bounded calls: a watermark jump can fire many windows at once, and one
         // `on-window` call per chunk keeps each batch well inside the plugin's memory.
