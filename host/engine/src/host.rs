@@ -31,11 +31,12 @@ pub trait KeyedState: Send {
             out.push(self.get(k, n).as_deref());
         }
     }
-    /// Writes (`Some`) or removes (`None`) many entries.
-    fn put_many(&mut self, changes: Vec<(&str, &str, Option<Vec<u8>>)>) {
-        for (k, n, v) in changes {
+    /// Writes (`Some`) or removes (`None`) many entries. A store can copy a value over the
+    /// one it replaces, without allocating.
+    fn put_many(&mut self, changes: &[(&str, &str, Option<&[u8]>)]) {
+        for &(k, n, v) in changes {
             match v {
-                Some(v) => self.put(k, n, v),
+                Some(v) => self.put(k, n, v.to_vec()),
                 None => self.delete(k, n),
             }
         }
@@ -123,6 +124,21 @@ impl KeyedState for MemoryState {
             m.remove(name);
             if m.is_empty() {
                 self.entries.remove(key);
+            }
+        }
+    }
+    fn put_many(&mut self, changes: &[(&str, &str, Option<&[u8]>)]) {
+        for &(key, name, value) in changes {
+            let Some(value) = value else {
+                self.delete(key, name);
+                continue;
+            };
+            match self.entries.get_mut(key).and_then(|m| m.get_mut(name)) {
+                Some(v) => {
+                    v.clear();
+                    v.extend_from_slice(value);
+                }
+                None => self.put(key, name, value.to_vec()),
             }
         }
     }
@@ -509,13 +525,13 @@ impl state::Host for HostState {
                         self.state_value_bytes
                     ));
                 }
-                Some(v.to_vec())
+                Some(v)
             } else {
                 None
             };
             changes.push((k, name, value));
         }
-        self.state.put_many(changes);
+        self.state.put_many(&changes);
         Ok(())
     }
 }

@@ -203,10 +203,21 @@ impl KeyedState for TrackedState {
             }
         });
     }
-    fn put_many(&mut self, changes: Vec<(&str, &str, Option<Vec<u8>>)>) {
+    fn put_many(&mut self, changes: &[(&str, &str, Option<&[u8]>)]) {
         self.with(|t| {
-            for (key, name, value) in changes {
-                t.set(key, name, value);
+            for &(key, name, value) in changes {
+                // A value copied over the one it replaces.
+                if let Some(value) = value
+                    && let Some(slot) = t.entries.get_mut(key).and_then(|m| m.get_mut(name))
+                {
+                    slot.clear();
+                    slot.extend_from_slice(value);
+                    t.dirty
+                        .entry((key.to_owned(), name.to_owned()))
+                        .or_insert(true);
+                    continue;
+                }
+                t.set(key, name, value.map(<[u8]>::to_vec));
             }
         });
     }

@@ -12,6 +12,7 @@ use crate::FastMap;
 use crate::aggregate::Agg;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Kind and size of a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,8 +134,8 @@ pub struct WindowEntry {
 /// A pane that fired.
 #[derive(Debug, Clone)]
 pub struct Fired {
-    /// The key.
-    pub key: String,
+    /// The key (shared with the windower's name for it: a firing allocates no key).
+    pub key: Arc<str>,
     /// The window.
     pub span: WindowSpan,
     /// Aggregates over everything the pane holds.
@@ -168,11 +169,11 @@ impl Fired {
 pub fn merge_firings(fired: Vec<Fired>) -> Vec<Fired> {
     let mut seen: std::collections::HashSet<(&str, i64), foldhash::fast::RandomState> =
         std::collections::HashSet::with_capacity_and_hasher(fired.len(), Default::default());
-    if fired.iter().all(|f| seen.insert((&f.key, f.span.start))) {
+    if fired.iter().all(|f| seen.insert((&*f.key, f.span.start))) {
         return fired;
     }
     drop(seen);
-    let mut at: FastMap<(String, i64), usize> =
+    let mut at: FastMap<(Arc<str>, i64), usize> =
         FastMap::with_capacity_and_hasher(fired.len(), Default::default());
     let mut out: Vec<Fired> = Vec::with_capacity(fired.len());
     for f in fired {
@@ -290,7 +291,7 @@ pub struct Windower {
     dims: usize,
     keep_rows: bool,
     keys: FastMap<String, u32>,
-    names: Vec<String>,
+    names: Vec<Arc<str>>,
     /// Each key's open panes, by key id (ids are never reused).
     panes: Vec<KeyPanes>,
     /// Unfired panes, by end.
@@ -369,7 +370,7 @@ impl Windower {
         keys.sort_unstable();
         let mut out = Vec::new();
         for (k, had) in keys {
-            let key = &self.names[k as usize];
+            let key = &*self.names[k as usize];
             let chunks = self.chunks.entry(k).or_default();
             let Some(panes) = self.panes.get_mut(k as usize).filter(|m| !m.is_empty()) else {
                 // No open pane: the header and every chunk go (a key opened and released
@@ -377,7 +378,7 @@ impl Windower {
                 for seq in chunks.stored.drain(..) {
                     out.push(WindowEntry {
                         chunk: Some(seq),
-                        key: key.clone(),
+                        key: key.to_owned(),
                         value: None,
                     });
                 }
@@ -385,7 +386,7 @@ impl Windower {
                 if had {
                     out.push(WindowEntry {
                         chunk: None,
-                        key: key.clone(),
+                        key: key.to_owned(),
                         value: None,
                     });
                 }
@@ -413,7 +414,7 @@ impl Windower {
                 chunks.stored.push(seq);
                 out.push(WindowEntry {
                     chunk: Some(seq),
-                    key: key.clone(),
+                    key: key.to_owned(),
                     value: Some(rows),
                 });
             }
@@ -428,13 +429,13 @@ impl Windower {
             for seq in chunks.stored.drain(..dead) {
                 out.push(WindowEntry {
                     chunk: Some(seq),
-                    key: key.clone(),
+                    key: key.to_owned(),
                     value: None,
                 });
             }
             out.push(WindowEntry {
                 chunk: None,
-                key: key.clone(),
+                key: key.to_owned(),
                 value: Some(encode_header(
                     chunks.next,
                     self.dims,
@@ -540,7 +541,7 @@ impl Windower {
             return id;
         }
         let id = self.names.len() as u32;
-        self.names.push(key.to_string());
+        self.names.push(Arc::from(key));
         self.panes.push(KeyPanes::default());
         self.keys.insert(key.to_string(), id);
         id
@@ -774,10 +775,13 @@ fn combine(a: Lateness, b: Lateness) -> Lateness {
     }
 }
 
-fn fire(names: &[String], k: u32, p: &mut Pane, first: bool, closing: bool) -> Fired {
+fn fire(names: &[Arc<str>], k: u32, p: &mut Pane, first: bool, closing: bool) -> Fired {
     p.stored = 0;
     Fired {
-        key: names.get(k as usize).cloned().unwrap_or_default(),
+        key: names
+            .get(k as usize)
+            .cloned()
+            .unwrap_or_else(|| Arc::from("")),
         span: p.span,
         agg: p.agg,
         new_rows: std::mem::take(&mut p.new_rows),
@@ -966,7 +970,7 @@ mod tests {
             .filter(|f| f.updated)
             .map(|f| {
                 (
-                    f.key.clone(),
+                    f.key.to_string(),
                     f.span.start,
                     f.span.end,
                     f.agg.count,
@@ -990,7 +994,7 @@ mod tests {
         fired.extend(w.advance(2999));
         assert_eq!(fired.len(), 5, "a, b; a again; a and b closing");
         let merged = merge_firings(fired);
-        let a = merged.iter().find(|f| f.key == "a").unwrap();
+        let a = merged.iter().find(|f| &*f.key == "a").unwrap();
         assert_eq!(merged.len(), 2);
         assert_eq!(a.new_rows, vec![1.0, 3.0]);
         assert_eq!(a.agg.count, 2);
@@ -1001,7 +1005,7 @@ mod tests {
         w.add("b", 200, 2.0, &[2.0]);
         let keys: Vec<String> = merge_firings(w.advance(999))
             .into_iter()
-            .map(|f| f.key)
+            .map(|f| f.key.to_string())
             .collect();
         assert_eq!(keys, ["a", "b"]);
     }
