@@ -73,15 +73,16 @@ impl RecordParser {
     }
 
     fn field(&self, name: &[u8]) -> Field {
-        if name == self.key_field.as_bytes() {
+        let is = |field: &str| same(name, field.as_bytes());
+        if is(&self.key_field) {
             Field::Key
-        } else if name == self.time_field.as_bytes() {
+        } else if is(&self.time_field) {
             Field::Time
-        } else if name == self.inputs_field.as_bytes() {
+        } else if is(&self.inputs_field) {
             Field::Inputs
-        } else if self.label_field.as_deref().map(str::as_bytes) == Some(name) {
+        } else if self.label_field.as_deref().is_some_and(is) {
             Field::Label
-        } else if self.id_field.as_deref().map(str::as_bytes) == Some(name) {
+        } else if self.id_field.as_deref().is_some_and(is) {
             Field::Id
         } else {
             Field::Other
@@ -178,6 +179,13 @@ impl RecordParser {
             }
         }
     }
+}
+
+/// Byte-wise equality, in line: field names and event keys are a few bytes long, where a
+/// call to `memcmp` costs more than the comparison (it was 5% of the engine's time).
+#[inline(always)]
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 struct Cursor<'a> {

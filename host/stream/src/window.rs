@@ -10,6 +10,8 @@
 
 use crate::FastMap;
 use crate::aggregate::Agg;
+use crate::parse::same;
+use std::hash::BuildHasher;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -290,7 +292,9 @@ pub struct Windower {
     lateness: i64,
     dims: usize,
     keep_rows: bool,
-    keys: FastMap<String, u32>,
+    /// Key ids by key: each id's name is in `names`.
+    keys: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
     names: Vec<Arc<str>>,
     /// Each key's open panes, by key id (ids are never reused).
     panes: Vec<KeyPanes>,
@@ -324,7 +328,8 @@ impl Windower {
             lateness: lateness_ms.max(0),
             dims,
             keep_rows,
-            keys: FastMap::default(),
+            keys: hashbrown::HashTable::new(),
+            hasher: Default::default(),
             names: Vec::new(),
             panes: Vec::new(),
             pending: Due::default(),
@@ -507,7 +512,7 @@ impl Windower {
 
     /// Forgets a key's panes (for example when its partition is revoked).
     pub fn remove_key(&mut self, key: &str) {
-        let Some(&k) = self.keys.get(key) else {
+        let Some(k) = self.find_key(key) else {
             return;
         };
         // Its entries in `pending` and `cleanup` lapse with the panes.
@@ -536,14 +541,31 @@ impl Windower {
         self.watermark
     }
 
+    fn find_key(&self, key: &str) -> Option<u32> {
+        let names = &self.names;
+        self.keys
+            .find(self.hasher.hash_one(key), |&id| {
+                same(names[id as usize].as_bytes(), key.as_bytes())
+            })
+            .copied()
+    }
+
+    /// The id of `key`, made on its first event. (Once per event: the table holds ids and
+    /// compares names in line, with no `String` per key beside its name.)
     fn key_id(&mut self, key: &str) -> u32 {
-        if let Some(&id) = self.keys.get(key) {
+        let h = self.hasher.hash_one(key);
+        let names = &self.names;
+        if let Some(&id) = self.keys.find(h, |&id| {
+            same(names[id as usize].as_bytes(), key.as_bytes())
+        }) {
             return id;
         }
         let id = self.names.len() as u32;
         self.names.push(Arc::from(key));
         self.panes.push(KeyPanes::default());
-        self.keys.insert(key.to_string(), id);
+        let (names, hasher) = (&self.names, &self.hasher);
+        self.keys
+            .insert_unique(h, id, |&id| hasher.hash_one(&*names[id as usize]));
         id
     }
 
