@@ -5,7 +5,8 @@ use crate::bindings::LogLevel;
 use crate::bindings::operator::weir::operator::{log, state};
 use crate::manifest::Limits;
 use bytes::Bytes;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -68,63 +69,87 @@ impl StateValues {
     }
 }
 
-/// In-memory [`KeyedState`], the default.
+/// In-memory [`KeyedState`], the default: one table of `(key, name)` entries. A window
+/// operator's entries live for a pane each, so an entry costs one allocation for its key
+/// and name and one for its value, and a rewrite copies over the value in place.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryState {
-    entries: Map<String, Map<String, Vec<u8>>>,
+    entries: hashbrown::HashTable<Entry>,
+    /// foldhash, seeded per store: the keys are users' event keys, looked up per pane.
+    hasher: foldhash::fast::RandomState,
 }
 
-/// foldhash, seeded per map: the keys are users' event keys, looked up per pane.
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+#[derive(Debug, Clone)]
+struct Entry {
+    /// The key, then the name (`split` bytes in).
+    id: Box<str>,
+    split: usize,
+    value: Vec<u8>,
+}
+
+impl Entry {
+    fn is(&self, key: &str, name: &str) -> bool {
+        self.split == key.len()
+            && self.id.len() == key.len() + name.len()
+            && self.id.starts_with(key)
+            && self.id.ends_with(name)
+    }
+
+    fn parts(&self) -> (&str, &str) {
+        self.id.split_at(self.split)
+    }
+}
 
 impl MemoryState {
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.entries.values().map(Map::len).sum()
+        self.entries.len()
     }
 
     /// True when no entry is stored.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    fn hash(&self, key: &str, name: &str) -> u64 {
+        self.hasher.hash_one((key, name))
+    }
+
+    fn find(&self, key: &str, name: &str) -> Option<&Entry> {
+        self.entries.find(self.hash(key, name), |e| e.is(key, name))
+    }
 }
 
 impl KeyedState for MemoryState {
     fn get(&mut self, key: &str, name: &str) -> Option<Vec<u8>> {
-        self.entries.get(key)?.get(name).cloned()
+        self.find(key, name).map(|e| e.value.clone())
     }
     fn get_many(&mut self, entries: &[(&str, &str)], out: &mut StateValues) {
         for (k, n) in entries {
-            out.push(
-                self.entries
-                    .get(*k)
-                    .and_then(|m| m.get(*n))
-                    .map(Vec::as_slice),
-            );
+            out.push(self.find(k, n).map(|e| e.value.as_slice()));
         }
     }
     fn put(&mut self, key: &str, name: &str, value: Vec<u8>) {
-        // Owned keys and names only for new entries: an operator rewrites the same ones.
-        match self.entries.get_mut(key) {
-            Some(names) => match names.get_mut(name) {
-                Some(v) => *v = value,
-                None => {
-                    names.insert(name.to_string(), value);
-                }
-            },
-            None => {
-                let mut names = Map::default();
-                names.insert(name.to_string(), value);
-                self.entries.insert(key.to_string(), names);
-            }
+        let h = self.hash(key, name);
+        if let Some(e) = self.entries.find_mut(h, |e| e.is(key, name)) {
+            e.value = value;
+            return;
         }
+        let hasher = &self.hasher;
+        self.entries.insert_unique(
+            h,
+            Entry {
+                id: format!("{key}{name}").into_boxed_str(),
+                split: key.len(),
+                value,
+            },
+            |e| hasher.hash_one(e.parts()),
+        );
     }
     fn delete(&mut self, key: &str, name: &str) {
-        if let Some(m) = self.entries.get_mut(key) {
-            m.remove(name);
-            if m.is_empty() {
-                self.entries.remove(key);
-            }
+        let h = self.hash(key, name);
+        if let Ok(e) = self.entries.find_entry(h, |e| e.is(key, name)) {
+            e.remove();
         }
     }
     fn put_many(&mut self, changes: &[(&str, &str, Option<&[u8]>)]) {
@@ -133,10 +158,11 @@ impl KeyedState for MemoryState {
                 self.delete(key, name);
                 continue;
             };
-            match self.entries.get_mut(key).and_then(|m| m.get_mut(name)) {
-                Some(v) => {
-                    v.clear();
-                    v.extend_from_slice(value);
+            let h = self.hash(key, name);
+            match self.entries.find_mut(h, |e| e.is(key, name)) {
+                Some(e) => {
+                    e.value.clear();
+                    e.value.extend_from_slice(value);
                 }
                 None => self.put(key, name, value.to_vec()),
             }
@@ -647,5 +673,33 @@ mod tests {
         assert_eq!(v.present, vec![true, false, true]);
         assert_eq!(v.offsets, vec![0, 2, 2, 3]);
         assert_eq!(v.bytes, b"abc");
+    }
+
+    /// Entries are told apart by key and name, not by their concatenation; a rewrite
+    /// replaces, a removal removes, and the batched calls agree with the single ones.
+    #[test]
+    fn memory_state_keeps_entries_by_key_and_name() {
+        let mut m = MemoryState::default();
+        m.put("ab", "c", vec![1]);
+        m.put("a", "bc", vec![2]);
+        assert_eq!(m.get("ab", "c"), Some(vec![1]));
+        assert_eq!(m.get("a", "bc"), Some(vec![2]));
+        assert_eq!(m.get("abc", ""), None);
+        assert_eq!(m.len(), 2);
+        m.put_many(&[
+            ("ab", "c", Some(&[7, 7][..])),
+            ("k", "w0", Some(&[3][..])),
+            ("a", "bc", None),
+        ]);
+        assert_eq!(m.get("ab", "c"), Some(vec![7, 7]));
+        assert_eq!(m.get("a", "bc"), None);
+        let mut v = StateValues::default();
+        m.get_many(&[("k", "w0"), ("a", "bc"), ("ab", "c")], &mut v);
+        assert_eq!(v.present, vec![true, false, true]);
+        assert_eq!(v.bytes, [3, 7, 7]);
+        m.delete("k", "w0");
+        m.delete("k", "never");
+        assert_eq!(m.len(), 1);
+        assert!(!m.is_empty());
     }
 }

@@ -11,9 +11,9 @@
 use crate::FastMap;
 use crate::aggregate::Agg;
 use crate::parse::same;
-use std::hash::BuildHasher;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 /// Kind and size of a window.
@@ -555,9 +555,10 @@ impl Windower {
     fn key_id(&mut self, key: &str) -> u32 {
         let h = self.hasher.hash_one(key);
         let names = &self.names;
-        if let Some(&id) = self.keys.find(h, |&id| {
-            same(names[id as usize].as_bytes(), key.as_bytes())
-        }) {
+        if let Some(&id) = self
+            .keys
+            .find(h, |&id| same(names[id as usize].as_bytes(), key.as_bytes()))
+        {
             return id;
         }
         let id = self.names.len() as u32;
