@@ -347,8 +347,7 @@ impl Windowing {
                 });
                 let scored = score();
                 let second = handed.recv().unwrap_or_default();
-                let r = call.run(op_second, second, &mut rest);
-                (scored, r)
+                (scored, call.run(op_second, second, &mut rest))
             })
         };
         if let Some(w) = self.stage.as_mut() {
