@@ -550,17 +550,13 @@ impl Windower {
             .copied()
     }
 
-    /// The id of `key`, made on its first event. (Once per event: the table holds ids and
-    /// compares names in line, with no `String` per key beside its name.)
+    /// The id of `key`, made on its first event (the table holds ids and compares names in
+    /// line, with no `String` per key beside its name).
     fn key_id(&mut self, key: &str) -> u32 {
-        let h = self.hasher.hash_one(key);
-        let names = &self.names;
-        if let Some(&id) = self
-            .keys
-            .find(h, |&id| same(names[id as usize].as_bytes(), key.as_bytes()))
-        {
+        if let Some(id) = self.find_key(key) {
             return id;
         }
+        let h = self.hasher.hash_one(key);
         let id = self.names.len() as u32;
         self.names.push(Arc::from(key));
         self.panes.push(KeyPanes::default());
