@@ -118,6 +118,20 @@ impl MemoryState {
     fn find(&self, key: &str, name: &str) -> Option<&Entry> {
         self.entries.find(self.hash(key, name), |e| e.is(key, name))
     }
+
+    /// Adds an entry known to be absent, `h` its hash.
+    fn insert_new(&mut self, h: u64, key: &str, name: &str, value: Vec<u8>) {
+        let hasher = &self.hasher;
+        self.entries.insert_unique(
+            h,
+            Entry {
+                id: format!("{key}{name}").into_boxed_str(),
+                split: key.len(),
+                value,
+            },
+            |e| hasher.hash_one(e.parts()),
+        );
+    }
 }
 
 impl KeyedState for MemoryState {
@@ -135,16 +149,7 @@ impl KeyedState for MemoryState {
             e.value = value;
             return;
         }
-        let hasher = &self.hasher;
-        self.entries.insert_unique(
-            h,
-            Entry {
-                id: format!("{key}{name}").into_boxed_str(),
-                split: key.len(),
-                value,
-            },
-            |e| hasher.hash_one(e.parts()),
-        );
+        self.insert_new(h, key, name, value);
     }
     fn delete(&mut self, key: &str, name: &str) {
         let h = self.hash(key, name);
@@ -164,7 +169,7 @@ impl KeyedState for MemoryState {
                     e.value.clear();
                     e.value.extend_from_slice(value);
                 }
-                None => self.put(key, name, value.to_vec()),
+                None => self.insert_new(h, key, name, value.to_vec()),
             }
         }
     }
